@@ -1,0 +1,50 @@
+"""Momentum (EMA) encoder, as in the authors' ImageNet recipe (tau fixed at 0.99) or BYOL's cosine
+schedule from tau_base to 1."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+class MomentumEncoder(nn.Module):
+    """Keeps an exponential moving average of an online module. Its parameters get no gradients.
+
+    ``update(online, step, total_steps)`` sets ``p_m <- tau p_m + (1 - tau) p_online``; buffers
+    (BatchNorm statistics) are copied.
+    """
+
+    def __init__(self, online: nn.Module, tau: float = 0.99, schedule: str = "constant"):
+        super().__init__()
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"momentum tau must lie in [0, 1], got {tau}")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"momentum schedule must be 'constant' or 'cosine', got {schedule!r}")
+        self.module = copy.deepcopy(online)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.tau_base = tau
+        self.schedule = schedule
+
+    def tau(self, step: int, total_steps: int) -> float:
+        if self.schedule == "constant" or total_steps <= 0:
+            return self.tau_base
+        progress = min(step / total_steps, 1.0)
+        return 1.0 - (1.0 - self.tau_base) * (math.cos(math.pi * progress) + 1) / 2
+
+    @torch.no_grad()
+    def update(self, online: nn.Module, step: int = 0, total_steps: int = 0) -> None:
+        tau = self.tau(step, total_steps)
+        online_params = list(online.parameters())
+        mom_params = list(self.module.parameters())
+        torch._foreach_mul_(mom_params, tau)
+        torch._foreach_add_(mom_params, [p.detach() for p in online_params], alpha=1.0 - tau)
+        for b_m, b_o in zip(self.module.buffers(), online.buffers()):
+            b_m.copy_(b_o)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module(x)
