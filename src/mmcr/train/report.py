@@ -1,0 +1,52 @@
+"""A short, readable report per run: ``report.md`` with the summary, loss and kNN curves as PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmcr.train.monitor import read_metrics
+
+
+def write_report(run_dir: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    recs = read_metrics(run_dir)
+    loss = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+    knn = [(r["step"], r["knn_val_top1"]) for r in recs if "knn_val_top1" in r]
+    lines = [f"# Pretraining report: {run_dir.name}", ""]
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        lines += ["| metric | value |", "|---|---|"]
+        for k, v in summary.items():
+            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+        lines.append("")
+    if loss:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(*zip(*loss))
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "loss.png", dpi=100)
+        plt.close(fig)
+        lines += ["## Training loss", "", "![loss](loss.png)", ""]
+    if knn:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(*zip(*knn), marker="o")
+        ax.set_xlabel("step")
+        ax.set_ylabel("kNN top-1 on validation split (%)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "knn.png", dpi=100)
+        plt.close(fig)
+        lines += ["## Online kNN (validation split carved from the training set)", "", "![knn](knn.png)", ""]
+        lines += [f"Last: {knn[-1][1]:.2f}% at step {knn[-1][0]}.", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
