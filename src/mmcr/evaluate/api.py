@@ -1,0 +1,252 @@
+"""One function per evaluation, from a model source (run directory, checkpoint, ``torchvision:<arch>``,
+``timm:<name>``, ``random:<arch>``) to a recorded result. The CLI calls these; so can notebooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmcr.evaluate.export import export_backbone
+from mmcr.evaluate.features import eval_settings, eval_transform, extract_features
+from mmcr.evaluate.knn import knn_accuracy
+from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
+from mmcr.evaluate.results import record_result
+from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
+from mmcr.evaluate.transfer import transfer_probe
+
+
+def _load_model(source: str | Path):
+    from mmcr.models import load_pretrained
+
+    return load_pretrained(source)
+
+
+def dataset_spec(info: dict, dataset: str | None, root: str | None) -> tuple[str, str | None, dict, str | None]:
+    """``(name, root, options, cache_dir)``: the arguments, else the run config's ``data`` section."""
+    data = (info.get("config") or {}).get("data") or {}
+    name = dataset or data.get("name")
+    if not name:
+        raise ValueError("no dataset: pass --dataset (and --root), or evaluate a run directory of ours")
+    if root is None and dataset in (None, data.get("name")):
+        root = data.get("root")
+    options = (data.get("options") or {}) if dataset in (None, data.get("name")) else {}
+    return name, root, dict(options), data.get("cache_dir")
+
+
+def load_split_pair(info: dict, dataset: str | None, root: str | None, train_split: str, test_split: str):
+    """The training and test splits through :func:`mmcr.data.load_dataset`."""
+    from mmcr.data import load_dataset
+
+    name, root, options, cache_dir = dataset_spec(info, dataset, root)
+    train = load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options)
+    test = load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options)
+    return name, train, test
+
+
+def _features(model, info, ds, size, resize, batch_size, device, progress, desc):
+    tf = eval_transform(info, size=size, resize=resize)
+    f, _ = extract_features(
+        model, ds.images, transform=tf, batch_size=batch_size, device=device, progress=progress, description=desc
+    )
+    return f
+
+
+def run_knn(
+    source: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    k: int = 200,
+    temperature: float = 0.1,
+    size: int | None = None,
+    resize: int | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits."""
+    model, info = _load_model(source)
+    name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
+    ftr = _features(model, info, train, size, resize, batch_size, device, progress, f"{name} {train_split}")
+    fte = _features(model, info, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
+    res = knn_accuracy(
+        ftr, train.labels, fte, test.labels, k=k, temperature=temperature, num_classes=len(train.classes), device=device
+    )
+    res.update(
+        {
+            "dataset": name,
+            "k": k,
+            "temperature": temperature,
+            "n_train": len(train.labels),
+            "n_test": len(test.labels),
+            "step": info.get("step"),
+        }
+    )
+    res["json"] = str(record_result("knn", res, source, out, tag=name, details=("k", "temperature")))
+    return res
+
+
+def run_linear(
+    source: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    weight_decays=DEFAULT_WEIGHT_DECAYS,
+    val_fraction: float = 0.1,
+    aug_passes: int = 0,
+    seed: int = 0,
+    size: int | None = None,
+    resize: int | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``aug_passes`` adds that many
+    passes of the run's training augmentation (one view each) to the clean training features."""
+    model, info = _load_model(source)
+    name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
+    passes = [_features(model, info, train, size, resize, batch_size, device, progress, f"{name} {train_split}")]
+    if aug_passes > 0:
+        try:
+            from mmcr.augment import MultiViewAugment
+        except ImportError as e:
+            raise ValueError("augmented passes need mmcr.augment; run with --aug-passes 0") from e
+        aug_cfg = (info.get("config") or {}).get("augment") or {}
+        aug = MultiViewAugment(
+            preset=aug_cfg.get("preset", "cifar"), views=1, seed=seed, **(aug_cfg.get("overrides") or {})
+        )
+        gen = torch.Generator().manual_seed(seed)
+        for p in range(aug_passes):
+            f, _ = extract_features(
+                model,
+                train.images,
+                transform=lambda x: aug(x, generator=gen)[:, 0],
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                description=f"augmented pass {p + 1}",
+            )
+            passes.append(f)
+    fte = _features(model, info, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
+    res = linear_probe(
+        torch.stack(passes),
+        train.labels,
+        fte,
+        test.labels,
+        weight_decays=weight_decays,
+        val_fraction=val_fraction,
+        seed=seed,
+        num_classes=len(train.classes),
+        device=device,
+        progress=progress,
+    )
+    res.update({"dataset": name, "step": info.get("step")})
+    res["json"] = str(record_result("linear", res, source, out, tag=name, details=("weight_decay", "passes")))
+    return res
+
+
+def run_semi(
+    source: str | Path,
+    fraction: float = 0.01,
+    subset_file: str | Path | None = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    epochs: int = 30,
+    lr: float = 0.01,
+    head_lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+    size: int | None = None,
+    device: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
+    ``subset_file``) and report on the test split (see :func:`mmcr.evaluate.semi.finetune`)."""
+    model, info = _load_model(source)
+    name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
+    if subset_file is not None:
+        names = getattr(train, "paths", None) or getattr(train, "files", None)
+        idx = read_subset_file(subset_file, names)
+        if idx.numel() and int(idx.max()) >= len(train.labels):
+            raise ValueError(f"subset index {int(idx.max())} is out of range for {len(train.labels)} images")
+        subset = Path(subset_file).name
+    else:
+        idx = class_balanced_subset(train.labels, fraction, seed)
+        subset = f"{fraction:g} (seed {seed})"
+    kw = eval_settings(info, size=size)
+    tf = eval_transform(info, size=size)
+    aug = FinetuneAugment(mean=kw["mean"], std=kw["std"], size=kw["size"])
+    res = finetune(
+        model,
+        train.images[idx],
+        train.labels[idx],
+        test.images,
+        test.labels,
+        num_classes=len(train.classes),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        weight_decay=weight_decay,
+        train_transform=aug,
+        eval_transform=tf,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    res.update({"dataset": name, "subset": subset, "step": info.get("step")})
+    tag = f"{name}_{Path(subset_file).stem if subset_file else f'{fraction:g}'}"
+    res["json"] = str(record_result("semi", res, source, out, tag=tag, details=("subset", "epochs")))
+    return res
+
+
+def run_transfer(
+    source: str | Path,
+    dataset: str,
+    root: str | Path,
+    size: int | None = None,
+    weight_decays=DEFAULT_WEIGHT_DECAYS,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`)."""
+    model, info = _load_model(source)
+    res = transfer_probe(
+        model,
+        dataset,
+        root,
+        info=info,
+        size=size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        weight_decays=weight_decays,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    res["step"] = info.get("step")
+    res["json"] = str(record_result("transfer", res, source, out, tag=dataset, details=("weight_decay", "size")))
+    return res
+
+
+def run_export(source: str | Path, out: str | Path) -> dict:
+    """Export a model's backbone (see :mod:`mmcr.evaluate.export`)."""
+    model, info = _load_model(source)
+    meta = export_backbone(model, info, out)
+    meta["path"] = str(out)
+    return meta

@@ -1,0 +1,208 @@
+"""argparse wiring for ``mmcr eval knn|linear|semi|transfer`` and ``mmcr export``.
+
+``add_eval_parser(subparsers)`` and ``add_export_parser(subparsers)`` register the subcommands; each
+leaf parser sets ``func`` to a handler taking the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
+from mmcr.evaluate.transfer import TRANSFER_DATASETS
+
+SOURCE_HELP = "run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1e-3,1e-4, got {text!r}") from e
+    if not vals:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return vals
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("source", help=SOURCE_HELP)
+    if data:
+        p.add_argument("--dataset", help="mmcr.data dataset name (default: the run's data.name)")
+        p.add_argument("--root", help="dataset root or archive path (default: the run's data.root)")
+        p.add_argument("--train-split", default="train")
+        p.add_argument("--test-split", default="test")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="centre-crop size (default: the images' size; transfer: 224, or native/64 px for CIFAR-stem models)",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", default=None, help="output directory or .json file (default: the run directory)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _print(kind: str, res: dict) -> None:
+    shown = {k: v for k, v in res.items() if k in ("top1", "top5", "weight_decay", "k", "temperature", "json")}
+    print(f"{kind}: " + json.dumps(shown))
+
+
+def _knn(args) -> dict:
+    from mmcr.evaluate.api import run_knn
+
+    res = run_knn(
+        args.source,
+        args.dataset,
+        args.root,
+        args.train_split,
+        args.test_split,
+        k=args.k,
+        temperature=args.temperature,
+        size=args.size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    _print("knn", res)
+    return res
+
+
+def _linear(args) -> dict:
+    from mmcr.evaluate.api import run_linear
+
+    res = run_linear(
+        args.source,
+        args.dataset,
+        args.root,
+        args.train_split,
+        args.test_split,
+        weight_decays=args.weight_decays,
+        val_fraction=args.val_fraction,
+        aug_passes=args.aug_passes,
+        seed=args.seed,
+        size=args.size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    _print("linear", res)
+    return res
+
+
+def _semi(args) -> dict:
+    from mmcr.evaluate.api import run_semi
+
+    res = run_semi(
+        args.source,
+        fraction=args.fraction,
+        subset_file=args.subset_file,
+        dataset=args.dataset,
+        root=args.root,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        epochs=args.epochs,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        size=args.size,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    _print("semi", res)
+    return res
+
+
+def _transfer(args) -> dict:
+    from mmcr.evaluate.api import run_transfer
+
+    res = run_transfer(
+        args.source,
+        args.dataset,
+        args.root,
+        size=args.size,
+        weight_decays=args.weight_decays,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    _print("transfer", res)
+    return res
+
+
+def _export(args) -> dict:
+    from mmcr.evaluate.api import run_export
+
+    meta = run_export(args.source, args.out)
+    print(f"exported {meta['arch']} backbone to {meta['path']}")
+    return meta
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``eval`` with the subcommands ``knn``, ``linear``, ``semi`` and ``transfer``."""
+    ev = subparsers.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear, semi, transfer)")
+    sub = ev.add_subparsers(dest="eval_command", required=True)
+
+    p = sub.add_parser("knn", help="weighted kNN on L2-normalised features (top-1/top-5)")
+    _common(p)
+    p.add_argument("--resize", type=int, default=None, help="resize the shorter side before cropping")
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.1, help="vote temperature (the authors used 0.5)")
+    p.set_defaults(func=_knn)
+
+    p = sub.add_parser("linear", help="linear probe: L-BFGS logistic regression, regularisation chosen on val")
+    _common(p)
+    p.add_argument("--resize", type=int, default=None, help="resize the shorter side before cropping")
+    p.add_argument(
+        "--weight-decays",
+        type=_floats,
+        default=list(DEFAULT_WEIGHT_DECAYS),
+        help="comma-separated L2 strengths to choose from on the validation split",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--aug-passes", type=int, default=0, help="extra augmented passes over the training set")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_linear)
+
+    p = sub.add_parser("semi", help="fine-tune the whole network on 1%%/10%% of the labels")
+    _common(p)
+    p.add_argument("--fraction", type=float, default=0.01, help="class-balanced label fraction")
+    p.add_argument("--subset-file", default=None, help="file of indices or file names (ImageNet subset lists)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
+    p.add_argument("--head-lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_semi)
+
+    p = sub.add_parser("transfer", help="linear probe on Flowers-102, Food-101, DTD, CIFAR-100 or STL-10")
+    _common(p, data=False)
+    p.add_argument("--dataset", required=True, choices=sorted(TRANSFER_DATASETS))
+    p.add_argument("--root", required=True, help="folder holding the dataset in torchvision's layout")
+    p.add_argument("--weight-decays", type=_floats, default=list(DEFAULT_WEIGHT_DECAYS))
+    p.add_argument("--val-fraction", type=float, default=0.1, help="used when the dataset has no val split")
+    p.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_transfer)
+    return ev
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``export``: a backbone state_dict as .pt (plain dict + .json sidecar) or .safetensors."""
+    p = subparsers.add_parser("export", help="export a backbone as a torchvision-loadable state_dict")
+    p.add_argument("source", help=SOURCE_HELP)
+    p.add_argument("out", help="output file: .pt/.pth or .safetensors")
+    p.set_defaults(func=_export)
+    return p

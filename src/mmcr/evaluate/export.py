@@ -1,0 +1,122 @@
+"""Export a pretrained backbone as a plain state_dict (``.pt``) or as safetensors.
+
+The exported keys are those of the model a user would build themselves, without the classifier:
+
+- torchvision ResNets (ImageNet stem)::
+
+      model = torchvision.models.resnet50()
+      model.fc = torch.nn.Identity()            # the trunk has no classifier
+      model.load_state_dict(torch.load("backbone.pt"), strict=True)
+
+  ``model(x)`` then returns the 2048-d features the probes use; put a fresh ``nn.Linear`` back as
+  ``fc`` to fine-tune. (Shipping the untrained ``fc`` of a fresh model would let ``strict=True`` pass
+  without the Identity line, but would hide random weights inside a "pretrained" file.)
+- torchvision ResNets with the CIFAR stem (3x3 stride-1 ``conv1``, no max-pool): build the same stem
+  first, then load as above::
+
+      model = torchvision.models.resnet50()
+      model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+      model.maxpool = torch.nn.Identity()
+      model.fc = torch.nn.Identity()
+
+- the small CPU ResNets: ``mmcr.models.build_backbone(arch).load_state_dict(sd, strict=True)``;
+- timm models: ``timm.create_model(name, num_classes=0).load_state_dict(sd, strict=True)``.
+
+:func:`load_exported` does all of this from the file's metadata (a JSON sidecar next to a ``.pt``, the
+header metadata of a ``.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcr.models import build_backbone
+
+EXPORT_FORMAT = "mmcr-backbone-v1"
+
+
+def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights under the key names of the plain architecture (see the module doc)."""
+    sd = backbone.state_dict()
+    if hasattr(backbone, "model") and all(k.startswith("model.") for k in sd):
+        sd = {k[len("model.") :]: v for k, v in sd.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def export_backbone(backbone: nn.Module, info: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Write ``backbone``'s state_dict to ``out`` (``.pt`` or ``.safetensors``, chosen by suffix).
+
+    ``.pt`` files hold a plain ``{name: tensor}`` dict (``torch.load(..., weights_only=True)`` works)
+    with metadata in ``<out>.json``; ``.safetensors`` files carry the metadata in their header.
+    Returns the metadata.
+    """
+    out = Path(out)
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise ValueError(f"export path must end in .pt, .pth or .safetensors, got {out.name!r}")
+    sd = backbone_state_dict(backbone)
+    meta = {
+        "format": EXPORT_FORMAT,
+        "arch": str(info.get("arch", getattr(backbone, "arch", "unknown"))),
+        "cifar_stem": bool(info.get("cifar_stem", getattr(backbone, "cifar_stem", False))),
+        "feature_dim": int(getattr(backbone, "feature_dim", 0)),
+        "source": str(info.get("source", "")),
+        "step": info.get("step"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    else:
+        torch.save(sd, out)
+        out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"exported backbone {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        return load_file(str(path)), {k: json.loads(v) for k, v in raw.items()}
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    side = path.with_name(path.name + ".json")
+    return sd, (json.loads(side.read_text()) if side.exists() else {})
+
+
+def build_plain_model(arch: str, cifar_stem: bool = False) -> nn.Module:
+    """The plain model an export loads into strictly: a torchvision model with ``fc = Identity`` (and the
+    CIFAR stem when asked), a timm model without head, or one of our small ResNets."""
+    import torchvision
+
+    if arch.startswith("timm:"):
+        return build_backbone(arch).model
+    if not hasattr(torchvision.models, arch):
+        return build_backbone(arch)
+    model = getattr(torchvision.models, arch)()
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    model.fc = nn.Identity()
+    return model
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """Rebuild the plain model of an export from its metadata and load the weights strictly."""
+    sd, meta = read_exported(path)
+    if "arch" not in meta:
+        raise ValueError(f"{path} has no metadata naming its architecture; build the model yourself and load it")
+    model = build_plain_model(meta["arch"], bool(meta.get("cifar_stem", False)))
+    model.load_state_dict(sd, strict=True)
+    return model.eval()

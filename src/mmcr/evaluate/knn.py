@@ -1,0 +1,97 @@
+"""Weighted k-nearest-neighbour classification on L2-normalised features (Wu et al. 2018's monitor).
+
+Each test point votes with its k most cosine-similar training points, neighbour i weighing
+``exp(s_i / T)``. The authors use k = 200 and T = 0.5 on ImageNet; the default here, T = 0.1, is the
+value most SSL libraries report with. Works on any device; test points go in batches so memory stays
+at ``batch_size x N_train``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check(train_feats, train_labels, test_feats, test_labels, k, temperature):
+    if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(
+            f"features must be (N, D) with the same D, got train {tuple(train_feats.shape)} "
+            f"and test {tuple(test_feats.shape)}"
+        )
+    if train_labels.shape != (train_feats.shape[0],):
+        raise ValueError(f"train_labels must be ({train_feats.shape[0]},), got {tuple(train_labels.shape)}")
+    if test_labels is not None and test_labels.shape != (test_feats.shape[0],):
+        raise ValueError(f"test_labels must be ({test_feats.shape[0]},), got {tuple(test_labels.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if train_feats.shape[0] == 0:
+        raise ValueError("kNN needs at least one training point")
+
+
+@torch.no_grad()
+def knn_scores(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Class scores (N_test, C) of the weighted kNN vote, on ``device`` (default: train_feats')."""
+    _check(train_feats, train_labels, test_feats, None, k, temperature)
+    dev = torch.device(device) if device is not None else train_feats.device
+    train = F.normalize(train_feats.to(dev, torch.float32), dim=1)
+    train_y = train_labels.to(dev, torch.int64)
+    C = int(num_classes) if num_classes is not None else int(train_y.max().item()) + 1
+    k = min(k, train.shape[0])
+    out = []
+    for i in range(0, test_feats.shape[0], batch_size):
+        q = F.normalize(test_feats[i : i + batch_size].to(dev, torch.float32), dim=1)
+        sim, idx = (q @ train.T).topk(k, dim=1)
+        w = (sim / temperature).exp()
+        scores = torch.zeros(q.shape[0], C, device=dev)
+        scores.scatter_add_(1, train_y[idx], w)
+        out.append(scores)
+    return torch.cat(out) if out else torch.zeros(0, C, device=dev)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent of the weighted kNN classifier: ``{"top1", "top5"}``.
+
+    Features are L2-normalised here (cosine similarity); ``k`` is clipped to the training-set size and
+    top-5 to the number of classes. Ties in the vote go to the lower class index.
+    """
+    _check(train_feats, train_labels, test_feats, test_labels, k, temperature)
+    if num_classes is None:
+        num_classes = int(max(train_labels.max().item(), test_labels.max().item())) + 1
+    scores = knn_scores(train_feats, train_labels, test_feats, k, temperature, num_classes, batch_size, device)
+    return topk_accuracy(scores, test_labels)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """``{"top1", "top5"}`` in percent from class scores (N, C); top-5 uses min(5, C) classes."""
+    labels = labels.to(scores.device)
+    if scores.shape[0] == 0:
+        raise ValueError("no test points to score")
+    # stable sort so that equal scores rank the lower class first, as argmax does
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(5, scores.shape[1])]
+    hit = order == labels[:, None]
+    return {
+        "top1": 100.0 * hit[:, 0].float().mean().item(),
+        "top5": 100.0 * hit.any(dim=1).float().mean().item(),
+    }

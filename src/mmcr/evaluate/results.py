@@ -1,0 +1,74 @@
+"""Where evaluation results go: a JSON file per evaluation plus one line in the run's ``report.md``,
+so that a run directory keeps describing itself after it is evaluated."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+
+def run_dir_of(source: str | Path) -> Path | None:
+    """The run directory a model source belongs to (a run dir itself, or ``<run>/checkpoints/x.pt``)."""
+    p = Path(str(source))
+    if p.is_dir():
+        return p
+    if p.is_file():
+        return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return None
+
+
+def output_dir(source: str | Path, out: str | Path | None) -> Path:
+    """``out`` when given; else the run directory of ``source``; else ``mmcr-eval/<source name>``
+    (for ``torchvision:``/``timm:``/``random:`` models, which have no run directory)."""
+    if out is not None:
+        return Path(out)
+    run = run_dir_of(source)
+    if run is not None:
+        return run
+    return Path("mmcr-eval") / re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def record_result(
+    kind: str,
+    result: dict[str, Any],
+    source: str | Path,
+    out: str | Path | None = None,
+    tag: str | None = None,
+    details: tuple[str, ...] = (),
+) -> Path:
+    """Write ``result`` to ``<dir>/eval/<kind>[_<tag>].json`` and append a line to ``<dir>/report.md``.
+
+    ``<dir>`` is :func:`output_dir`; if ``out`` ends in ``.json`` the JSON goes exactly there and the
+    report line next to it. ``details`` names result keys to quote in the report line. Returns the
+    JSON path.
+    """
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    payload = {"kind": kind, "source": str(source), "time": stamp, **result}
+    if out is not None and str(out).endswith(".json"):
+        json_path = Path(out)
+        report = json_path.parent / "report.md"
+    else:
+        d = output_dir(source, out)
+        name = kind if not tag else f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}"
+        json_path = d / "eval" / f"{name}.json"
+        report = d / "report.md"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    keys = [k for k in ("top1", "top5") if k in result]
+    extras = [f"{k}={_fmt(result[k])}" for k in details if k in result]
+    metrics = ", ".join(f"{k} {result[k]:.2f}" for k in keys)
+    line = f"- {stamp} · eval {kind}{' ' + tag if tag else ''}: {metrics}"
+    if extras:
+        line += f" ({', '.join(extras)})"
+    line += f" · {json_path.name}\n"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    with open(report, "a") as f:
+        f.write(line)
+    return json_path
