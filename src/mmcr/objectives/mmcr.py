@@ -1,0 +1,133 @@
+"""The MMCR objective (Yerxa et al., NeurIPS 2023): lmbda * mean_b ||Z_b||_* - ||C||_*."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcr.objectives._checks import check_embeddings, check_same_shape, compute_dtype, raise_if_non_finite
+from mmcr.objectives.distributed import all_gather_with_grad, all_reduce_mean, is_distributed
+from mmcr.objectives.nuclear import nuclear_norm, nuclear_norm_with_singular_values
+
+
+class _NormalizedMean(torch.autograd.Function):
+    """Mean over views of L2-normalised rows, z (B, k, d) -> (B, d), with a fused backward.
+
+    Equal to ``F.normalize(z, dim=-1).mean(1)`` (same eps); written by hand because autograd's version makes
+    about twice as many passes over z, which shows at d = 8192 next to the fast nuclear norm.
+    """
+
+    @staticmethod
+    def forward(ctx, z):
+        inv = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()  # (B, k, 1)
+        ctx.save_for_backward(z, inv)
+        # sum_v inv_v z_v as one batched product: no (B, k, d) temporary.
+        return torch.bmm(inv.mT, z).squeeze(1) / z.shape[1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        z, inv = ctx.saved_tensors
+        k = z.shape[1]
+        g = grad.unsqueeze(1)  # (B, 1, d)
+        # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z|; rows clamped at eps have a constant
+        # denominator, so no projection term there.
+        beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
+        beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
+        return (g * (inv / k)).addcmul_(z, beta, value=-1)
+
+
+_NORM_EPS = 1e-12
+
+
+def effective_rank(sigma: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of the normalised singular values (Roy & Vetterli 2007); 0 for an all-zero matrix."""
+    total = sigma.sum(-1, keepdim=True)
+    p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
+    entropy = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1)
+    return torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
+
+
+class MMCRLoss(nn.Module):
+    """Maximum Manifold Capacity loss for embeddings z of shape (B, k, d) (batch, views, dim).
+
+    Each view is L2-normalised along d; C (B x d) stacks the per-image centroids (means over views) and
+    the loss is ``lmbda * mean_b ||normalize(Z_b)||_* - ||C||_*``. With ``z_momentum`` (same shape, from a
+    momentum encoder) the centroids are (mean of online views + mean of momentum views) / 2 and the local
+    term uses the online views only.
+
+    Distributed (torch.distributed initialised, world size W > 1, ``gather=True``): C is gathered from all
+    ranks, so the global term is the nuclear norm of the whole (W*B, d) centroid matrix and every rank returns
+    the global-batch loss value. Rank r's own embeddings receive W times the gradient of the one-process loss
+    on the concatenated batch; DDP's gradient averaging divides by W, so under DDP the parameter gradient is
+    exactly the global-batch gradient and the trainer uses the loss as is (see ``mmcr.objectives.distributed``).
+
+    After each forward ``last_components`` holds detached scalars, all derived from quantities the loss
+    computes anyway: ``loss``, ``global_nuclear_norm``, ``mean_centroid_norm``, ``effective_rank_C`` and, when
+    the local term is evaluated (lmbda > 0, or ``track_local=True``), ``local_nuclear_norm`` (mean over images).
+    """
+
+    def __init__(
+        self,
+        lmbda: float = 0.0,
+        method: str = "auto",
+        dtype: torch.dtype | None = None,
+        gather: bool = True,
+        track_local: bool | None = None,
+    ):
+        super().__init__()
+        lmbda = float(lmbda)
+        if not lmbda >= 0.0 or lmbda == float("inf"):
+            raise ValueError(f"MMCRLoss needs a finite lmbda >= 0 (weight of the local nuclear norm), got {lmbda}")
+        self.lmbda = lmbda
+        self.method = method
+        self.dtype = dtype
+        self.gather = gather
+        self.track_local = (lmbda > 0) if track_local is None else bool(track_local)
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return f"lmbda={self.lmbda}, method={self.method!r}, gather={self.gather}"
+
+    def forward(self, z: torch.Tensor, z_momentum: torch.Tensor | None = None) -> torch.Tensor:
+        check_embeddings(z, "z")
+        if z_momentum is not None:
+            check_same_shape(z, z_momentum, "z_momentum")
+        cdtype = compute_dtype(z, self.dtype)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            zc = z.to(cdtype)
+            if self.track_local:
+                views = F.normalize(zc, dim=-1, eps=_NORM_EPS)
+                centroids = views.mean(dim=1)
+            else:
+                centroids = _NormalizedMean.apply(zc)
+            if z_momentum is not None:
+                centroids = 0.5 * (centroids + _NormalizedMean.apply(z_momentum.to(cdtype)))
+            inputs = {"z": z} if z_momentum is None else {"z": z, "z_momentum": z_momentum}
+            # Normalised entries lie in [-1, 1], so this sum is finite unless an input held NaN or Inf.
+            raise_if_non_finite(centroids.detach().sum(), **inputs)
+            all_centroids = all_gather_with_grad(centroids) if self.gather else centroids
+            global_norm, sigma = nuclear_norm_with_singular_values(all_centroids, self.method, dtype=cdtype)
+            loss = -global_norm
+            comps = {"global_nuclear_norm": global_norm.detach()}
+            if self.track_local:
+                if self.lmbda > 0:
+                    local_mean = nuclear_norm(views, self.method, dtype=cdtype).mean()
+                else:
+                    with torch.no_grad():
+                        local_mean = nuclear_norm(views, self.method, dtype=cdtype).mean()
+                global_local_mean = all_reduce_mean(local_mean) if self.gather and is_distributed() else None
+                if self.lmbda > 0:
+                    local_term = local_mean
+                    if global_local_mean is not None:
+                        # Value of the global-batch mean; gradient of this rank's own mean (see class docstring).
+                        local_term = local_mean + (global_local_mean - local_mean).detach()
+                    loss = loss + self.lmbda * local_term
+                comps["local_nuclear_norm"] = (local_mean if global_local_mean is None else global_local_mean).detach()
+            with torch.no_grad():
+                comps["mean_centroid_norm"] = torch.linalg.vector_norm(all_centroids, dim=-1).mean()
+                comps["effective_rank_C"] = effective_rank(sigma)
+        comps["loss"] = loss.detach()
+        self.last_components = comps
+        return loss
