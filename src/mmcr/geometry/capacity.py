@@ -1,0 +1,219 @@
+"""Mean-field manifold capacity, radius and dimension (Chung, Lee & Sompolinsky 2018; Cohen et al. 2020).
+
+For each manifold p the points are centred on the manifold's centre, scaled by the centre's norm and
+written in an orthonormal basis of their span (Householder QR), then a constant coordinate 1 is appended
+(the centre direction): ``A_p`` of shape (D+1, m). For each Gaussian vector t the anchor point ``s~(t)``
+solves ``min ||v - t||^2 s.t. A^T v <= -kappa``. Its dual is a non-negative least-squares problem
+``lambda = NNLS(A, t + kappa e_D)`` (the constant last row of A turns the margin into a shift of t),
+which :func:`mmcr.geometry.nnls.nnls_gram` solves exactly for all t-vectors and manifolds at once; then
+``s~ = A lambda / sum(lambda)`` and
+
+    1/alpha_M = < [t.s~ + kappa]_+^2 / ||s~||^2 >_t,   R_M = sqrt< ||s~ - <s~>||^2 >_t,
+    D_M = D <t^ . s^>_t^2          (hats: unit vectors over the first D coordinates).
+
+Summaries follow the reference code: capacity = 1/mean(1/alpha_M), radius and dimension = means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmcr.geometry._arrays import make_generator, manifold_list, to_numpy, to_tensor
+from mmcr.geometry.lowrank import center_correlation, find_center_subspace
+from mmcr.geometry.nnls import nnls_gram
+
+#: Below this norm of ``v* - t`` the reference treats t as interior and uses the max-projection point.
+INTERIOR_EPS = 1e-8
+
+
+@dataclass
+class CapacityResult:
+    """Summaries and per-manifold values of a mean-field capacity analysis.
+
+    ``alpha``, ``radii`` and ``dimensions`` have shape (P,); ``center_subspace`` is the (N, K) orthonormal
+    basis removed from the centres in the correlated variant (None otherwise); ``residual_correlation``
+    is the mean |cosine| between centres after removing rank 1, 2, ... (correlated variant, when the
+    subspace was optimised here).
+    """
+
+    capacity: float
+    radius: float
+    dimension: float
+    alpha: np.ndarray
+    radii: np.ndarray
+    dimensions: np.ndarray
+    center_correlation: float
+    kappa: float
+    n_t: int
+    correlated: bool
+    center_subspace: np.ndarray | None = None
+    residual_correlation: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (arrays as lists; the removed subspace as its rank only)."""
+        d = asdict(self)
+        for k in ("alpha", "radii", "dimensions"):
+            d[k] = [float(v) for v in d[k]]
+        sub = d.pop("center_subspace")
+        d["center_rank_removed"] = 0 if sub is None else int(np.asarray(sub).shape[1])
+        return d
+
+
+def manifold_capacity(
+    manifolds: Any,
+    kappa: float = 0.0,
+    n_t: int = 200,
+    t_vectors: Any = None,
+    correlated: bool = False,
+    seed: int | None = None,
+    *,
+    center_subspace: Any = None,
+    n_reps: int = 10,
+    max_rank: int | None = None,
+) -> CapacityResult:
+    """Mean-field capacity, radius and dimension of P manifolds.
+
+    Args:
+        manifolds: (P, M, N) array (manifolds x points x features), numpy or torch (any device), or a
+            list of (M_i, N) arrays. Computation runs in float64 on the input's device.
+        kappa: margin, >= 0.
+        n_t: Gaussian samples per manifold (ignored when ``t_vectors`` is given).
+        t_vectors: optional (P, D+1, n_t) array, or a list of P (D_i+1, n_t) arrays, in the reduced basis
+            (Householder QR of the centred, centre-normalised manifold, as numpy/LAPACK computes it, D = M
+            when N > M else D = N; row D is the centre coordinate). Makes the result deterministic and
+            comparable with the reference implementation given the same vectors.
+        correlated: remove the low-rank structure shared by the manifold centres before the analysis.
+        seed: seeds the t-vectors and the random starts of the centre-subspace search.
+        center_subspace: (N, K) basis of the centre subspace to remove (implies ``correlated``); skips the
+            search, e.g. to reproduce a stored analysis.
+        n_reps: random starts per rank in the centre-subspace search.
+        max_rank: largest rank tried in the search (default: rank reaching 95% of centre variance + 10).
+
+    Returns:
+        :class:`CapacityResult`.
+    """
+    if not np.isfinite(kappa) or kappa < 0:
+        raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
+    if t_vectors is None and (int(n_t) != n_t or n_t < 1):
+        raise ValueError(f"n_t must be a positive integer, got {n_t}")
+    ms = manifold_list(manifolds)
+    P = len(ms)
+    N = ms[0].shape[1]
+    dev = ms[0].device
+    centers = torch.stack([m.mean(0) for m in ms])
+    rho0 = center_correlation(centers)
+
+    V = None
+    residual: list[float] = []
+    if center_subspace is not None:
+        V = to_tensor(center_subspace, dev)
+        if V.ndim == 1:
+            V = V[:, None]
+        if V.ndim != 2 or V.shape[0] != N:
+            raise ValueError(f"center_subspace must be (N={N}, K), got {tuple(V.shape)}")
+        correlated = True
+    elif correlated:
+        Vn, residual = find_center_subspace(to_numpy(centers), n_reps=n_reps, max_rank=max_rank, seed=seed)
+        V = torch.as_tensor(Vn, device=dev)
+
+    origin = torch.cat(ms).mean(0)
+    anchors = []
+    for m in ms:
+        x = m - origin
+        if V is not None:
+            x = x - (x @ V) @ V.T
+        c = x.mean(0)
+        anchors.append(((x - c) / torch.linalg.norm(c)).T)  # (N, M_i), columns are points
+
+    tv = _t_vector_list(t_vectors, ms, P, N)
+    gen = make_generator(seed, dev) if tv is None else None
+    alpha = np.empty(P)
+    radii = np.empty(P)
+    dims = np.empty(P)
+    # Manifolds with the same point count share one batched solve.
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(ms):
+        groups.setdefault(m.shape[0], []).append(i)
+    for M, idx in groups.items():
+        S = torch.stack([anchors[i] for i in idx])  # (G, N, M)
+        if N > M:
+            Q, _ = torch.linalg.qr(S, mode="reduced")
+            S = Q.mT @ S
+        D = S.shape[1]
+        A = torch.cat([S, torch.ones(len(idx), 1, M, dtype=S.dtype, device=dev)], 1)
+        if tv is None:
+            t = torch.randn(len(idx), D + 1, int(n_t), generator=gen, dtype=S.dtype, device=dev)
+        else:
+            t = torch.stack([tv[i] for i in idx]).to(dev)
+            if t.shape[1] != D + 1:
+                raise ValueError(
+                    f"t_vectors for manifolds of {M} points in {N} features need {D + 1} rows (D+1), got {t.shape[1]}"
+                )
+        a, r, d = _anchor_statistics(A, t, float(kappa))
+        alpha[idx], radii[idx], dims[idx] = a, r, d
+
+    return CapacityResult(
+        capacity=float(1.0 / np.mean(1.0 / alpha)),
+        radius=float(np.mean(radii)),
+        dimension=float(np.mean(dims)),
+        alpha=alpha,
+        radii=radii,
+        dimensions=dims,
+        center_correlation=float(rho0),
+        kappa=float(kappa),
+        n_t=int(tv[0].shape[1]) if tv is not None else int(n_t),
+        correlated=bool(correlated),
+        center_subspace=None if V is None else to_numpy(V),
+        residual_correlation=[float(v) for v in residual],
+    )
+
+
+def _t_vector_list(t_vectors: Any, ms: list[torch.Tensor], P: int, N: int) -> list[torch.Tensor] | None:
+    if t_vectors is None:
+        return None
+    if isinstance(t_vectors, (np.ndarray, torch.Tensor)):
+        tv = to_tensor(t_vectors)
+        if tv.ndim != 3 or tv.shape[0] != P:
+            raise ValueError(f"t_vectors must be (P={P}, D+1, n_t), got {tuple(tv.shape)}")
+        tv = list(tv.unbind(0))
+    else:
+        tv = [to_tensor(t) for t in t_vectors]
+        if len(tv) != P:
+            raise ValueError(f"t_vectors must hold one (D+1, n_t) array per manifold ({P}), got {len(tv)}")
+    n_t = tv[0].shape[-1]
+    for i, t in enumerate(tv):
+        if t.ndim != 2 or t.shape[1] != n_t:
+            raise ValueError(f"t_vectors[{i}] must be (D+1, n_t={n_t}), got {tuple(t.shape)}")
+    return tv
+
+
+def _anchor_statistics(A: torch.Tensor, t: torch.Tensor, kappa: float) -> tuple[np.ndarray, ...]:
+    """alpha_M, R_M, D_M for a batch of anchored manifolds A (G, D+1, m) and t-vectors t (G, D+1, T)."""
+    D = A.shape[1] - 1
+    shifted = t.clone()
+    shifted[:, D] += kappa
+    gram = A.mT @ A
+    rhs = shifted.mT @ A  # (G, T, m)
+    lam = nnls_gram(gram, rhs)  # (G, T, m)
+    y = A @ lam.mT  # (G, D+1, T) = t - v*
+    # Max-projection point: the anchor when t is interior (the constraints do not bind).
+    best = (t[:, :D].mT @ A[:, :D]).argmax(-1)  # (G, T)
+    s_star = torch.gather(A, 2, best[:, None, :].expand(-1, D + 1, -1))
+    g = (t * s_star).sum(1)
+    interior = (g + kappa < 0) | (torch.linalg.norm(y, dim=1) < INTERIOR_EPS)
+    lam_sum = lam.sum(-1)
+    s = torch.where(interior[:, None, :], s_star, y / torch.where(interior, 1.0, lam_sum)[:, None, :])
+    s_sq = (s * s).sum(1)
+    margin = ((t * s).sum(1) + kappa).clamp_min(0)
+    per_t = torch.where(s_sq > 0, margin**2 / torch.where(s_sq > 0, s_sq, 1.0), torch.zeros_like(s_sq))
+    alpha = 1.0 / per_t.mean(1)
+    ds = (s - s.mean(2, keepdim=True))[:, :D] / s[:, D : D + 1]
+    radius = torch.sqrt((ds * ds).sum(1).mean(1))
+    t_hat = t[:, :D] / torch.linalg.norm(t[:, :D], dim=1, keepdim=True)
+    s_hat = s[:, :D] / torch.sqrt((s[:, :D] ** 2).sum(1, keepdim=True) + 1e-12)
+    dim = D * (t_hat * s_hat).sum(1).mean(1) ** 2
+    return to_numpy(alpha), to_numpy(radius), to_numpy(dim)
