@@ -1,0 +1,261 @@
+"""Batched image operations with one parameter per image, matching torchvision's single-image kernels.
+
+Every function takes float images (N, 3, H, W) in [0, 1] and per-image parameters of shape (N,).
+torchvision's functional ops take one scalar parameter per call, so applying them to many views with
+different parameters needs a Python loop per view; these do the same arithmetic for the whole batch
+at once. The formulas follow ``torchvision.transforms.v2.functional`` on float images (same grayscale
+weights, same clamping after every op, same HSV round trip), so a view made here equals the view
+torchvision makes from the same parameters up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
+_LUMA = (0.2989, 0.587, 0.114)
+
+_TAPS = {"bilinear": 2.0, "bicubic": 4.0}
+
+
+def _filter(x: torch.Tensor, interpolation: str) -> torch.Tensor:
+    """Interpolation kernel evaluated at x, as in PyTorch's antialiased resize (and PIL)."""
+    x = x.abs()
+    if interpolation == "bilinear":
+        return (1.0 - x).clamp_(min=0.0)
+    # Keys cubic with a = -0.5, the kernel of PIL and of torch's antialiased bicubic.
+    a = -0.5
+    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    outer = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return torch.where(x < 1.0, inner, torch.where(x < 2.0, outer, torch.zeros_like(x)))
+
+
+def resize_weights(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out_size: int,
+    in_size: int,
+    interpolation: str = "bilinear",
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Dense (N, out_size, in_size) matrices that crop [start, start+length) and resize it to out_size.
+
+    The weights are those of ``torch.nn.functional.interpolate(..., antialias=True,
+    align_corners=False)``, the default of torchvision's Resize and RandomResizedCrop: when shrinking,
+    the kernel is widened by the scale factor (area-aware antialiasing, as PIL does); taps falling
+    outside the crop are dropped and each row renormalised, which is how the reference handles the
+    crop border. Written by hand because torch offers no crop-and-resize with a different box per
+    image; a matrix per axis turns all views' crops and resizes into two batched matmuls.
+    """
+    if interpolation not in _TAPS:
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    start = start.to(dtype)
+    length = length.to(dtype)
+    scale = length / out_size  # input pixels per output pixel
+    stretch = scale.clamp(min=1.0)  # kernel widening when downscaling
+    i = torch.arange(out_size, dtype=dtype, device=start.device)
+    j = torch.arange(in_size, dtype=dtype, device=start.device)
+    center = scale[:, None] * (i[None, :] + 0.5)  # (N, out), in crop coordinates
+    rel = j[None, :] - start[:, None]  # (N, in), position of each input pixel inside the crop
+    x = (rel[:, None, :] - center[:, :, None] + 0.5) / stretch[:, None, None]
+    w = _filter(x, interpolation)
+    inside = (rel >= 0) & (rel < length[:, None])
+    w = w * inside[:, None, :]
+    w = w / w.sum(dim=-1, keepdim=True)
+    return w
+
+
+def crop_resize(
+    images: torch.Tensor,
+    wy: torch.Tensor,
+    wx: torch.Tensor,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Apply per-view row and column resize matrices; view n reads image n // r, r = views per image.
+
+    images: (M, C, H, W) any real dtype; wy: (M*r, h, H); wx: (M*r, w, W) (see ``resize_weights``).
+    Returns planar float32 (C, M*r, h, w) times ``scale`` (1/255 maps uint8 to [0, 1]). The row pass
+    is one matmul per source image covering all its views, the column pass one matmul per view; the
+    channel axis rides inside the matrices, so no per-view copy of the source image is made.
+    """
+    m, c, h_in, w_in = images.shape
+    n, h, _ = wy.shape
+    w = wx.shape[1]
+    if n % m != 0:
+        raise ValueError(f"{n} views cannot be split evenly over {m} images")
+    r = n // m
+    x = images.to(torch.float32).permute(0, 2, 1, 3).reshape(m, h_in, c * w_in)
+    t = torch.bmm(wy.reshape(m, r * h, h_in), x).view(n, h * c, w_in)
+    t = torch.bmm(t, wx.transpose(1, 2)).view(n, h, c, w)
+    out = torch.empty(c, n, h, w, dtype=torch.float32, device=images.device)
+    # An elementwise op with out= re-lays memory far faster than permute().contiguous() on CPU.
+    torch.mul(t.permute(2, 0, 1, 3), scale, out=out)
+    return out
+
+
+# The colour ops below work on planar batches (3, N, H, W): each channel plane is contiguous, which
+# makes every elementwise pass several times faster on CPU than strided channel slices of (N, 3, H, W).
+
+
+def to_planar(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> contiguous (3, N, H, W)."""
+    out = torch.empty((images.shape[1], images.shape[0], *images.shape[2:]), dtype=images.dtype, device=images.device)
+    out.copy_(images.transpose(0, 1))
+    return out
+
+
+def from_planar(planar: torch.Tensor) -> torch.Tensor:
+    """(3, N, H, W) -> contiguous (N, 3, H, W)."""
+    return to_planar(planar)
+
+
+def _per_image(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Factor (N,) shaped to broadcast over a plane (N, H, W)."""
+    return factor.to(device=like.device, dtype=like.dtype).view(-1, 1, 1)
+
+
+def grayscale(planar: torch.Tensor) -> torch.Tensor:
+    """Luma plane (N, H, W) with torchvision's ITU-R 601-2 weights."""
+    r, g, b = planar.unbind(0)
+    return torch.add(r * _LUMA[0], g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2])
+
+
+def adjust_brightness(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale intensities by factor, clamp to [0, 1]."""
+    return (planar * _per_image(factor, planar)).clamp_(0.0, 1.0)
+
+
+def _blend(planar: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = _per_image(factor, planar)
+    return torch.addcmul(other * (1.0 - f), planar, f).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with the mean of its own grayscale version."""
+    mean = grayscale(planar).mean(dim=(1, 2), keepdim=True)
+    return _blend(planar, mean, factor)
+
+
+def adjust_saturation(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its grayscale version."""
+    return _blend(planar, grayscale(planar), factor)
+
+
+def adjust_hue(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by factor (in turns, [-0.5, 0.5]) through an exact RGB -> HSV -> RGB round trip.
+
+    A hue shift keeps each pixel's max (value) and max - min (chroma), so only the hue is computed
+    (in sixths of a turn, with torchvision's branch order: red wins ties, then green) and each
+    channel is rebuilt as min + chroma * clamp(|((6h + n) mod 6) - 2| - 1, 0, 1) with n = 5, 3, 1 for
+    R, G, B: the same piecewise-linear map as the six-sector table torchvision uses. Branches are
+    blended with 0/1 masks and the modulo is done with floor, because on CPU torch.where and
+    torch.remainder cost several times more than plain arithmetic passes.
+    """
+    r, g, b = planar.unbind(0)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    is_r = (r == maxc).to(planar.dtype)
+    is_g = (g == maxc).to(planar.dtype).mul_(1.0 - is_r)
+    # Hue in sixths before dividing by chroma: blue branch, then swap in green and red where they win.
+    h6 = (r - g).add_(chroma, alpha=4.0)
+    h6.addcmul_(is_g, (b - r).add_(chroma, alpha=2.0).sub_(h6))
+    h6.addcmul_(is_r, (g - b).sub_(h6))
+    # Grey pixels (chroma 0) have a zero numerator, so any finite divisor gives hue 0 as torchvision does.
+    h6.div_(chroma.clamp(min=1e-12)).add_(_per_image(factor, h6), alpha=6.0)
+    out = torch.empty_like(planar)
+    k = torch.empty_like(h6)
+    q = torch.empty_like(h6)
+    for c, n in enumerate((5.0, 3.0, 1.0)):
+        torch.add(h6, n, out=k)
+        torch.mul(k, 1.0 / 6.0, out=q).floor_()
+        k.add_(q, alpha=-6.0)  # k mod 6
+        k.sub_(2.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+        torch.addcmul(minc, chroma, k, out=out[c])
+    return out
+
+
+def blur_kernel_size(size: int) -> int:
+    """Odd kernel of about 10% of the image side (23 at 224 px), the BYOL/SimCLR rule."""
+    k = int(0.1 * size)
+    return max(3, k + 1 if k % 2 == 0 else k)
+
+
+def gaussian_blur(planar: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per image and reflect padding, like torchvision's."""
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    c, n, h, w = planar.shape
+    half = kernel_size // 2
+    if half >= min(h, w):
+        raise ValueError(f"blur kernel {kernel_size} is too large for {h}x{w} views; set blur_p=0 or a larger size")
+    t = torch.arange(kernel_size, device=planar.device, dtype=planar.dtype) - half
+    s = sigma.to(device=planar.device, dtype=planar.dtype)[:, None]
+    k1 = torch.softmax(-0.5 * (t[None, :] / s) ** 2, dim=1).repeat(c, 1)  # (C*N, K), group c*N + n
+    x = F.pad(planar.reshape(1, c * n, h, w), [half, half, half, half], mode="reflect")
+    x = F.conv2d(x, k1[:, None, :, None], groups=c * n)
+    x = F.conv2d(x, k1[:, None, None, :], groups=c * n)
+    return x.reshape(c, n, h, w)
+
+
+def solarize(planar: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert the pixels at or above threshold."""
+    return torch.where(planar >= threshold, 1.0 - planar, planar)
+
+
+def normalize_to(planar: torch.Tensor, mean, std, out: torch.Tensor) -> torch.Tensor:
+    """Per-channel (x - mean) / std of a planar batch, written into ``out`` of shape (N, 3, H, W)."""
+    m = torch.as_tensor(mean, device=planar.device, dtype=planar.dtype).view(-1, 1, 1, 1)
+    s = torch.as_tensor(std, device=planar.device, dtype=planar.dtype).view(-1, 1, 1, 1)
+    torch.addcmul(-m / s, planar, 1.0 / s, out=out.transpose(0, 1))
+    return out
+
+
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random resized crop boxes (top, left, h, w), each (n,) int64, by torchvision's rule, vectorised.
+
+    Per view: up to ``attempts`` draws of area ~ U(scale) * H * W and log aspect ~ U(log ratio); the
+    first draw that fits is used and its position is uniform; if none fits, a centre crop with the
+    aspect clamped to ``ratio``.
+    """
+    area = float(height * width)
+    u_area = torch.rand(n, attempts, generator=generator, dtype=torch.float64)
+    u_ratio = torch.rand(n, attempts, generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u_ratio)
+    w = torch.round(torch.sqrt(target * aspect)).to(torch.int64)
+    h = torch.round(torch.sqrt(target / aspect)).to(torch.int64)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(ok.to(torch.int8), dim=1)  # first fitting attempt (0 if none)
+    found = ok.any(dim=1)
+    w = w.gather(1, first[:, None]).squeeze(1)
+    h = h.gather(1, first[:, None]).squeeze(1)
+    # Fallback: centre crop, aspect clamped into the ratio range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw, fh = int(round(height * ratio[1])), height
+    else:
+        fw, fh = width, height
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u_top = torch.rand(n, generator=generator, dtype=torch.float64)
+    u_left = torch.rand(n, generator=generator, dtype=torch.float64)
+    top = torch.floor(u_top * (height - h + 1).to(torch.float64)).to(torch.int64)
+    left = torch.floor(u_left * (width - w + 1).to(torch.float64)).to(torch.int64)
+    top = torch.where(found, top, (height - h) // 2)
+    left = torch.where(found, left, (width - w) // 2)
+    return top, left, h, w

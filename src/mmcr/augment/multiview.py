@@ -1,0 +1,462 @@
+"""Many views per image, made for a whole uint8 batch at once on the batch's own device.
+
+The authors build each view with a PIL pipeline, one image at a time in data-loader workers; with 40
+views per image that caps training at a few thousand views per second per core. Here every view's
+random parameters are drawn up front (on the CPU, from one ``torch.Generator``, so the same seed
+gives the same views on any device) and the operations run as batched tensor ops:
+
+- random resized crop + flip + resize: one pair of per-view interpolation matrices (torch's
+  antialiased bilinear/bicubic weights, i.e. torchvision's ``antialias=True`` default), applied
+  with two batched matmuls, so crops of any box and any scale cost the same;
+- colour jitter in a random order per view, like torchvision's ColorJitter: four "slots", and in
+  each slot every op is applied to the views that drew it there;
+- grayscale, Gaussian blur (one sigma per view), solarisation, normalisation.
+
+Each op reproduces ``torchvision.transforms.v2.functional`` on float images given the same
+parameters (tests/test_augment_fidelity.py checks it). Views of one image are rows ``b`` of the
+output (B, k, 3, h, w); every view has independent parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from mmcr.augment import functional as AF
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_COMMON = dict(
+    ratio=(3.0 / 4.0, 4.0 / 3.0),
+    flip_p=0.5,
+    blur_p=0.0,
+    blur_sigma=(0.1, 2.0),
+    solarize_p=0.0,
+    color_first=False,
+)
+
+PRESETS: dict[str, dict] = {
+    # The authors' CIFAR recipe: RRC 32 (0.08-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2.
+    "cifar": dict(
+        _COMMON,
+        size=32,
+        scale=(0.08, 1.0),
+        interpolation="bilinear",
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        jitter_p=0.8,
+        grayscale_p=0.2,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    ),
+    # The authors' STL-10 recipe: jitter p 0.8 and grayscale p 0.1 on the full image, then RRC 64
+    # (0.2-1, bicubic) and flip; hence color_first.
+    "stl10": dict(
+        _COMMON,
+        size=64,
+        scale=(0.2, 1.0),
+        interpolation="bicubic",
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        jitter_p=0.8,
+        grayscale_p=0.1,
+        color_first=True,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
+    # BYOL's asymmetric pair: views alternate A, B, A, B, ... (blur p 1.0 / 0.1, solarize p 0 / 0.2).
+    "byol": dict(
+        _COMMON,
+        size=224,
+        scale=(0.08, 1.0),
+        interpolation="bicubic",
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        jitter_p=0.8,
+        grayscale_p=0.2,
+        blur_p=(1.0, 0.1),
+        solarize_p=(0.0, 0.2),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
+    # Deterministic evaluation view: resize the short side, centre crop, normalise.
+    "eval": dict(size=None, resize=None, interpolation="bilinear", mean=CIFAR_MEAN, std=CIFAR_STD),
+}
+
+_TRAIN_KEYS = set(PRESETS["cifar"]) | {"blur_kernel_size"}
+_EVAL_KEYS = set(PRESETS["eval"])
+_PROB_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
+# Tables of resize matrices for every (start, length) box are cached when no larger than this many
+# floats (32 px CIFAR: 1M); bigger images compute the matrices of the boxes they draw.
+_TABLE_LIMIT = 1 << 22
+
+
+def _pair(value, name: str, lower: float | None = None) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value), float(value))
+    if isinstance(value, Sequence) and len(value) == 2:
+        lo, hi = float(value[0]), float(value[1])
+        if lo > hi or (lower is not None and lo < lower):
+            raise ValueError(f"{name} must be an increasing pair >= {lower}, got {value}")
+        return (lo, hi)
+    raise ValueError(f"{name} must be a number or a (min, max) pair, got {value!r}")
+
+
+def _jitter_range(value, name: str, center: float, bound: float | None = None) -> tuple[float, float] | None:
+    """torchvision's ColorJitter convention: x -> [center - x, center + x] (clipped), or an explicit pair."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{name} must be non-negative, got {value}")
+        if value == 0:
+            return None
+        lo, hi = center - float(value), center + float(value)
+        if bound is None:
+            lo = max(lo, 0.0)
+    else:
+        lo, hi = _pair(value, name)
+    if bound is not None and not (-bound <= lo <= hi <= bound):
+        raise ValueError(f"{name} must lie in [-{bound}, {bound}], got {value}")
+    if bound is None and lo < 0:
+        raise ValueError(f"{name} factors must be non-negative, got {value}")
+    if lo == hi == center:
+        return None
+    return (lo, hi)
+
+
+def _probs(value, name: str) -> tuple[float, ...]:
+    """A probability, or a sequence of them cycled over view slots (asymmetric views)."""
+    seq = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),)
+    if not seq or any(not 0.0 <= p <= 1.0 for p in seq):
+        raise ValueError(f"{name} must be a probability in [0, 1] or a sequence of them, got {value!r}")
+    return seq
+
+
+@dataclass
+class ViewParams:
+    """Sampled parameters of N = B * k views (view n belongs to image n // k), all CPU tensors.
+
+    top/left/height/width: crop box (int64); flip, jitter, gray, blur, solarize: bool masks; order:
+    (N, 4) jitter order, a permutation of 0..3 = brightness, contrast, saturation, hue; brightness,
+    contrast, saturation: multiplicative factors; hue: shift in turns; sigma: blur sigma.
+    """
+
+    top: torch.Tensor
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    flip: torch.Tensor
+    jitter: torch.Tensor
+    order: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    gray: torch.Tensor
+    blur: torch.Tensor
+    sigma: torch.Tensor
+    solarize: torch.Tensor
+
+
+class MultiViewAugment:
+    """k random views of each image in a uint8 batch: (B, 3, H, W) -> float32 (B, k, 3, h, w), normalised.
+
+    ``preset``: "cifar" | "stl10" | "byol" | "eval"; ``views``: k; ``seed``: seeds the augmentation's own
+    ``torch.Generator`` (``self.generator``; with seed=None it is seeded from torch's global RNG, so
+    ``torch.manual_seed`` makes runs repeatable). Overrides (training presets): size, scale, ratio,
+    interpolation ("bilinear"|"bicubic"), flip_p, brightness, contrast, saturation, hue, jitter_p,
+    grayscale_p, blur_p, blur_sigma, blur_kernel_size, solarize_p, mean, std, color_first; eval
+    preset: size, resize, interpolation, mean, std. Probabilities may be sequences, cycled over view
+    slots (view v uses p[v % len(p)]): byol's blur_p=(1.0, 0.1) makes views alternate A, B.
+
+    Reproducibility: ``aug(x, generator=g)`` draws from ``g`` instead; parameters are always drawn on
+    the CPU, so identical inputs and generator state give identical views. ``state_dict()`` /
+    ``load_state_dict()`` save and restore the generator for checkpoints.
+    """
+
+    def __init__(self, preset: str = "cifar", views: int = 2, seed: int | None = None, **overrides):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if not isinstance(views, int) or views < 1:
+            raise ValueError(f"views must be a positive integer, got {views!r}")
+        allowed = _EVAL_KEYS if preset == "eval" else _TRAIN_KEYS
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise ValueError(f"unknown override(s) {unknown} for preset {preset!r}; valid: {sorted(allowed)}")
+        self.preset = preset
+        self.views = views
+        cfg = dict(PRESETS[preset])
+        cfg.update(overrides)
+        self._setup(cfg)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self._tables: dict = {}
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _setup(self, cfg: dict) -> None:
+        interp = cfg["interpolation"]
+        if interp not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interp!r}")
+        self.interpolation = interp
+        mean, std = tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values each with std > 0, got mean={mean} std={std}")
+        self.mean, self.std = mean, std
+        if self.preset == "eval":
+            self.size = self._size(cfg["size"], "size", allow_none=True)
+            self.resize = None if cfg["resize"] is None else int(cfg["resize"])
+            if self.resize is not None and self.resize < 1:
+                raise ValueError(f"resize must be a positive integer, got {cfg['resize']!r}")
+            return
+        self.size = self._size(cfg["size"], "size")
+        self.scale = _pair(cfg["scale"], "scale", lower=0.0)
+        if self.scale[0] <= 0 or self.scale[1] > 1:
+            raise ValueError(f"scale must lie in (0, 1], got {cfg['scale']}")
+        self.ratio = _pair(cfg["ratio"], "ratio", lower=0.0)
+        if self.ratio[0] <= 0:
+            raise ValueError(f"ratio must be positive, got {cfg['ratio']}")
+        self.brightness = _jitter_range(cfg["brightness"], "brightness", 1.0)
+        self.contrast = _jitter_range(cfg["contrast"], "contrast", 1.0)
+        self.saturation = _jitter_range(cfg["saturation"], "saturation", 1.0)
+        self.hue = _jitter_range(cfg["hue"], "hue", 0.0, bound=0.5)
+        self.blur_sigma = _pair(cfg["blur_sigma"], "blur_sigma", lower=0.0)
+        if self.blur_sigma[0] <= 0:
+            raise ValueError(f"blur_sigma must be positive, got {cfg['blur_sigma']}")
+        ks = cfg.get("blur_kernel_size") or AF.blur_kernel_size(max(self.size))
+        if int(ks) % 2 == 0 or int(ks) < 1:
+            raise ValueError(f"blur_kernel_size must be a positive odd integer, got {ks}")
+        self.blur_kernel_size = int(ks)
+        self.probs = {k: _probs(cfg[k], k) for k in _PROB_KEYS}
+        self.color_first = bool(cfg["color_first"])
+
+    @staticmethod
+    def _size(value, name: str, allow_none: bool = False) -> tuple[int, int] | None:
+        if value is None and allow_none:
+            return None
+        if isinstance(value, int) and value > 0:
+            return (value, value)
+        if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+            return (int(value[0]), int(value[1]))
+        raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
+
+    @property
+    def config(self) -> dict:
+        """The resolved settings, for run records."""
+        out = {"preset": self.preset, "views": self.views, "seed": self.seed, "interpolation": self.interpolation}
+        out.update(mean=list(self.mean), std=list(self.std))
+        if self.preset == "eval":
+            out.update(size=None if self.size is None else list(self.size), resize=self.resize)
+            return out
+        out.update(
+            size=list(self.size),
+            scale=list(self.scale),
+            ratio=list(self.ratio),
+            brightness=self.brightness and list(self.brightness),
+            contrast=self.contrast and list(self.contrast),
+            saturation=self.saturation and list(self.saturation),
+            hue=self.hue and list(self.hue),
+            blur_sigma=list(self.blur_sigma),
+            blur_kernel_size=self.blur_kernel_size,
+            color_first=self.color_first,
+            **{k: list(v) for k, v in self.probs.items()},
+        )
+        return out
+
+    def eval_transform(self, resize: int | None = None) -> MultiViewAugment:
+        """The matching deterministic view (same output size and normalisation), one per image."""
+        size = None if self.size is None else self.size
+        return MultiViewAugment("eval", views=1, size=size, resize=resize, mean=self.mean, std=self.std)
+
+    # ----------------------------------------------------------------------------------- RNG state
+    def manual_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.generator.manual_seed(self.seed)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return f"MultiViewAugment(preset={self.preset!r}, views={self.views}, size={self.size})"
+
+    # ----------------------------------------------------------------------------------- sampling
+    def _slot_probs(self, key: str, n_images: int) -> torch.Tensor:
+        p = torch.tensor(self.probs[key], dtype=torch.float64)
+        slots = torch.arange(self.views) % len(p)
+        return p[slots].repeat(n_images)
+
+    def sample_params(
+        self, batch: int, height: int, width: int, generator: torch.Generator | None = None
+    ) -> ViewParams:
+        """Draw the parameters of batch * views views of (height, width) images, on the CPU.
+
+        The draw order is fixed and independent of the probabilities' outcomes, so a generator state
+        always maps to the same views.
+        """
+        if self.preset == "eval":
+            raise ValueError("the eval preset is deterministic and has no random parameters")
+        g = self.generator if generator is None else generator
+        n = batch * self.views
+        top, left, h, w = AF.sample_crop_boxes(n, height, width, self.scale, self.ratio, g)
+
+        def coin(key: str) -> torch.Tensor:
+            return torch.rand(n, generator=g, dtype=torch.float64) < self._slot_probs(key, batch)
+
+        def uniform(rng: tuple[float, float] | None, neutral: float) -> torch.Tensor:
+            u = torch.rand(n, generator=g, dtype=torch.float64)
+            if rng is None:
+                return torch.full((n,), neutral, dtype=torch.float32)
+            return (rng[0] + (rng[1] - rng[0]) * u).to(torch.float32)
+
+        flip = coin("flip_p")
+        jitter = coin("jitter_p")
+        order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)  # uniform random permutations
+        brightness = uniform(self.brightness, 1.0)
+        contrast = uniform(self.contrast, 1.0)
+        saturation = uniform(self.saturation, 1.0)
+        hue = uniform(self.hue, 0.0)
+        gray = coin("grayscale_p")
+        blur = coin("blur_p")
+        sigma = uniform(self.blur_sigma, 1.0)
+        solarize = coin("solarize_p")
+        return ViewParams(
+            top, left, h, w, flip, jitter, order, brightness, contrast, saturation, hue, gray, blur, sigma, solarize
+        )
+
+    # ----------------------------------------------------------------------------------- applying
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        images = self._check(images)
+        if self.preset == "eval":
+            return self._eval(images)
+        b, _, h, w = images.shape
+        return self.apply(images, self.sample_params(b, h, w, generator))
+
+    @staticmethod
+    def _check(images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 images (0-255), got {images.dtype}; convert with (x * 255).round().byte()")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if images.shape[1] != 3:
+            raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
+        return images
+
+    def _weights(self, start, length, out_size: int, in_size: int, device) -> torch.Tensor:
+        """Per-view resize matrices, from a cached table of every box when the image is small."""
+        if in_size * in_size * out_size * in_size <= _TABLE_LIMIT:
+            key = (in_size, out_size, self.interpolation, str(device))
+            table = self._tables.get(key)
+            if table is None:
+                lengths = torch.arange(1, in_size + 1).repeat_interleave(in_size)
+                starts = torch.arange(in_size).repeat(in_size)
+                starts = torch.minimum(starts, in_size - lengths)  # boxes that fit; others never looked up
+                table = AF.resize_weights(starts, lengths, out_size, in_size, self.interpolation)
+                table = table.to(device=device, dtype=torch.float32)
+                self._tables[key] = table
+            idx = ((length - 1) * in_size + start).to(device)
+            return table.index_select(0, idx)
+        w = AF.resize_weights(start.to(device), length.to(device), out_size, in_size, self.interpolation)
+        return w.to(torch.float32)
+
+    def apply(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
+        """Make the views described by ``p`` (from ``sample_params``) of a uint8 batch."""
+        images = self._check(images)
+        b, _, h_in, w_in = images.shape
+        n = b * self.views
+        if p.top.shape[0] != n:
+            raise ValueError(f"params describe {p.top.shape[0]} views, but {b} images x {self.views} views = {n}")
+        dev = images.device
+        wy = self._weights(p.top, p.height, self.size[0], h_in, dev)
+        wx = self._weights(p.left, p.width, self.size[1], w_in, dev)
+        flip = p.flip.to(dev)
+        if bool(p.flip.any()):
+            wx = torch.where(flip[:, None, None], wx.flip(1), wx)
+        if self.color_first:
+            # Colour ops see the full image (the authors' STL-10 order), then the crop.
+            x = images.to(torch.float32).mul_(1.0 / 255.0)
+            x = AF.to_planar(x).repeat_interleave(self.views, dim=1)
+            x = self._colour(x, p, dev)
+            x = AF.crop_resize(AF.from_planar(x), wy, wx)
+        else:
+            x = AF.crop_resize(images, wy, wx, scale=1.0 / 255.0)
+            x = self._colour(x, p, dev)
+        x = self._subset(x, p.blur, lambda v, idx: AF.gaussian_blur(v, p.sigma[idx], self.blur_kernel_size))
+        x = self._subset(x, p.solarize, lambda v, idx: AF.solarize(v))
+        out = torch.empty(n, 3, *self.size, dtype=torch.float32, device=dev)
+        AF.normalize_to(x, self.mean, self.std, out)
+        return out.view(b, self.views, 3, *self.size)
+
+    @staticmethod
+    def _subset(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
+        """Apply fn to the views selected by mask (planar x), in place of those views."""
+        idx = torch.nonzero(mask).squeeze(1)
+        if idx.numel() == 0:
+            return x
+        if idx.numel() == x.shape[1]:
+            return fn(x, idx)
+        didx = idx.to(x.device)
+        c, n, h, w = x.shape
+        flat = x.view(c, n, h * w)
+        sub = flat.index_select(1, didx).view(c, -1, h, w)
+        flat.index_copy_(1, didx, fn(sub, idx).reshape(c, -1, h * w))
+        return x
+
+    def _colour(self, x: torch.Tensor, p: ViewParams, dev) -> torch.Tensor:
+        ops = (
+            (self.brightness, AF.adjust_brightness, p.brightness),
+            (self.contrast, AF.adjust_contrast, p.contrast),
+            (self.saturation, AF.adjust_saturation, p.saturation),
+            (self.hue, AF.adjust_hue, p.hue),
+        )
+        if bool(p.jitter.any()):
+            for slot in range(4):
+                for op_id, (rng, fn, factor) in enumerate(ops):
+                    if rng is None:
+                        continue
+                    mask = p.jitter & (p.order[:, slot] == op_id)
+                    x = self._subset(x, mask, lambda v, idx, fn=fn, factor=factor: fn(v, factor[idx]))
+        return self._subset(x, p.gray, lambda v, idx: AF.grayscale(v).unsqueeze(0).repeat(3, 1, 1, 1))
+
+    def _eval(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).mul_(1.0 / 255.0)
+        if self.resize is not None:
+            x = TF.resize(x, [self.resize], interpolation=_MODES[self.interpolation], antialias=True)
+        if self.size is not None:
+            if self.size[0] > x.shape[-2] or self.size[1] > x.shape[-1]:
+                raise ValueError(
+                    f"eval crop {self.size} is larger than the (resized) images {tuple(x.shape[-2:])}; "
+                    "set resize= to at least the crop size"
+                )
+            x = TF.center_crop(x, list(self.size))
+        x = x.clamp_(0.0, 1.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        return x.unsqueeze(1).expand(-1, self.views, -1, -1, -1).contiguous()
+
+
+_MODES = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
+
+
+__all__ = ["MultiViewAugment", "PRESETS", "ViewParams", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
