@@ -355,7 +355,7 @@ class MultiViewAugment:
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
         if images.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images (0-255), got {images.dtype}; convert with (x * 255).round().byte()")
+            raise ValueError(f"expected uint8 images, got {images.dtype}; convert with (x * 255).round().byte()")
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if images.shape[1] != 3:
