@@ -164,11 +164,13 @@ def test_resize_normalize_matches_torchvision():
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (4, 3, 40, 50), dtype=torch.uint8, generator=g)
     tf = ResizeNormalize(size=32, resize=36, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
-    ref = TF.center_crop(TF.resize(imgs, [36], antialias=True), [32, 32]).float() / 255
+    ref = TF.center_crop(TF.resize(imgs.float() / 255, [36], antialias=True).clamp(0, 1), [32, 32])
     ref = TF.normalize(ref, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     torch.testing.assert_close(tf(imgs), ref)
     with pytest.raises(ValueError, match="uint8"):
         tf(imgs.float())
+    with pytest.raises(ValueError, match="resize"):
+        ResizeNormalize(size=64)(imgs)
 
 
 def test_extract_features_is_batch_invariant_and_restores_mode():
@@ -186,3 +188,18 @@ def test_extract_features_is_batch_invariant_and_restores_mode():
     f3, y3 = extract_features(bb, loader, transform=tf)
     torch.testing.assert_close(f3, f1, rtol=1e-4, atol=1e-5)
     assert y3.tolist() == list(range(10))
+
+
+def test_eval_settings_follow_the_run_config_and_match_the_augment_eval_preset():
+    from mmcr.evaluate.features import IMAGENET_MEAN, eval_settings, eval_transform
+
+    info = {"config": {"augment": {"preset": "cifar", "overrides": {"size": 24, "mean": [0.5] * 3, "std": [0.2] * 3}}}}
+    kw = eval_settings(info)
+    assert kw == {"size": 24, "resize": None, "mean": (0.5,) * 3, "std": (0.2,) * 3}
+    assert eval_settings(info, size=20, mean=(0.1, 0.2, 0.3))["mean"] == (0.1, 0.2, 0.3)
+    assert eval_settings(None)["mean"] == IMAGENET_MEAN and eval_settings(None)["size"] is None
+    imgs = torch.randint(0, 256, (3, 3, 30, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ours = ResizeNormalize(**kw)(imgs)
+    assert ours.shape == (3, 3, 24, 24)
+    # whichever implementation eval_transform picks (mmcr.augment's eval preset when installed) agrees
+    torch.testing.assert_close(eval_transform(info)(imgs), ours, rtol=1e-4, atol=1e-4)

@@ -34,7 +34,7 @@ class ResizeNormalize(nn.Module):
 
     def __init__(
         self,
-        size: int | None = None,
+        size: int | tuple[int, int] | None = None,
         resize: int | None = None,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
@@ -42,7 +42,7 @@ class ResizeNormalize(nn.Module):
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 entries each with std > 0, got mean={mean}, std={std}")
-        self.size = size
+        self.size = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
         self.resize = resize
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -50,14 +50,16 @@ class ResizeNormalize(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        x = images
-        if self.resize is not None and min(x.shape[-2:]) != self.resize:
-            x = TF.resize(x, [self.resize], antialias=True)
-        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
-            if min(x.shape[-2:]) < self.size:
-                x = TF.resize(x, [self.size], antialias=True)
-            x = TF.center_crop(x, [self.size, self.size])
-        x = x.float().div_(255.0)
+        x = images.float().div_(255.0)
+        if self.resize is not None:
+            x = TF.resize(x, [self.resize], antialias=True).clamp_(0.0, 1.0)
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            if x.shape[-2] < self.size[0] or x.shape[-1] < self.size[1]:
+                raise ValueError(
+                    f"eval crop {self.size} is larger than the images {tuple(x.shape[-2:])}; pass a resize "
+                    "(--resize) at least as large as the crop"
+                )
+            x = TF.center_crop(x, list(self.size))
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
@@ -82,8 +84,11 @@ def eval_settings(
         else:
             train_aug = MultiViewAugment(preset=aug_cfg["preset"], views=1, **over)
             d_size, d_mean, d_std = train_aug.size, train_aug.mean, train_aug.std
+    size = size if size is not None else d_size
+    if isinstance(size, (tuple, list)):
+        size = int(size[0]) if len(set(size)) == 1 else tuple(int(v) for v in size)
     return {
-        "size": size if size is not None else d_size,
+        "size": size,
         "resize": resize,
         "mean": tuple(float(m) for m in (mean if mean is not None else d_mean)),
         "std": tuple(float(s) for s in (std if std is not None else d_std)),

@@ -60,16 +60,16 @@ class FinetuneAugment(nn.Module):
     size/8, horizontal flip, normalisation (after resizing to ``size`` when given, as eval does).
     Lighter than the SSL views on purpose: labels are scarce here, not invariances."""
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_fraction: float = 0.125, size: int | None = None):
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_fraction: float = 0.125, size=None):
         super().__init__()
         self.pad_fraction = pad_fraction
-        self.size = size
+        self.size = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.size is not None and tuple(images.shape[-2:]) != (self.size, self.size):
-            images = TF.center_crop(TF.resize(images, [self.size], antialias=True), [self.size, self.size])
+        if self.size is not None and tuple(images.shape[-2:]) != self.size:
+            images = TF.center_crop(TF.resize(images, [min(self.size)], antialias=True), list(self.size))
         B, _, H, W = images.shape
         dev = images.device
         p = max(1, int(round(self.pad_fraction * min(H, W))))
