@@ -53,7 +53,21 @@ def all_gather_with_grad(x: torch.Tensor, check_sizes: bool = True) -> torch.Ten
                 f"all ranks must pass tensors of the same shape to the gather, got {sizes} by rank; "
                 "use equal per-rank batch sizes (drop_last=True)"
             )
-    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+    return _ContiguousGrad.apply(torch.cat(dist_fn.all_gather(x.contiguous()), dim=0))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous. torch's gloo all_gather backward allocates its
+    receive buffers with ``empty_like(grad)`` and lets the collective write them as dense memory, which
+    scrambles a transposed (non-contiguous) gradient such as the polar factor of a tall matrix."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

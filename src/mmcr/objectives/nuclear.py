@@ -28,6 +28,8 @@ FLOAT32_MIN_EIG_RATIO = 1e-2
 # Gram resolves sigma down to ~1e-8 sigma_max; 1e-5 leaves a wide margin while sitting far below every
 # singular value a float32 matrix can meaningfully carry apart from rounding noise (~1e-7 sigma_max).
 RANK_RTOL = 1e-5
+# Below this, entries of a float32 Gram come from products near the subnormal range (tiny / eps ~ 1e-31).
+_FLOAT32_SMALLEST_EIG = torch.finfo(torch.float32).tiny / torch.finfo(torch.float32).eps
 
 
 def _check_matrix(x: torch.Tensor) -> None:
@@ -86,7 +88,8 @@ def _gram_nuclear(x: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torc
             sigma, polar = _gram_float64(a, want_polar)
         else:
             evals, evecs = torch.linalg.eigh(gram)
-            bad = ~(evals[..., 0] >= FLOAT32_MIN_EIG_RATIO * evals[..., -1]) | (evals[..., -1] <= 0)
+            # Ill-conditioned, zero, or so small that float32 products lose bits to underflow -> float64.
+            bad = ~(evals[..., 0] >= FLOAT32_MIN_EIG_RATIO * evals[..., -1]) | ~(evals[..., 0] >= _FLOAT32_SMALLEST_EIG)
             sigma32 = evals.clamp_min(0).sqrt()
             polar32 = None
             if want_polar:
@@ -100,7 +103,7 @@ def _gram_nuclear(x: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torc
             else:
                 sigma, polar = sigma32, polar32
     value = sigma.sum(-1).to(out_dtype).reshape(batch)
-    sigma = sigma.to(out_dtype).reshape(*batch, -1)
+    sigma = sigma.to(out_dtype).reshape(*batch, min(m, n))
     if polar is not None:
         polar = polar.to(out_dtype)
         polar = polar.reshape(*batch, min(m, n), max(m, n))
