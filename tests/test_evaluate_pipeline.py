@@ -217,7 +217,7 @@ def test_cli_parsers_set_handlers():
 def test_cli_export_end_to_end(tmp_path, capsys):
     run = _fake_run(tmp_path)
     args = _parser().parse_args(["export", str(run), str(tmp_path / "bb.safetensors")])
-    args.func(args)
+    assert args.func(args) == 0
     assert "exported resnet_tiny" in capsys.readouterr().out
     assert read_exported(tmp_path / "bb.safetensors")[1]["source"].endswith("ckpt_00000007.pt")
 
@@ -229,12 +229,26 @@ def test_cli_knn_and_linear_on_digits(tmp_path):
     run = _fake_run(tmp_path)
     p = _parser()
     args = p.parse_args(["eval", "knn", str(run), "--dataset", "digits", "--k", "10", "--no-progress"])
-    res = args.func(args)
-    assert 10.0 < res["top1"] <= 100.0 and (run / "eval" / "knn_digits.json").exists()
+    assert args.func(args) == 0
+    res = json.loads((run / "eval" / "knn_digits.json").read_text())
+    assert 10.0 < res["top1"] <= 100.0 and res["k"] == 10
     args = p.parse_args(
         ["eval", "linear", str(run), "--dataset", "digits", "--weight-decays", "1e-2,1e-3", "--no-progress"]
     )
-    res = args.func(args)
+    assert args.func(args) == 0
+    res = json.loads((run / "eval" / "linear_digits.json").read_text())
     assert 10.0 < res["top1"] <= 100.0 and res["weight_decay"] in (1e-2, 1e-3)
     report = (run / "report.md").read_text()
     assert "eval knn digits" in report and "eval linear digits" in report
+
+
+def test_cli_semi_on_digits(tmp_path):
+    data = pytest.importorskip("mmcr.data", reason="mmcr.data not available yet")
+    if not hasattr(data, "load_dataset"):
+        pytest.skip("mmcr.data.load_dataset not available yet")
+    run = _fake_run(tmp_path)
+    argv = ["eval", "semi", str(run), "--dataset", "digits", "--fraction", "0.1", "--epochs", "1", "--no-progress"]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    res = json.loads((run / "eval" / "semi_digits_0.1.json").read_text())
+    assert res["n_labelled"] < 200 and 0.0 <= res["top1"] <= 100.0 and res["subset"].startswith("0.1")

@@ -1,7 +1,8 @@
 """argparse wiring for ``mmcr eval knn|linear|semi|transfer`` and ``mmcr export``.
 
 ``add_eval_parser(subparsers)`` and ``add_export_parser(subparsers)`` register the subcommands; each
-leaf parser sets ``func`` to a handler taking the parsed arguments.
+leaf parser sets ``func`` to a handler taking the parsed arguments and returning the exit status (0);
+results go to the JSON file each evaluation writes (its path is printed).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _print(kind: str, res: dict) -> None:
     print(f"{kind}: " + json.dumps(shown))
 
 
-def _knn(args) -> dict:
+def _knn(args) -> int:
     from mmcr.evaluate.api import run_knn
 
     res = run_knn(
@@ -68,10 +69,10 @@ def _knn(args) -> dict:
         progress=not args.no_progress,
     )
     _print("knn", res)
-    return res
+    return 0
 
 
-def _linear(args) -> dict:
+def _linear(args) -> int:
     from mmcr.evaluate.api import run_linear
 
     res = run_linear(
@@ -92,10 +93,10 @@ def _linear(args) -> dict:
         progress=not args.no_progress,
     )
     _print("linear", res)
-    return res
+    return 0
 
 
-def _semi(args) -> dict:
+def _semi(args) -> int:
     from mmcr.evaluate.api import run_semi
 
     res = run_semi(
@@ -118,10 +119,10 @@ def _semi(args) -> dict:
         progress=not args.no_progress,
     )
     _print("semi", res)
-    return res
+    return 0
 
 
-def _transfer(args) -> dict:
+def _transfer(args) -> int:
     from mmcr.evaluate.api import run_transfer
 
     res = run_transfer(
@@ -139,15 +140,15 @@ def _transfer(args) -> dict:
         progress=not args.no_progress,
     )
     _print("transfer", res)
-    return res
+    return 0
 
 
-def _export(args) -> dict:
+def _export(args) -> int:
     from mmcr.evaluate.api import run_export
 
     meta = run_export(args.source, args.out)
     print(f"exported {meta['arch']} backbone to {meta['path']}")
-    return meta
+    return 0
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
