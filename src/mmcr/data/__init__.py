@@ -1,0 +1,31 @@
+"""Data sets -> uint8 image tensors + labels (CIFAR, STL-10, image folders, archives, digits, npz), cached.
+
+    ds = load_dataset("archive", root="../shared/data/cifar10_jpeg.tar.gz", split="train")
+    train, val = split_train_val(ds, val_fraction=0.1, seed=0)
+    loader = make_loader(train, batch_size=32, seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)          # the order is a pure function of (seed, epoch, rank, world_size)
+        for images, labels in loader:    # uint8 (B, 3, H, W), int64 (B,)
+            ...
+"""
+
+from mmcr.data.cache import default_cache_dir
+from mmcr.data.datasets import DATASET_NAMES, ImageDataset, LazyImageFolder, load_dataset
+from mmcr.data.decode import DatasetError, decode_image
+from mmcr.data.loader import InMemoryLoader, WorkerLoader, epoch_order, make_loader
+from mmcr.data.split import split_train_val
+
+__all__ = [
+    "DATASET_NAMES",
+    "DatasetError",
+    "ImageDataset",
+    "InMemoryLoader",
+    "LazyImageFolder",
+    "WorkerLoader",
+    "decode_image",
+    "default_cache_dir",
+    "epoch_order",
+    "load_dataset",
+    "make_loader",
+    "split_train_val",
+]

@@ -1,0 +1,511 @@
+"""Data sets as uint8 image tensors + integer labels, from every format users have.
+
+``load_dataset(name, root, split)`` returns an ``ImageDataset`` whose whole split is in memory
+(``.images`` (N, 3, H, W) uint8, ``.labels`` (N,) int64, ``.classes``), or, for ImageNet-scale folders
+loaded with ``lazy=True``, a ``LazyImageFolder`` that decodes files on demand in loader workers.
+Formats that need decoding (image folders, archives) are decoded once and cached (see ``cache.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmcr.data import cache as C
+from mmcr.data.decode import IMAGE_EXTENSIONS, BadFiles, DatasetError, decode_image, is_image_name
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class ImageDataset:
+    """A split held in memory: images (N, 3, H, W) uint8, labels (N,) int64 (-1 = unlabelled), classes."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str = ""
+    split: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise DatasetError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise DatasetError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def subset(self, indices, split: str | None = None) -> ImageDataset:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageDataset(
+            self.images.index_select(0, idx),
+            self.labels.index_select(0, idx),
+            list(self.classes),
+            self.name,
+            split if split is not None else self.split,
+            dict(self.meta),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"size={self.image_size}, classes={self.num_classes})"
+        )
+
+
+def _hwc_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def _require(path: Path, what: str, hint: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"{what} not found: {path}; {hint}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ digits
+def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2, **_) -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits (offline): a fixed stratified 80/20 split (random_state=0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test", "all"):
+        raise DatasetError(f"digits has splits 'train', 'test' and 'all', got {split!r}")
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
+    y = d.target.astype(np.int64)
+    if split != "all":
+        idx = np.arange(len(y))
+        tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=0)
+        keep = np.sort(tr if split == "train" else te)
+        x, y = x[keep], y[keep]
+    images = torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1).contiguous()
+    if size is not None and size != 8:
+        import torchvision.transforms.v2.functional as TF
+
+        images = TF.resize(images, [int(size), int(size)], antialias=True)
+    return ImageDataset(images, torch.from_numpy(y), [str(i) for i in range(10)], "digits", split)
+
+
+# ------------------------------------------------------------------------------------ torchvision
+def _torchvision_root(root, name: str) -> Path:
+    if root is None:
+        raise DatasetError(f"{name} needs root=<folder with torchvision's {name} files> (or download=True with a root)")
+    return Path(root).expanduser()
+
+
+def _load_cifar(name: str, root, split: str, download: bool = False, **_) -> ImageDataset:
+    """CIFAR-10/100 in torchvision's on-disk format (python pickles), optionally downloaded by torchvision."""
+    from torchvision import datasets
+
+    if split not in ("train", "test"):
+        raise DatasetError(f"{name} has splits 'train' and 'test', got {split!r}")
+    root = _torchvision_root(root, name)
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    if not download and not (root / folder).is_dir():
+        raise DatasetError(
+            f"{name} not found: {root / folder} is missing; point root at the folder containing "
+            f"{folder}/ or pass download=True (needs internet)"
+        )
+    try:
+        ds = cls(str(root), train=(split == "train"), download=download)
+    except RuntimeError as exc:  # torchvision's integrity failure
+        raise DatasetError(f"{name} files under {root} are incomplete or corrupt ({exc}); re-download them") from exc
+    images = _hwc_to_tensor(np.asarray(ds.data, dtype=np.uint8))
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return ImageDataset(images, labels, list(ds.classes), name, split)
+
+
+def _load_stl10(root, split: str, download: bool = False, **_) -> ImageDataset:
+    """STL-10 in torchvision's on-disk format (binary); unlabelled images get label -1."""
+    from torchvision import datasets
+
+    valid = ("train", "test", "unlabeled", "train+unlabeled")
+    if split not in valid:
+        raise DatasetError(f"stl10 has splits {valid}, got {split!r}")
+    root = _torchvision_root(root, "stl10")
+    if not download and not (root / "stl10_binary").is_dir():
+        raise DatasetError(
+            f"stl10 not found: {root / 'stl10_binary'} is missing; point root at the folder containing "
+            "stl10_binary/ or pass download=True (needs internet, 2.5 GB)"
+        )
+    try:
+        ds = datasets.STL10(str(root), split=split, download=download)
+    except RuntimeError as exc:
+        raise DatasetError(f"stl10 files under {root} are incomplete or corrupt ({exc}); re-download them") from exc
+    images = torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8))
+    labels = torch.as_tensor(np.asarray(ds.labels), dtype=torch.int64)
+    return ImageDataset(images, labels, list(ds.classes), "stl10", split)
+
+
+# ------------------------------------------------------------------------------------ image trees
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _assemble(items: list[tuple[int, str, np.ndarray]], where: str, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack decoded (label, name, HWC image) triples, ordered by label then natural file name."""
+    items.sort(key=lambda t: (t[0], _natural_key(t[1])))
+    shapes = {it[2].shape for it in items}
+    if len(shapes) > 1:
+        raise DatasetError(
+            f"images in {where} have different sizes {sorted(shapes)[:3]}...; pass size=<int> to resize "
+            "every image (short side + centre crop) to one working size"
+        )
+    images = np.stack([it[2] for it in items]).transpose(0, 3, 1, 2)
+    labels = np.array([it[0] for it in items], dtype=np.int64)
+    return images, labels
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _split_folder(root: Path, split: str) -> tuple[Path, list[str] | None]:
+    """The folder holding <class>/<image> for ``split``, and the train split's classes for checking."""
+    _require(root, "image folder", "check the path (expected <root>/<split>/<class>/<image> or <root>/<class>/<image>)")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder; use name='archive' for .tar/.tar.gz or 'npz' for .npz")
+    has_splits = any((root / s).is_dir() for s in SPLIT_NAMES)
+    if has_splits:
+        folder = root / split
+        if not folder.is_dir():
+            present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+            raise DatasetError(f"split {split!r} not found in {root} (has {present}); pass one of those as split=")
+        ref = None
+        if split != "train" and (root / "train").is_dir():
+            ref = _class_dirs(root / "train")
+        return folder, ref
+    if split not in ("train", "all"):
+        raise DatasetError(
+            f"{root} has no train/val/test subfolders, so it is a single split; load it with split='train' "
+            "and carve a validation set with split_train_val"
+        )
+    return root, None
+
+
+def _check_classes(classes: list[str], ref: list[str] | None, where: str, split: str) -> None:
+    if ref is not None and classes != ref:
+        missing = sorted(set(ref) - set(classes))
+        extra = sorted(set(classes) - set(ref))
+        raise DatasetError(
+            f"class folders of split {split!r} differ from 'train' in {where}: missing {missing}, extra {extra}; "
+            "every split needs the same class folders (an empty folder can't hold a class)"
+        )
+
+
+def _scan_folder(folder: Path, where: str) -> tuple[list[str], list[tuple[str, int]]]:
+    classes = _class_dirs(folder)
+    if not classes:
+        raise DatasetError(
+            f"no class folders with images in {where}; expected <class>/<image> with extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}"
+        )
+    files = []
+    for label, cls in enumerate(classes):
+        before = len(files)
+        for dirpath, _, names in os.walk(folder / cls):
+            files += [(os.path.join(dirpath, n), label) for n in names if is_image_name(n)]
+        if len(files) == before:
+            raise DatasetError(
+                f"class folder {folder / cls} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove it"
+            )
+    files.sort(key=lambda t: (t[1], _natural_key(t[0])))
+    return classes, files
+
+
+def _load_imagefolder(
+    root, split: str, cache_dir=None, size: int | None = None, on_error: str = "skip", lazy: bool = False, **_
+):
+    if root is None:
+        raise DatasetError("imagefolder needs root=<folder> laid out as <root>/[<split>/]<class>/<image>")
+    root = Path(root).expanduser()
+    folder, ref = _split_folder(root, split)
+    classes, files = _scan_folder(folder, str(folder))
+    _check_classes(classes, ref, str(root), split)
+    if lazy:
+        if size is None:
+            raise DatasetError("lazy=True needs size=<working size in px> so batches can be stacked")
+        return LazyImageFolder([f for f, _ in files], [lb for _, lb in files], classes, int(size), on_error, split)
+    ident = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f, _ in files]
+    key = C.cache_key("imagefolder", str(folder.resolve()), ident, size, on_error)
+    entry = C.entry_path(cache_dir, f"imagefolder-{root.name}-{split}", key)
+    hit = C.load_split(entry, split)
+    if hit is None:
+        bad = BadFiles(on_error)
+        items = []
+        for path, label in files:
+            arr = bad.decode(path, path, size)
+            if arr is not None:
+                items.append((label, path, arr))
+        bad.report(str(folder))
+        if not items:
+            raise DatasetError(f"none of the {len(files)} images in {folder} could be decoded; check the files")
+        images, labels = _assemble(items, str(folder), size)
+        C.write_entry(entry, {split: (images, labels)}, {"classes": classes, "skipped": bad.names, "source": str(root)})
+        hit = C.load_split(entry, split)
+    images, labels, meta = hit
+    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "imagefolder", split, meta)
+
+
+def _archive_layout(names: list[str]) -> tuple[int, bool]:
+    """Depth of the class component in member paths, and whether a split folder precedes it."""
+    for n in names:
+        parts = n.split("/")
+        for i, p in enumerate(parts[:-2]):
+            if p in SPLIT_NAMES:
+                return i + 1, True
+    depth = min(len(n.split("/")) for n in names) - 2
+    return max(depth, 0), False
+
+
+def _load_archive(root, split: str, cache_dir=None, size: int | None = None, on_error: str = "skip", **_):
+    """A .tar / .tar.gz of an image-folder tree ([prefix/]<split>/<class>/<image>), read as it is.
+
+    All splits are decoded in one streaming pass and cached together; later loads read the cache.
+    """
+    if root is None:
+        raise DatasetError("archive needs root=<path to a .tar or .tar.gz of <split>/<class>/<image> files>")
+    path = Path(root).expanduser()
+    _require(path, "archive", "check the path")
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder; use name='imagefolder' for folders")
+    key = C.cache_key("archive", C.file_identity(path), size, on_error)
+    stem = path.name.split(".")[0]
+    entry = C.entry_path(cache_dir, f"archive-{stem}", key)
+    hit = C.load_split(entry, split)
+    if hit is None and not (entry / "meta.json").exists():
+        _decode_archive(path, entry, size, on_error)
+        hit = C.load_split(entry, split)
+    if hit is None:
+        present = sorted(json.loads((entry / "meta.json").read_text())["splits"])
+        raise DatasetError(f"split {split!r} not in archive {path} (has {present}); pass one of those as split=")
+    images, labels, meta = hit
+    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "archive", split, meta)
+
+
+def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) -> None:
+    try:
+        tf = tarfile.open(path, mode="r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetError(f"cannot open {path} as a .tar/.tar.gz archive ({exc}); check the file") from exc
+    bad = BadFiles(on_error)
+    raw: list[tuple[str, np.ndarray]] = []  # decoded while streaming, so compressed bytes are never all held
+    n_members = 0
+    with tf:
+        try:
+            for m in tf:
+                if m.isfile() and is_image_name(m.name):
+                    n_members += 1
+                    name = m.name[2:] if m.name.startswith("./") else m.name
+                    arr = bad.decode(tf.extractfile(m).read(), f"{path}:{name}", size)
+                    if arr is not None:
+                        raw.append((name, arr))
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DatasetError(f"archive {path} is truncated or corrupt ({exc}); re-copy it") from exc
+    if n_members == 0:
+        raise DatasetError(
+            f"no images found in archive {path}; expected members <split>/<class>/<image> with extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}"
+        )
+    if not raw:
+        raise DatasetError(f"none of the {n_members} images in {path} could be decoded; check the archive")
+    depth, has_split = _archive_layout([n for n, _ in raw])
+    groups: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {}
+    for name, data in raw:
+        parts = name.split("/")
+        if len(parts) < depth + 2:
+            continue
+        split_name = parts[depth - 1] if has_split else "train"
+        if has_split and split_name not in SPLIT_NAMES:
+            continue
+        groups.setdefault(split_name, {}).setdefault(parts[depth], []).append((name, data))
+    if not groups:
+        raise DatasetError(f"no images in {path} sit in <split>/<class>/ folders; repack it as <split>/<class>/<image>")
+    classes = sorted(groups.get("train", next(iter(groups.values()))))
+    for s, by_class in groups.items():
+        _check_classes(sorted(by_class), classes, str(path), s)
+    splits = {}
+    for s, by_class in groups.items():
+        items = [(label, name, arr) for label, cls in enumerate(classes) for name, arr in by_class[cls]]
+        splits[s] = _assemble(items, f"{path}:{s}", size)
+    bad.report(str(path))
+    C.write_entry(entry, splits, {"classes": classes, "skipped": bad.names, "source": str(path)})
+
+
+# ------------------------------------------------------------------------------------------- npz
+_IMAGE_KEYS = ("images", "x", "data", "X")
+_LABEL_KEYS = ("labels", "y", "targets", "Y")
+
+
+def _to_uint8_images(a: np.ndarray, where: str) -> np.ndarray:
+    """Arrays of images in common layouts/dtypes -> (N, 3, H, W) uint8."""
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise DatasetError(f"images in {where} must be (N, H, W), (N, H, W, C) or (N, C, H, W); got {a.shape}")
+    if a.shape[1] not in (1, 3, 4) and a.shape[-1] in (1, 3, 4):
+        a = a.transpose(0, 3, 1, 2)
+    if a.shape[1] == 4:
+        a = a[:, :3]
+    if a.shape[1] == 1:
+        a = np.repeat(a, 3, axis=1)
+    if a.shape[1] != 3:
+        raise DatasetError(f"images in {where} have {a.shape[1]} channels; need 1, 3 or 4 (RGBA)")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.uint16:
+        return np.ascontiguousarray((a >> 8).astype(np.uint8))
+    if np.issubdtype(a.dtype, np.floating):
+        scale = 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else 1.0
+        return np.ascontiguousarray(np.clip(np.round(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        return np.ascontiguousarray(np.clip(a, 0, 255).astype(np.uint8))
+    raise DatasetError(f"images in {where} have dtype {a.dtype}; need an integer or float array")
+
+
+def _load_npz(root, split: str, **_) -> ImageDataset:
+    """An .npz with images + labels (keys images/x/data, labels/y/targets), optionally per split
+    (x_train, y_train, x_test, ...), and an optional ``classes`` array of names."""
+    if root is None:
+        raise DatasetError("npz needs root=<path to an .npz with 'images' and 'labels' arrays>")
+    path = _require(Path(root).expanduser(), "npz file", "check the path")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path} as .npz ({exc}); save it with numpy.savez") from exc
+    with z:
+        keys = set(z.files)
+        ik = next((f"{k}_{split}" for k in _IMAGE_KEYS if f"{k}_{split}" in keys), None)
+        lk = next((f"{k}_{split}" for k in _LABEL_KEYS if f"{k}_{split}" in keys), None)
+        if ik is None:
+            if any(k.endswith(("_train", "_test", "_val")) for k in keys):
+                raise DatasetError(f"{path} has no images for split {split!r} (keys: {sorted(keys)})")
+            ik = next((k for k in _IMAGE_KEYS if k in keys), None)
+            lk = next((k for k in _LABEL_KEYS if k in keys), None)
+        if ik is None or lk is None:
+            raise DatasetError(f"{path} needs an images array and a labels array; found keys {sorted(keys)}")
+        images = _to_uint8_images(z[ik], f"{path}:{ik}")
+        labels = np.asarray(z[lk]).reshape(-1)
+        classes = [str(c) for c in z["classes"]] if "classes" in keys else None
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"labels in {path}:{lk} must be integers, got {labels.dtype}")
+    if len(labels) != len(images):
+        raise DatasetError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if classes is None:
+        n = int(labels.max()) + 1 if len(labels) else 0
+        classes = [str(i) for i in range(n)]
+    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), classes, "npz", split)
+
+
+# ------------------------------------------------------------------------------------------- lazy
+class LazyImageFolder(torch.utils.data.Dataset):
+    """File list of an ImageNet-scale folder, decoded on demand (in DataLoader workers) to size x size.
+
+    Each image is resized so its short side is ``size`` and centre-cropped square; the random crops
+    of augmentation then happen on the device. Undecodable files follow ``on_error``: "raise", or
+    "skip", which substitutes the next decodable file of the list and counts it in ``skipped``.
+    """
+
+    def __init__(self, files: list[str], labels: list[int], classes: list[str], size: int, on_error="skip", split=""):
+        BadFiles(on_error)  # validates the policy
+        self.files = list(files)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.classes = list(classes)
+        self.size = int(size)
+        self.on_error = on_error
+        self.split = split
+        self.name = "imagefolder"
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        for step in range(len(self.files)):
+            j = (i + step) % len(self.files)
+            try:
+                arr = decode_image(self.files[j], self.size)
+                return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), int(self.labels[j])
+            except (OSError, ValueError, SyntaxError) as exc:
+                if self.on_error == "raise":
+                    raise DatasetError(
+                        f"cannot decode image {self.files[j]}: {exc}; fix or delete it, or pass on_error='skip'"
+                    ) from exc
+                self.skipped += 1
+        raise DatasetError(f"no image of {self.split!r} could be decoded; check the folder")
+
+    def subset(self, indices, split: str | None = None) -> LazyImageFolder:
+        idx = [int(i) for i in indices]
+        return LazyImageFolder(
+            [self.files[i] for i in idx],
+            [int(self.labels[i]) for i in idx],
+            self.classes,
+            self.size,
+            self.on_error,
+            split if split is not None else self.split,
+        )
+
+
+# ------------------------------------------------------------------------------------------- entry
+_LOADERS = {
+    "digits": lambda root, split, **kw: _load_digits(split, **kw),
+    "cifar10": lambda root, split, **kw: _load_cifar("cifar10", root, split, **kw),
+    "cifar100": lambda root, split, **kw: _load_cifar("cifar100", root, split, **kw),
+    "stl10": _load_stl10,
+    "imagefolder": _load_imagefolder,
+    "archive": _load_archive,
+    "npz": _load_npz,
+}
+
+DATASET_NAMES = tuple(_LOADERS)
+
+
+def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **kw):
+    """Load one split of a data set as uint8 tensors.
+
+    name: "digits" (offline default; size= upscales), "cifar10", "cifar100", "stl10" (torchvision
+    layouts under root; download=True fetches them), "imagefolder" (root/[split/]class/image;
+    size= resizes, lazy=True streams files), "archive" (.tar/.tar.gz of such a tree), "npz".
+    cache_dir: where decoded splits are cached (default $MMCR_CACHE or ~/.cache/mmcr).
+    on_error: "skip" (default; corrupt files are skipped with one counted warning) or "raise".
+    """
+    if name not in _LOADERS:
+        raise DatasetError(f"unknown data set {name!r}; choose one of {list(_LOADERS)}")
+    allowed = {"size", "on_error", "lazy", "download", "test_fraction"}
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise DatasetError(f"unknown option(s) {unknown} for load_dataset; valid: {sorted(allowed)}")
+    if "size" in kw and kw["size"] is not None and (not isinstance(kw["size"], int) or kw["size"] < 1):
+        raise DatasetError(f"size must be a positive int, got {kw['size']!r}")
+    return _LOADERS[name](root, split, cache_dir=cache_dir, **kw)
