@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmcr.objectives._checks import check_embeddings, check_same_shape, compute_dtype, raise_if_non_finite
@@ -36,6 +35,36 @@ class _NormalizedMean(torch.autograd.Function):
         beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
         beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
         return (g * (inv / k)).addcmul_(z, beta, value=-1)
+
+
+class _NormalizeAndMean(torch.autograd.Function):
+    """Normalised views u = z / |z| (B, k, d) and their means (B, d), with one fused backward for both.
+
+    Used when the local term needs the views: the centroid gradient is folded into the same pass instead of
+    being broadcast, added and pushed through autograd's normalise separately.
+    """
+
+    @staticmethod
+    def forward(ctx, z):
+        inv = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
+        ctx.save_for_backward(z, inv)
+        views = z * inv
+        return views, views.mean(dim=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_views, grad_mean):
+        z, inv = ctx.saved_tensors
+        k = z.shape[1]
+        gc = grad_mean.unsqueeze(1) / k  # (B, 1, d), the centroid gradient seen by each view
+        # Total upstream gradient per view is g = grad_views + gc; the result is (g - (u . g) u) / |z|.
+        dots = torch.bmm(z, gc.mT)  # (B, k, 1)
+        out = (gc * inv).expand_as(z).clone()
+        if grad_views is not None:
+            dots = dots + (z * grad_views).sum(-1, keepdim=True)
+            out.addcmul_(grad_views, inv)
+        beta = torch.where(inv < 1 / _NORM_EPS, dots * inv.pow(3), torch.zeros_like(dots))
+        return out.addcmul_(z, beta, value=-1)
 
 
 _NORM_EPS = 1e-12
@@ -98,8 +127,7 @@ class MMCRLoss(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             zc = z.to(cdtype)
             if self.track_local:
-                views = F.normalize(zc, dim=-1, eps=_NORM_EPS)
-                centroids = views.mean(dim=1)
+                views, centroids = _NormalizeAndMean.apply(zc)
             else:
                 centroids = _NormalizedMean.apply(zc)
             if z_momentum is not None:
