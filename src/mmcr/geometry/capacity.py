@@ -104,7 +104,7 @@ def manifold_capacity(
     P = len(ms)
     N = ms[0].shape[1]
     dev = ms[0].device
-    centers = torch.stack([m.mean(0) for m in ms])
+    centers = _centers(ms)
     rho0 = center_correlation(centers)
 
     V = None
@@ -121,16 +121,9 @@ def manifold_capacity(
         V = torch.as_tensor(Vn, device=dev)
 
     origin = torch.cat(ms).mean(0)
-    anchors = []
-    for m in ms:
-        x = m - origin
-        if V is not None:
-            x = x - (x @ V) @ V.T
-        c = x.mean(0)
-        anchors.append(((x - c) / torch.linalg.norm(c)).T)  # (N, M_i), columns are points
-
     tv = _t_vector_list(t_vectors, ms, P, N)
-    gen = make_generator(seed, dev) if tv is None else None
+    rng = np.random.default_rng(seed) if tv is None and dev.type == "cpu" else None
+    gen = make_generator(seed, dev) if tv is None and rng is None else None
     alpha = np.empty(P)
     radii = np.empty(P)
     dims = np.empty(P)
@@ -139,20 +132,26 @@ def manifold_capacity(
     for i, m in enumerate(ms):
         groups.setdefault(m.shape[0], []).append(i)
     for M, idx in groups.items():
-        S = torch.stack([anchors[i] for i in idx])  # (G, N, M)
+        x = torch.stack([ms[i] for i in idx]) - origin  # (G, M, N)
+        if V is not None:
+            x = x - (x @ V) @ V.T
+        c = x.mean(1, keepdim=True)
+        S = ((x - c) / torch.linalg.norm(c, dim=2, keepdim=True)).mT  # (G, N, M), columns are points
         if N > M:
-            Q, _ = torch.linalg.qr(S, mode="reduced")
-            S = Q.mT @ S
+            # Coordinates in the Householder QR basis of each manifold's span: Q^T S = R.
+            S = torch.linalg.qr(S, mode="r")[1]
         D = S.shape[1]
         A = torch.cat([S, torch.ones(len(idx), 1, M, dtype=S.dtype, device=dev)], 1)
-        if tv is None:
-            t = torch.randn(len(idx), D + 1, int(n_t), generator=gen, dtype=S.dtype, device=dev)
-        else:
+        if tv is not None:
             t = torch.stack([tv[i] for i in idx]).to(dev)
             if t.shape[1] != D + 1:
                 raise ValueError(
                     f"t_vectors for manifolds of {M} points in {N} features need {D + 1} rows (D+1), got {t.shape[1]}"
                 )
+        elif rng is not None:
+            t = torch.from_numpy(rng.standard_normal((len(idx), D + 1, int(n_t))))
+        else:
+            t = torch.randn(len(idx), D + 1, int(n_t), generator=gen, dtype=S.dtype, device=dev)
         a, r, d = _anchor_statistics(A, t, float(kappa))
         alpha[idx], radii[idx], dims[idx] = a, r, d
 
@@ -170,6 +169,12 @@ def manifold_capacity(
         center_subspace=None if V is None else to_numpy(V),
         residual_correlation=[float(v) for v in residual],
     )
+
+
+def _centers(ms: list[torch.Tensor]) -> torch.Tensor:
+    if len({m.shape[0] for m in ms}) == 1:
+        return torch.stack(ms).mean(1)
+    return torch.stack([m.mean(0) for m in ms])
 
 
 def _t_vector_list(t_vectors: Any, ms: list[torch.Tensor], P: int, N: int) -> list[torch.Tensor] | None:

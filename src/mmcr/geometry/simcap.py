@@ -1,0 +1,232 @@
+"""Simulated manifold capacity: the ground truth the mean-field theory estimates.
+
+Manifolds are projected onto n random directions; a random dichotomy (half the manifolds +1, half -1)
+is linearly separable (with bias) if some hyperplane puts every point of every manifold on its side.
+The critical n_c is where half the dichotomies are separable; capacity = P / n_c.
+
+Separability is decided exactly through Gordan's alternative: with a_i = y_i [z_i; 1] (rows scaled to
+unit norm), the points are strictly separable iff 0 is not in the convex hull of the a_i. The NNLS
+problem ``min ||[A^T; 1^T] mu - e_last||, mu >= 0`` has zero residual iff 0 is in the hull, and otherwise
+its residual (u, s) gives a separating direction ``w = -u`` with ``a_i . w >= s > 0`` for every point,
+which is checked explicitly; scipy's compiled NNLS is several times faster than a linear programme here.
+A least-squares classifier settles easy separable cases, and ambiguous numerics fall back to HiGHS.
+
+Each dichotomy's directions are nested (the first n columns of one draw), so separability is monotone in
+n per dichotomy and a dichotomy decided at one n is reused at the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linprog, nnls
+
+from mmcr.geometry._arrays import manifold_list, to_numpy
+
+
+@dataclass
+class SimCapResult:
+    """``capacity`` = P / ``n_critical``; ``n_values``/``p_values``: every n tried and its separable fraction."""
+
+    capacity: float
+    n_critical: float
+    n_values: list[int] = field(default_factory=list)
+    p_values: list[float] = field(default_factory=list)
+    n_rep: int = 20
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "n_critical": self.n_critical,
+            "n_values": list(self.n_values),
+            "p_values": list(self.p_values),
+            "n_rep": self.n_rep,
+            "seed": self.seed,
+        }
+
+
+def is_separable(points: np.ndarray, labels: np.ndarray) -> bool:
+    """Exact strict linear separability (with bias) of ``points`` (n_pts, d) by ``labels`` in {-1, +1}."""
+    points = np.asarray(points, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if points.ndim != 2 or labels.shape != (points.shape[0],):
+        raise ValueError(f"points must be (n, d) and labels (n,), got {points.shape} and {labels.shape}")
+    if not np.isin(labels, (-1.0, 1.0)).all():
+        raise ValueError("labels must be -1 or +1")
+    A = np.hstack([points, np.ones((len(points), 1))]) * labels[:, None]
+    return _separable_rows(A)
+
+
+def _separable_rows(A: np.ndarray) -> bool:
+    A = A / np.linalg.norm(A, axis=1, keepdims=True)
+    n_pts, d = A.shape
+    # Cheap certificate first: a least-squares classifier that already separates.
+    w = np.linalg.lstsq(A, np.ones(n_pts), rcond=None)[0]
+    margins = A @ w
+    if margins.min() > 0:
+        return True
+    # Constraint generation: decide on the least-separated points; a hull containing 0 on a subset
+    # proves non-separability, a direction separating every point proves separability.
+    work = np.argsort(margins)[: min(n_pts, 4 * d)]
+    for _ in range(8):
+        verdict, direction = _hull_test(A[work])
+        if verdict is False:
+            return False
+        if verdict is None:
+            break
+        margins = A @ direction
+        if margins.min() > 0:
+            return True
+        if len(work) == n_pts:
+            break
+        viol = np.flatnonzero(margins <= 0)
+        extra = viol[np.argsort(margins[viol])[: 2 * d]]
+        work = np.union1d(work, extra)
+    verdict, direction = _hull_test(A)
+    if verdict is not None:
+        return bool(verdict)
+    out = linprog(np.zeros(d), A_ub=-A, b_ub=-np.full(n_pts, 1e-9), bounds=(None, None), method="highs")
+    return out.status == 0
+
+
+def _hull_test(A: np.ndarray) -> tuple[bool | None, np.ndarray | None]:
+    """(True, w) if w separates the rows of A; (False, None) if 0 is in their hull; (None, None) if unclear."""
+    n_pts, d = A.shape
+    B = np.vstack([A.T, np.ones(n_pts)])
+    e = np.zeros(d + 1)
+    e[-1] = 1.0
+    mu, _ = nnls(B, e, maxiter=50 * (d + n_pts))
+    rho = e - B @ mu
+    direction = -rho[:-1]
+    if (A @ direction).min() > 1e-12:
+        return True, direction
+    if mu.sum() > 0.5 and np.linalg.norm(A.T @ mu) <= 1e-10 * mu.sum():
+        return False, None
+    return None, None
+
+
+def simulated_capacity(
+    manifolds: Any,
+    n_rep: int = 20,
+    seed: int | None = None,
+    tol: float = 0.05,
+    max_dim: int | None = None,
+) -> SimCapResult:
+    """Simulated capacity by bisection on the number of random projection dimensions.
+
+    Args:
+        manifolds: (P, M, N) array or list of (M_i, N) arrays (raw features; a bias term is learned).
+        n_rep: random dichotomies per evaluated dimension.
+        seed: seeds the dichotomies and projections.
+        tol: stop once the separable fraction is within ``tol`` of 0.5.
+        max_dim: largest projection dimension searched (default N).
+
+    Returns:
+        :class:`SimCapResult` with n_c linearly interpolated where the separable fraction crosses 0.5.
+    """
+    ms = [to_numpy(m) for m in manifold_list(manifolds)]
+    P = len(ms)
+    N = ms[0].shape[1]
+    if n_rep < 1:
+        raise ValueError(f"n_rep must be >= 1, got {n_rep}")
+    n_max = N if max_dim is None else int(max_dim)
+    if not 2 <= n_max <= N:
+        raise ValueError(f"max_dim must be between 2 and the feature count {N}, got {max_dim}")
+    X = np.concatenate(ms)
+    owner = np.concatenate([np.full(len(m), i) for i, m in enumerate(ms)])
+    rng = np.random.default_rng(seed)
+    labels = []
+    for _ in range(n_rep):
+        y = np.ones(P)
+        y[rng.choice(P, P // 2, replace=False)] = -1.0
+        labels.append(y[owner])
+    seeds = rng.integers(0, 2**63 - 1, size=n_rep)
+    # Nested directions: column j of dichotomy r's projection is the same for every n > j.
+    cols: list[np.ndarray] = [np.empty((N, 0)) for _ in range(n_rep)]
+    proj: list[np.ndarray] = [np.empty((len(X), 0)) for _ in range(n_rep)]
+    gens = [np.random.default_rng(int(s)) for s in seeds]
+    sep_at: list[int] = [n_max + 1] * n_rep  # smallest n known separable
+    nonsep_at: list[int] = [1] * n_rep  # largest n known non-separable
+    tried: dict[int, float] = {}
+
+    def frac(n: int) -> float:
+        if n in tried:
+            return tried[n]
+        count = 0
+        for r in range(n_rep):
+            if n >= sep_at[r]:
+                count += 1
+                continue
+            if n <= nonsep_at[r]:
+                continue
+            while cols[r].shape[1] < n:
+                k = n - cols[r].shape[1]
+                W = gens[r].standard_normal((N, k))
+                W /= np.linalg.norm(W, axis=0)
+                cols[r] = np.hstack([cols[r], W])
+                proj[r] = np.hstack([proj[r], X @ W])
+            A = np.hstack([proj[r][:, :n], np.ones((len(X), 1))]) * labels[r][:, None]
+            if _separable_rows(A):
+                count += 1
+                sep_at[r] = n
+            else:
+                nonsep_at[r] = n
+        tried[n] = count / n_rep
+        return tried[n]
+
+    # Bracket from n = P/2 (where random points, the easiest manifolds, reach half separability) by
+    # halving or doubling, then bisect.
+    lo, hi = 1, None
+    n = int(min(max(2, P // 2), n_max))
+    going_up = None
+    while True:
+        p = frac(n)
+        if abs(p - 0.5) <= tol + 1e-12:
+            lo = hi = n
+            break
+        if p > 0.5:
+            hi = n
+            if going_up or n <= 2:
+                break
+            going_up = False
+            n = max(2, n // 2)
+        else:
+            lo = n
+            if going_up is False or n == n_max:
+                break
+            going_up = True
+            n = min(2 * n, n_max)
+    if hi is None:
+        raise ValueError(
+            f"fewer than half of the dichotomies are separable even with {n_max} dimensions; "
+            "the manifolds are too entangled for a simulated capacity (capacity < P/N)"
+        )
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = frac(mid)
+        if abs(p - 0.5) <= tol + 1e-12:
+            lo = hi = mid
+            break
+        if p > 0.5:
+            hi = mid
+        else:
+            lo = mid
+    n_vals = sorted(tried)
+    p_vals = [tried[k] for k in n_vals]
+    nc = _crossing(np.array(n_vals, float), np.array(p_vals))
+    return SimCapResult(
+        capacity=float(P / nc), n_critical=float(nc), n_values=n_vals, p_values=p_vals, n_rep=n_rep, seed=seed
+    )
+
+
+def _crossing(n: np.ndarray, p: np.ndarray) -> float:
+    """Linear interpolation of the first upward crossing of p = 0.5."""
+    for i in range(len(n)):
+        if p[i] == 0.5:
+            return float(n[i])
+        if i > 0 and p[i - 1] < 0.5 < p[i]:
+            return float(n[i - 1] + (0.5 - p[i - 1]) * (n[i] - n[i - 1]) / (p[i] - p[i - 1]))
+    return float(n[int(np.argmin(np.abs(p - 0.5)))])
