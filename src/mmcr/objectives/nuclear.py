@@ -90,18 +90,20 @@ def _gram_nuclear(x: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torc
             evals, evecs = torch.linalg.eigh(gram)
             # Ill-conditioned, zero, or so small that float32 products lose bits to underflow -> float64.
             bad = ~(evals[..., 0] >= FLOAT32_MIN_EIG_RATIO * evals[..., -1]) | ~(evals[..., 0] >= _FLOAT32_SMALLEST_EIG)
-            sigma32 = evals.clamp_min(0).sqrt()
-            polar32 = None
-            if want_polar:
-                inv = torch.where(sigma32 > 0, sigma32.reciprocal(), torch.zeros_like(sigma32))
-                polar32 = ((evecs * inv.unsqueeze(-2)) @ evecs.mT) @ a
-            if bool(bad.any()):
-                idx = bad.nonzero().squeeze(-1)
-                s64, p64 = _gram_float64(a[idx], want_polar)
-                sigma = sigma32.double().index_copy(0, idx, s64)
-                polar = polar32.index_copy(0, idx, p64.to(polar32.dtype)) if want_polar else None
+            any_bad = bool(bad.any())
+            if any_bad and bool(bad.all()):
+                sigma, polar = _gram_float64(a, want_polar)
             else:
-                sigma, polar = sigma32, polar32
+                sigma = evals.clamp_min(0).sqrt()
+                polar = None
+                if want_polar:
+                    inv = torch.where(sigma > 0, sigma.reciprocal(), torch.zeros_like(sigma))
+                    polar = ((evecs * inv.unsqueeze(-2)) @ evecs.mT) @ a
+                if any_bad:
+                    idx = bad.nonzero().squeeze(-1)
+                    s64, p64 = _gram_float64(a[idx], want_polar)
+                    sigma = sigma.double().index_copy(0, idx, s64)
+                    polar = polar.index_copy(0, idx, p64.to(polar.dtype)) if want_polar else None
     value = sigma.sum(-1).to(out_dtype).reshape(batch)
     sigma = sigma.to(out_dtype).reshape(*batch, min(m, n))
     if polar is not None:
@@ -116,7 +118,7 @@ class _GramNuclearNorm(torch.autograd.Function):
     """Autograd wrapper: the backward is grad_output times the polar factor computed in forward."""
 
     @staticmethod
-    def forward(ctx, x):  # noqa: D401 - autograd signature
+    def forward(ctx, x):
         value, sigma, polar = _gram_nuclear(x, want_polar=ctx.needs_input_grad[0])
         ctx.save_for_backward(polar if polar is not None else x.new_empty(0))
         ctx.mark_non_differentiable(sigma)
