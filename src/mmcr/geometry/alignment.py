@@ -1,0 +1,156 @@
+"""Alignment between manifolds: centroid similarity, principal-subspace alignment, gradient coherence.
+
+These are the measures the MMCR paper uses to show that its objective pulls manifolds of the same class
+together (similar centroids, aligned subspaces, coherent gradients) while spreading different classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmcr.geometry._arrays import manifold_list, to_numpy
+
+
+@dataclass
+class PairSimilarity:
+    """A (P, P) similarity matrix and its off-diagonal entries split by whether the pair shares a label."""
+
+    matrix: np.ndarray
+    same: np.ndarray
+    different: np.ndarray
+
+    @property
+    def same_mean(self) -> float:
+        return float(self.same.mean()) if self.same.size else float("nan")
+
+    @property
+    def different_mean(self) -> float:
+        return float(self.different.mean()) if self.different.size else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "same_mean": self.same_mean,
+            "different_mean": self.different_mean,
+            "n_same": int(self.same.size),
+            "n_different": int(self.different.size),
+        }
+
+
+def _split_pairs(matrix: np.ndarray, labels: Any) -> PairSimilarity:
+    P = matrix.shape[0]
+    iu = np.triu_indices(P, 1)
+    vals = matrix[iu]
+    if labels is None:
+        return PairSimilarity(matrix, np.empty(0), vals)
+    lab = to_numpy(labels).reshape(-1)
+    if lab.shape[0] != P:
+        raise ValueError(f"labels must have one entry per manifold ({P}), got {lab.shape[0]}")
+    same = lab[iu[0]] == lab[iu[1]]
+    return PairSimilarity(matrix, vals[same], vals[~same])
+
+
+def centroid_similarity(manifolds: Any, labels: Any = None) -> PairSimilarity:
+    """Cosine similarity between manifold centroids, split into same-label and different-label pairs.
+
+    Args:
+        manifolds: (P, M, N) array or list of (M_i, N) arrays.
+        labels: (P,) class of each manifold (e.g. the class of the image behind an augmentation manifold).
+    """
+    ms = manifold_list(manifolds)
+    c = torch.stack([m.mean(0) for m in ms])
+    c = c / torch.linalg.norm(c, dim=1, keepdim=True).clamp_min(1e-300)
+    return _split_pairs(to_numpy(c @ c.T), labels)
+
+
+def subspace_alignment(manifolds: Any, labels: Any = None, n_components: int = 5) -> PairSimilarity:
+    """Mean squared cosine of the principal angles between manifolds' top principal subspaces, in [0, 1].
+
+    1 means the two manifolds vary along the same directions, 0 orthogonal directions. Each manifold's
+    subspace is spanned by the top ``n_components`` right singular vectors of its centred points.
+    """
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    ms = manifold_list(manifolds)
+    k = min([n_components] + [min(m.shape) for m in ms])
+    bases = []
+    for m in ms:
+        x = m - m.mean(0)
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        bases.append(vh[:k])
+    U = torch.stack(bases)  # (P, k, N)
+    cos = torch.linalg.svdvals(U[:, None] @ U[None].mT)  # (P, P, k): cosines of principal angles
+    return _split_pairs(to_numpy((cos**2).mean(-1)), labels)
+
+
+def principal_angles(a: Any, b: Any, n_components: int = 5) -> np.ndarray:
+    """Principal angles (radians, ascending) between the top principal subspaces of two point sets."""
+    ms = manifold_list([a, b])
+    k = min([n_components] + [min(m.shape) for m in ms])
+    bases = [torch.linalg.svd(m - m.mean(0), full_matrices=False)[2][:k] for m in ms]
+    cos = torch.linalg.svdvals(bases[0] @ bases[1].T).clamp(-1, 1)
+    return np.sort(np.arccos(to_numpy(cos)))
+
+
+def gradient_coherence(
+    model: nn.Module,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    views: torch.Tensor,
+    labels: Any = None,
+    params: list[str] | None = None,
+) -> PairSimilarity:
+    """Cosine similarity of per-example gradients of a batch objective, same class vs different class.
+
+    The objective L(z) takes embeddings z of shape (B, k, d) and returns a scalar; its parameter gradient
+    splits into per-example parts g_b = (dz_b/dtheta)^T dL/dz_b, whose sum is the batch gradient. The
+    coherence of two examples is cos(g_a, g_b).
+
+    Args:
+        model: maps (n, 3, h, w) images to (n, d) embeddings; run in eval mode (batch-norm statistics
+            fixed) so that examples do not interact through the network.
+        objective: e.g. ``mmcr.objectives.MMCRLoss()``.
+        views: (B, k, 3, h, w) augmented views of B images.
+        labels: (B,) classes.
+        params: names of the parameters to differentiate (default: all that require grad).
+
+    Returns:
+        :class:`PairSimilarity` over the (B, B) gradient cosine matrix.
+    """
+    if views.ndim != 5:
+        raise ValueError(f"views must be (B, k, 3, h, w), got shape {tuple(views.shape)}")
+    B, k = views.shape[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if params is not None:
+            missing = [n for n in params if n not in named]
+            if missing:
+                raise ValueError(f"unknown parameter names {missing[:3]}; use names from model.named_parameters()")
+            named = {n: named[n] for n in params}
+        if not named:
+            raise ValueError("the model has no trainable parameters to take gradients of")
+        with torch.no_grad():
+            z = model(views.flatten(0, 1)).reshape(B, k, -1)
+        z = z.detach().requires_grad_(True)
+        upstream = torch.autograd.grad(objective(z), z)[0]  # (B, k, d) = dL/dz
+        grads = []
+        # One example at a time (B backward passes of k views each): exact and works for any module,
+        # including ones torch.func cannot vmap over.
+        for b in range(B):
+            out = model(views[b]).reshape(k, -1)
+            g = torch.autograd.grad((out * upstream[b]).sum(), list(named.values()), allow_unused=True)
+            flat = torch.cat(
+                [(gi if gi is not None else torch.zeros_like(p)).reshape(-1) for gi, p in zip(g, named.values())]
+            )
+            grads.append(flat.detach().to(torch.float64))
+        G = torch.stack(grads)
+    finally:
+        model.train(was_training)
+    G = G / torch.linalg.norm(G, dim=1, keepdim=True).clamp_min(1e-300)
+    return _split_pairs(to_numpy(G @ G.T), labels)

@@ -1,0 +1,99 @@
+"""Covariance eigenspectra of representations: participation ratio, effective rank, power-law decay.
+
+The power-law exponent follows Stringer et al. (2019): a straight-line fit of log eigenvalue against
+log rank over a chosen rank range, weighted by 1/rank so that the many high ranks do not dominate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmcr.geometry._arrays import to_numpy, to_tensor
+
+
+def eigenspectrum(features: Any) -> np.ndarray:
+    """Descending eigenvalues of the covariance of ``features`` (n_samples, n_features), float64.
+
+    A 1-d input is taken to be a spectrum already and is returned sorted in descending order.
+    """
+    x = to_tensor(features)
+    if x.ndim == 1:
+        return np.sort(to_numpy(x))[::-1].copy()
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"features must be (n_samples >= 2, n_features), got shape {tuple(x.shape)}")
+    x = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    return to_numpy(s**2 / (x.shape[0] - 1))
+
+
+def participation_ratio(features: Any) -> float:
+    """(sum lambda)^2 / sum lambda^2 of the covariance eigenvalues: the number of dimensions in use."""
+    lam = eigenspectrum(features)
+    denom = float(np.sum(lam**2))
+    if denom == 0:
+        raise ValueError("features have zero variance; the participation ratio is undefined")
+    return float(np.sum(lam) ** 2 / denom)
+
+
+def effective_rank(features: Any) -> float:
+    """Roy & Vetterli's effective rank: exp of the entropy of the normalised singular values."""
+    lam = eigenspectrum(features)
+    s = np.sqrt(np.clip(lam, 0, None))
+    if s.sum() == 0:
+        raise ValueError("features have zero variance; the effective rank is undefined")
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+@dataclass
+class PowerLawFit:
+    """``alpha``: decay exponent (lambda_n ~ n^-alpha); ``r2``: weighted R^2 of the log-log fit;
+    ``fit_range``: the 1-based inclusive rank range used; ``spectrum`` and ``fitted`` for plotting."""
+
+    alpha: float
+    intercept: float
+    r2: float
+    fit_range: tuple[int, int]
+    spectrum: np.ndarray
+    fitted: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "intercept": self.intercept, "r2": self.r2, "fit_range": list(self.fit_range)}
+
+
+def power_law_exponent(features: Any, fit_range: tuple[int, int] = (11, 500)) -> PowerLawFit:
+    """Fit lambda_n = exp(b) n^-alpha over ranks ``fit_range`` (1-based, inclusive; clipped to the
+    available positive eigenvalues) by least squares in log-log space with weights 1/n.
+
+    Args:
+        features: (n_samples, n_features) array, or a 1-d spectrum.
+        fit_range: (first, last) rank of the fit; the default skips the first 10 as Stringer et al. do.
+    """
+    lam = eigenspectrum(features)
+    lo, hi = int(fit_range[0]), int(fit_range[1])
+    if lo < 1 or hi < lo:
+        raise ValueError(f"fit_range must be (first, last) ranks with 1 <= first <= last, got {fit_range}")
+    n_pos = int(np.sum(lam > lam[0] * 1e-12)) if lam.size and lam[0] > 0 else 0
+    hi = min(hi, n_pos)
+    if hi - lo + 1 < 3:
+        raise ValueError(
+            f"only {n_pos} positive eigenvalues; the fit range {fit_range} leaves fewer than 3 points. "
+            "Use more samples/features or a lower fit_range"
+        )
+    ranks = np.arange(lo, hi + 1, dtype=np.float64)
+    y = np.log(lam[lo - 1 : hi])
+    X = np.stack([-np.log(ranks), np.ones_like(ranks)], 1)
+    w = 1.0 / ranks
+    coef = np.linalg.solve(X.T @ (X * w[:, None]), X.T @ (w * y))
+    pred = X @ coef
+    ybar = np.sum(w * y) / np.sum(w)
+    ss_tot = np.sum(w * (y - ybar) ** 2)
+    r2 = 1.0 - np.sum(w * (y - pred) ** 2) / ss_tot if ss_tot > 0 else 1.0
+    all_ranks = np.arange(1, lam.size + 1, dtype=np.float64)
+    fitted = np.exp(coef[1] - coef[0] * np.log(all_ranks))
+    return PowerLawFit(float(coef[0]), float(coef[1]), float(r2), (lo, hi), lam, fitted)
