@@ -398,8 +398,12 @@ class MultiViewAugment:
             x = AF.to_planar(x).repeat_interleave(self.views, dim=1)
             x = self._colour(x, p, dev)
             x = AF.crop_resize(AF.from_planar(x), wy, wx)
+            if self.interpolation == "bicubic":
+                x.clamp_(0.0, 1.0)  # cubic overshoot, clipped as torchvision does for uint8 images (and PIL)
         else:
             x = AF.crop_resize(images, wy, wx, scale=1.0 / 255.0)
+            if self.interpolation == "bicubic":
+                x.clamp_(0.0, 1.0)
             x = self._colour(x, p, dev)
         x = self._subset(x, p.blur, lambda v, idx: AF.gaussian_blur(v, p.sigma[idx], self.blur_kernel_size))
         x = self._subset(x, p.solarize, lambda v, idx: AF.solarize(v))
