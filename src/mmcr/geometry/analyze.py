@@ -1,0 +1,363 @@
+"""``mmcr analyze``: manifold geometry of a model's layers on a data set, as JSON, plots and a report.
+
+Two kinds of manifolds are built from the data set:
+
+- augmentation manifolds: P images x M augmented views (the manifolds MMCR compresses);
+- class manifolds: P classes x M clean images each.
+
+Features are taken at chosen layers with forward hooks (conv maps are flattened and, above
+``max_features`` dimensions, reduced by a fixed Gaussian random projection, which preserves the
+geometry up to small distortions), then every measure of :mod:`mmcr.geometry` is computed per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from mmcr.geometry.alignment import centroid_similarity, subspace_alignment
+from mmcr.geometry.capacity import manifold_capacity
+from mmcr.geometry.elliptical import elliptical_geometry
+from mmcr.geometry.simcap import simulated_capacity
+from mmcr.geometry.spectra import effective_rank, participation_ratio, power_law_exponent
+
+OUTPUT_LAYER = "output"
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The residual stages of a ResNet-like backbone (``layerN`` or ``layers.N``) plus its output."""
+    pattern = re.compile(r"(^|\.)(layer\d+|layers\.\d+)$")
+    names = [n for n, _ in model.named_modules() if pattern.search(n)]
+    return names + [OUTPUT_LAYER]
+
+
+class FeatureTaps:
+    """Forward hooks that keep the flattened output of chosen modules (``"output"`` = the model's)."""
+
+    def __init__(self, model: nn.Module, layers: list[str], max_features: int = 4096, seed: int = 0):
+        modules = dict(model.named_modules())
+        unknown = [n for n in layers if n != OUTPUT_LAYER and n not in modules]
+        if unknown:
+            some = [n for n in modules if n][:12]
+            raise ValueError(f"unknown layer(s) {unknown}; choose from module names such as {some} or 'output'")
+        self.model = model
+        self.layers = layers
+        self.max_features = int(max_features)
+        self.seed = seed
+        self._store: dict[str, torch.Tensor] = {}
+        self._proj: dict[str, torch.Tensor] = {}
+        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in layers if n != OUTPUT_LAYER]
+
+    def _hook(self, name: str):
+        def fn(_module, _inp, out):
+            self._store[name] = out
+
+        return fn
+
+    def _reduce(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).to(torch.float32)
+        if x.shape[1] <= self.max_features:
+            return x
+        if name not in self._proj:
+            g = torch.Generator().manual_seed(self.seed + len(self._proj))
+            w = torch.randn(x.shape[1], self.max_features, generator=g) / np.sqrt(self.max_features)
+            self._proj[name] = w.to(x.device)
+        return x @ self._proj[name]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._store.clear()
+        out = self.model(images)
+        feats = {n: self._reduce(n, self._store[n] if n != OUTPUT_LAYER else out).cpu() for n in self.layers}
+        self._store.clear()
+        return feats
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+    )
+
+
+def _pick_images(labels: torch.Tensor, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n image indices spread evenly over classes (round-robin over shuffled per-class lists)."""
+    lab = labels.numpy()
+    pools = [rng.permutation(np.flatnonzero(lab == c)).tolist() for c in np.unique(lab[lab >= 0])]
+    out: list[int] = []
+    while len(out) < n and any(pools):
+        for p in pools:
+            if p and len(out) < n:
+                out.append(p.pop())
+    return np.array(out)
+
+
+def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict, seed: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    cap = manifold_capacity(manifolds, kappa=opts["kappa"], n_t=opts["n_t"], correlated=opts["correlated"], seed=seed)
+    res["capacity"] = cap.to_dict()
+    res["elliptical"] = elliptical_geometry(manifolds).to_dict()
+    if opts["simcap"]:
+        res["simulated_capacity"] = simulated_capacity(manifolds, n_rep=opts["simcap_reps"], seed=seed).to_dict()
+    pts = manifolds.reshape(-1, manifolds.shape[-1])
+    spec: dict[str, Any] = {"participation_ratio": participation_ratio(pts), "effective_rank": effective_rank(pts)}
+    try:
+        fit = power_law_exponent(pts, fit_range=opts["fit_range"])
+        spec["power_law"] = fit.to_dict()
+        spec["_fit"] = fit
+    except ValueError as e:
+        spec["power_law"] = {"error": str(e)}
+    res["spectrum"] = spec
+    cs = centroid_similarity(manifolds, labels)
+    sa = subspace_alignment(manifolds, labels, n_components=opts["n_components"])
+    res["centroid_similarity"] = cs.to_dict()
+    res["subspace_alignment"] = sa.to_dict()
+    res["_hist"] = (cs.same, cs.different)
+    return res
+
+
+def run_analysis(
+    model: str,
+    dataset: str,
+    out_dir: str | Path,
+    *,
+    data_root: str | None = None,
+    split: str = "test",
+    layers: list[str] | None = None,
+    n_images: int = 50,
+    n_views: int = 20,
+    n_classes: int = 10,
+    n_per_class: int = 20,
+    kappa: float = 0.0,
+    n_t: int = 200,
+    correlated: bool = False,
+    simcap: bool = False,
+    simcap_reps: int = 20,
+    fit_range: tuple[int, int] = (11, 500),
+    n_components: int = 5,
+    max_features: int = 4096,
+    augment_preset: str = "cifar",
+    batch_size: int = 256,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Analyse ``model`` (any :func:`mmcr.models.load_pretrained` source) on ``dataset`` and write
+    ``results.json``, ``plots/*.png`` and ``report.md`` into ``out_dir``. Returns the results dict."""
+    from mmcr.augment import MultiViewAugment
+    from mmcr.data import load_dataset
+    from mmcr.models import load_pretrained
+
+    for name, v in (
+        ("n_images", n_images),
+        ("n_views", n_views),
+        ("n_classes", n_classes),
+        ("n_per_class", n_per_class),
+    ):
+        if int(v) < 2:
+            raise ValueError(f"{name} must be at least 2, got {v}")
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    dev = torch.device(device)
+    backbone, info = load_pretrained(model, map_location=dev)
+    backbone = backbone.to(dev).eval()
+    ds = load_dataset(dataset, root=data_root, split=split)
+    size = int(ds.images.shape[-1])
+    aug_cfg = (info.get("config") or {}).get("augment") or {}
+    norm = {k: tuple(aug_cfg[k]) for k in ("mean", "std") if k in aug_cfg}
+    layer_names = layers or default_layers(backbone)
+    taps = FeatureTaps(backbone, layer_names, max_features=max_features, seed=seed)
+    rng = np.random.default_rng(seed)
+    opts = dict(
+        kappa=kappa,
+        n_t=n_t,
+        correlated=correlated,
+        simcap=simcap,
+        simcap_reps=simcap_reps,
+        fit_range=fit_range,
+        n_components=n_components,
+    )
+
+    # Augmentation manifolds: P images x M views.
+    img_idx = _pick_images(ds.labels, n_images, rng)
+    aug = MultiViewAugment(augment_preset, views=n_views, seed=seed, size=size, **norm)
+    # Class manifolds: P classes x M clean images.
+    classes = [c for c in np.unique(ds.labels.numpy()) if c >= 0]
+    counts = {c: int((ds.labels == int(c)).sum()) for c in classes}
+    classes = [c for c in classes if counts[c] >= n_per_class][:n_classes]
+    if len(classes) < 2:
+        raise ValueError(f"fewer than 2 classes of {dataset!r} have {n_per_class} images; lower --n-per-class")
+    cls_idx = np.stack(
+        [rng.choice(np.flatnonzero(ds.labels.numpy() == c), n_per_class, replace=False) for c in classes]
+    )
+    clean = MultiViewAugment("eval", views=1, size=size, **norm)
+
+    feats_aug: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
+    feats_cls: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
+    per_batch = max(1, batch_size // n_views)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("features: augmentation manifolds", total=len(img_idx), visible=progress)
+            for s in range(0, len(img_idx), per_batch):
+                idx = torch.as_tensor(img_idx[s : s + per_batch])
+                views = aug(ds.images[idx].to(dev))  # (b, M, 3, h, w)
+                f = taps(views.flatten(0, 1))
+                for n in layer_names:
+                    feats_aug[n].append(f[n].reshape(len(idx), n_views, -1))
+                bar.advance(task, len(idx))
+            flat = cls_idx.reshape(-1)
+            task = bar.add_task("features: class manifolds", total=len(flat), visible=progress)
+            for s in range(0, len(flat), batch_size):
+                idx = torch.as_tensor(flat[s : s + batch_size])
+                f = taps(clean(ds.images[idx].to(dev))[:, 0])
+                for n in layer_names:
+                    feats_cls[n].append(f[n])
+                bar.advance(task, len(idx))
+    finally:
+        taps.close()
+
+    img_labels = ds.labels[torch.as_tensor(img_idx)].numpy()
+    results: dict[str, Any] = {
+        "model": str(model),
+        "model_info": {k: v for k, v in info.items() if k != "config"},
+        "dataset": dataset,
+        "split": split,
+        "layers": layer_names,
+        "settings": dict(
+            opts,
+            n_images=len(img_idx),
+            n_views=n_views,
+            classes=[str(ds.classes[c]) if c < len(ds.classes) else str(c) for c in classes],
+            n_per_class=n_per_class,
+            max_features=max_features,
+            augment_preset=augment_preset,
+            seed=seed,
+            fit_range=list(fit_range),
+        ),
+        "augmentation": {},
+        "class": {},
+    }
+    extras: dict[str, dict[str, Any]] = {"augmentation": {}, "class": {}}
+    with _progress() as bar:
+        task = bar.add_task("geometry per layer", total=2 * len(layer_names), visible=progress)
+        for n in layer_names:
+            A = torch.cat(feats_aug[n]).double().numpy()
+            C = torch.cat(feats_cls[n]).double().numpy().reshape(len(classes), n_per_class, -1)
+            for kind, X, lab in (("augmentation", A, img_labels), ("class", C, None)):
+                r = _layer_measures(X, lab, opts, seed)
+                extras[kind][n] = {"fit": r["spectrum"].pop("_fit", None), "hist": r.pop("_hist")}
+                results[kind][n] = r
+                bar.advance(task)
+    results["elapsed_s"] = time.time() - t0
+    plots = _plots(results, extras, out / "plots")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    (out / "report.md").write_text(_report(results, plots))
+    return results
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = results["layers"]
+    files = []
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for kind, marker in (("augmentation", "o"), ("class", "s")):
+        r = results[kind]
+        for ax, key, label in zip(axes, ("capacity", "radius", "dimension"), ("capacity", "radius", "dimension")):
+            ax.plot(range(len(layers)), [r[n]["capacity"][key] for n in layers], marker=marker, label=kind)
+            ax.set_title(f"mean-field {label}")
+            ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(folder / "geometry_per_layer.png", dpi=110)
+    plt.close(fig)
+    files.append("plots/geometry_per_layer.png")
+    for n in layers:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", n)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fit = extras["class"][n]["fit"]
+        if fit is not None:
+            ranks = np.arange(1, fit.spectrum.size + 1)
+            pos = fit.spectrum > 0
+            axes[0].loglog(ranks[pos], fit.spectrum[pos], label="eigenvalues")
+            lo, hi = fit.fit_range
+            axes[0].loglog(
+                ranks[lo - 1 : hi], fit.fitted[lo - 1 : hi], "--", label=f"alpha={fit.alpha:.2f}, R2={fit.r2:.2f}"
+            )
+            axes[0].legend()
+        axes[0].set_title(f"{n}: class-manifold spectrum")
+        axes[0].set_xlabel("rank")
+        same, diff = extras["augmentation"][n]["hist"]
+        bins = np.linspace(-1, 1, 41)
+        if diff.size:
+            axes[1].hist(diff, bins=bins, alpha=0.6, density=True, label="different class")
+        if same.size:
+            axes[1].hist(same, bins=bins, alpha=0.6, density=True, label="same class")
+        axes[1].set_title(f"{n}: centroid cosine similarity")
+        axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(folder / f"layer_{safe}.png", dpi=110)
+        plt.close(fig)
+        files.append(f"plots/layer_{safe}.png")
+    return files
+
+
+def _report(results: dict, plots: list[str]) -> str:
+    s = results["settings"]
+    lines = [
+        f"# Manifold geometry: {results['model']} on {results['dataset']} ({results['split']})",
+        "",
+        f"Augmentation manifolds: {s['n_images']} images x {s['n_views']} views ({s['augment_preset']} preset); "
+        f"class manifolds: {len(s['classes'])} classes x {s['n_per_class']} images. kappa={s['kappa']}, "
+        f"n_t={s['n_t']}, correlated={s['correlated']}, seed={s['seed']}. Took {results['elapsed_s']:.1f} s.",
+        "",
+    ]
+    for kind in ("augmentation", "class"):
+        lines += [
+            f"## {kind.capitalize()} manifolds",
+            "",
+            "| layer | capacity | radius | dimension | centre corr. | ellip. R | ellip. D | PR | power-law alpha (R2) |"
+            " centroid cos same/diff | subspace align same/diff |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n in results["layers"]:
+            r = results[kind][n]
+            c, e, sp = r["capacity"], r["elliptical"], r["spectrum"]
+            pl = sp["power_law"]
+            pls = f"{pl['alpha']:.3f} ({pl['r2']:.2f})" if "alpha" in pl else "n/a"
+            cs, sa = r["centroid_similarity"], r["subspace_alignment"]
+            sim = "" if "simulated_capacity" not in r else f" (sim. {r['simulated_capacity']['capacity']:.3f})"
+            lines.append(
+                f"| {n} | {c['capacity']:.4f}{sim} | {c['radius']:.4f} | {c['dimension']:.3f} | "
+                f"{c['center_correlation']:.3f} | {e['radius']:.4f} | {e['dimension']:.3f} | "
+                f"{sp['participation_ratio']:.2f} | {pls} | {cs['same_mean']:.3f} / {cs['different_mean']:.3f} | "
+                f"{sa['same_mean']:.3f} / {sa['different_mean']:.3f} |"
+            )
+        lines.append("")
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)

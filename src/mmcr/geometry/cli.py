@@ -1,0 +1,77 @@
+"""The ``mmcr analyze`` subcommand (registered by :func:`add_analyze_parser`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``analyze`` on ``subparsers``; the handler is set as ``func``."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="manifold geometry (capacity, radius, dimension, spectra, alignment) of a model's layers",
+        description="Extract features at chosen layers for augmentation manifolds (images x views) and class "
+        "manifolds (classes x images), compute the geometry per layer and write results.json, plots and "
+        "report.md into --out.",
+    )
+    p.add_argument("model", help="run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>")
+    p.add_argument("--dataset", default="digits", help="data set name for mmcr.data.load_dataset (default digits)")
+    p.add_argument("--data-root", default=None, help="data set root / archive path")
+    p.add_argument("--split", default="test", help="split to analyse (default test)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layers", default=None, help="comma-separated module names ('output' = final features)")
+    p.add_argument("--n-images", type=int, default=50, help="augmentation manifolds (images)")
+    p.add_argument("--n-views", type=int, default=20, help="views per augmentation manifold")
+    p.add_argument("--n-classes", type=int, default=10, help="class manifolds (classes)")
+    p.add_argument("--n-per-class", type=int, default=20, help="images per class manifold")
+    p.add_argument("--kappa", type=float, default=0.0, help="margin of the mean-field capacity")
+    p.add_argument("--n-t", type=int, default=200, help="Gaussian samples per manifold")
+    p.add_argument("--correlated", action="store_true", help="remove the centres' shared low-rank structure")
+    p.add_argument("--simcap", action="store_true", help="also compute the simulated capacity (slower)")
+    p.add_argument("--fit-range", default="11,500", help="rank range of the power-law fit, e.g. 11,500")
+    p.add_argument("--max-features", type=int, default=4096, help="random projection above this many features")
+    p.add_argument("--augment-preset", default="cifar", help="augmentation preset for the views")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_analyze)
+    return p
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Handler of ``mmcr analyze``; returns the exit status."""
+    from mmcr.geometry.analyze import run_analysis
+
+    try:
+        lo, hi = (int(v) for v in str(args.fit_range).split(","))
+    except ValueError as e:
+        raise SystemExit(f"--fit-range must be two integers like 11,500, got {args.fit_range!r}") from e
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    res = run_analysis(
+        args.model,
+        args.dataset,
+        args.out,
+        data_root=args.data_root,
+        split=args.split,
+        layers=layers,
+        n_images=args.n_images,
+        n_views=args.n_views,
+        n_classes=args.n_classes,
+        n_per_class=args.n_per_class,
+        kappa=args.kappa,
+        n_t=args.n_t,
+        correlated=args.correlated,
+        simcap=args.simcap,
+        fit_range=(lo, hi),
+        max_features=args.max_features,
+        augment_preset=args.augment_preset,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    summary = {n: round(res["augmentation"][n]["capacity"]["capacity"], 4) for n in res["layers"]}
+    print(json.dumps({"out": str(args.out), "augmentation_capacity": summary}))
+    return 0
