@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,13 +40,47 @@ def load_split_pair(info: dict, dataset: str | None, root: str | None, train_spl
     from mmcr.data import load_dataset
 
     name, root, options, cache_dir = dataset_spec(info, dataset, root)
-    train = load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options)
-    test = load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options)
+    train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
+    test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
     return name, train, test
 
 
+@dataclass
+class _Split:
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    names: list[str] | None = None
+
+
+def _labelled(ds) -> _Split:
+    """The labelled images of a split (label -1 marks unlabelled images, e.g. STL-10's extra split)."""
+    if not hasattr(ds, "images"):
+        raise ValueError(f"evaluation needs an in-memory dataset with .images; load {ds!r} without lazy=True")
+    names = getattr(ds, "paths", None) or getattr(ds, "files", None) or (getattr(ds, "meta", None) or {}).get("files")
+    keep = ds.labels >= 0
+    if bool(keep.all()):
+        return _Split(ds.images, ds.labels, list(ds.classes), names)
+    if not bool(keep.any()):
+        raise ValueError("the split has no labelled images; evaluate on a labelled split (e.g. train, test)")
+    idx = torch.nonzero(keep).flatten()
+    kept_names = [names[i] for i in idx.tolist()] if names is not None else None
+    return _Split(ds.images[idx], ds.labels[idx], list(ds.classes), kept_names)
+
+
+def _eval_tf(info, images: torch.Tensor, size, resize):
+    """The run's eval preprocessing; images smaller than the crop are first resized up to it (as the
+    training crops were), instead of failing."""
+    crop = eval_settings(info, size, resize)["size"]
+    if crop is not None and resize is None:
+        need = max(crop) if isinstance(crop, tuple) else crop
+        if min(images.shape[-2:]) < need:
+            resize = need
+    return eval_transform(info, size=size, resize=resize)
+
+
 def _features(model, info, ds, size, resize, batch_size, device, progress, desc):
-    tf = eval_transform(info, size=size, resize=resize)
+    tf = _eval_tf(info, ds.images, size, resize)
     f, _ = extract_features(
         model, ds.images, transform=tf, batch_size=batch_size, device=device, progress=progress, description=desc
     )
@@ -174,8 +209,7 @@ def run_semi(
     model, info = _load_model(source)
     name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
     if subset_file is not None:
-        names = getattr(train, "paths", None) or getattr(train, "files", None)
-        idx = read_subset_file(subset_file, names)
+        idx = read_subset_file(subset_file, train.names)
         if idx.numel() and int(idx.max()) >= len(train.labels):
             raise ValueError(f"subset index {int(idx.max())} is out of range for {len(train.labels)} images")
         subset = Path(subset_file).name
@@ -183,7 +217,7 @@ def run_semi(
         idx = class_balanced_subset(train.labels, fraction, seed)
         subset = f"{fraction:g} (seed {seed})"
     kw = eval_settings(info, size=size)
-    tf = eval_transform(info, size=size)
+    tf = _eval_tf(info, train.images, size, None)
     aug = FinetuneAugment(mean=kw["mean"], std=kw["std"], size=kw["size"])
     res = finetune(
         model,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmcr.evaluate.features import resolve_device
+
 
 def _check(train_feats, train_labels, test_feats, test_labels, k, temperature):
     if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
@@ -43,7 +45,7 @@ def knn_scores(
 ) -> torch.Tensor:
     """Class scores (N_test, C) of the weighted kNN vote, on ``device`` (default: train_feats')."""
     _check(train_feats, train_labels, test_feats, None, k, temperature)
-    dev = torch.device(device) if device is not None else train_feats.device
+    dev = resolve_device(device) if device is not None else train_feats.device
     train = F.normalize(train_feats.to(dev, torch.float32), dim=1)
     train_y = train_labels.to(dev, torch.int64)
     C = int(num_classes) if num_classes is not None else int(train_y.max().item()) + 1
