@@ -263,7 +263,8 @@ def test_cifar_and_stl_torchvision_layouts(tmp_path, monkeypatch):
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     monkeypatch.setattr(datasets.CIFAR10, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(datasets.CIFAR10, "_load_meta", lambda self: setattr(self, "classes", [f"c{i}" for i in range(10)]))
+    names = [f"c{i}" for i in range(10)]
+    monkeypatch.setattr(datasets.CIFAR10, "_load_meta", lambda self: setattr(self, "classes", names))
     ds = load_dataset("cifar10", tmp_path, split="train")
     assert ds.images.shape == (20, 3, 32, 32) and ds.labels.tolist()[:4] == [0, 1, 2, 3]
     with pytest.raises(DatasetError, match="download=True"):
