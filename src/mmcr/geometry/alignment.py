@@ -55,15 +55,19 @@ def _split_pairs(matrix: np.ndarray, labels: Any) -> PairSimilarity:
     return PairSimilarity(matrix, vals[same], vals[~same])
 
 
-def centroid_similarity(manifolds: Any, labels: Any = None) -> PairSimilarity:
+def centroid_similarity(manifolds: Any, labels: Any = None, center: bool = False) -> PairSimilarity:
     """Cosine similarity between manifold centroids, split into same-label and different-label pairs.
 
     Args:
         manifolds: (P, M, N) array or list of (M_i, N) arrays.
         labels: (P,) class of each manifold (e.g. the class of the image behind an augmentation manifold).
+        center: subtract the mean of all points first (useful for non-negative features such as ReLU
+            outputs, whose centroids otherwise all point the same way).
     """
     ms = manifold_list(manifolds)
     c = torch.stack([m.mean(0) for m in ms])
+    if center:
+        c = c - torch.cat(ms).mean(0)
     c = c / torch.linalg.norm(c, dim=1, keepdim=True).clamp_min(1e-300)
     return _split_pairs(to_numpy(c @ c.T), labels)
 

@@ -119,7 +119,7 @@ def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict
     except ValueError as e:
         spec["power_law"] = {"error": str(e)}
     res["spectrum"] = spec
-    cs = centroid_similarity(manifolds, labels)
+    cs = centroid_similarity(manifolds, labels, center=True)
     sa = subspace_alignment(manifolds, labels, n_components=opts["n_components"])
     res["centroid_similarity"] = cs.to_dict()
     res["subspace_alignment"] = sa.to_dict()
@@ -303,7 +303,7 @@ def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
         fit = extras["class"][n]["fit"]
         if fit is not None:
             ranks = np.arange(1, fit.spectrum.size + 1)
-            pos = fit.spectrum > 0
+            pos = fit.spectrum > fit.spectrum[0] * 1e-12
             axes[0].loglog(ranks[pos], fit.spectrum[pos], label="eigenvalues")
             lo, hi = fit.fit_range
             axes[0].loglog(
@@ -313,12 +313,12 @@ def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
         axes[0].set_title(f"{n}: class-manifold spectrum")
         axes[0].set_xlabel("rank")
         same, diff = extras["augmentation"][n]["hist"]
-        bins = np.linspace(-1, 1, 41)
+        bins = 40
         if diff.size:
             axes[1].hist(diff, bins=bins, alpha=0.6, density=True, label="different class")
         if same.size:
             axes[1].hist(same, bins=bins, alpha=0.6, density=True, label="same class")
-        axes[1].set_title(f"{n}: centroid cosine similarity")
+        axes[1].set_title(f"{n}: centroid cosine similarity (centred)")
         axes[1].legend()
         fig.tight_layout()
         fig.savefig(folder / f"layer_{safe}.png", dpi=110)

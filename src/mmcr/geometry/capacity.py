@@ -132,16 +132,8 @@ def manifold_capacity(
     for i, m in enumerate(ms):
         groups.setdefault(m.shape[0], []).append(i)
     for M, idx in groups.items():
-        x = torch.stack([ms[i] for i in idx]) - origin  # (G, M, N)
-        if V is not None:
-            x = x - (x @ V) @ V.T
-        c = x.mean(1, keepdim=True)
-        S = ((x - c) / torch.linalg.norm(c, dim=2, keepdim=True)).mT  # (G, N, M), columns are points
-        if N > M:
-            # Coordinates in the Householder QR basis of each manifold's span: Q^T S = R.
-            S = torch.linalg.qr(S, mode="r")[1]
-        D = S.shape[1]
-        A = torch.cat([S, torch.ones(len(idx), 1, M, dtype=S.dtype, device=dev)], 1)
+        A = _anchored(torch.stack([ms[i] for i in idx]), origin, V)
+        D = A.shape[1] - 1
         if tv is not None:
             t = torch.stack([tv[i] for i in idx]).to(dev)
             if t.shape[1] != D + 1:
@@ -151,7 +143,7 @@ def manifold_capacity(
         elif rng is not None:
             t = torch.from_numpy(rng.standard_normal((len(idx), D + 1, int(n_t))))
         else:
-            t = torch.randn(len(idx), D + 1, int(n_t), generator=gen, dtype=S.dtype, device=dev)
+            t = torch.randn(len(idx), D + 1, int(n_t), generator=gen, dtype=A.dtype, device=dev)
         a, r, d = _anchor_statistics(A, t, float(kappa))
         alpha[idx], radii[idx], dims[idx] = a, r, d
 
@@ -169,6 +161,34 @@ def manifold_capacity(
         center_subspace=None if V is None else to_numpy(V),
         residual_correlation=[float(v) for v in residual],
     )
+
+
+def _anchored(X: torch.Tensor, origin: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor:
+    """(G, M, N) manifolds -> (G, D+1, M) centred, centre-normalised, QR-reduced points with a row of ones."""
+    G, M, N = X.shape
+    x = X - origin
+    if V is not None:
+        x = x - (x @ V) @ V.T
+    c = x.mean(1, keepdim=True)
+    cn = torch.linalg.norm(c, dim=2, keepdim=True)
+    if bool((cn == 0).any()):
+        raise ValueError("a manifold's centre coincides with the global mean; its capacity is undefined")
+    S = ((x - c) / cn).mT  # (G, N, M), columns are points
+    if N > M:
+        # Coordinates in the Householder QR basis of each manifold's span: Q^T S = R.
+        S = torch.linalg.qr(S, mode="r")[1]
+    return torch.cat([S, torch.ones(G, 1, M, dtype=S.dtype, device=S.device)], 1)
+
+
+def anchor_matrices(manifolds: Any, center_subspace: Any = None) -> list[torch.Tensor]:
+    """The per-manifold (D+1, M_i) matrices the capacity solver works on (float64, input's device):
+    points minus the global mean (and minus ``center_subspace`` components), centred on the manifold's
+    centre, divided by the centre's norm, in the Householder QR basis when N > M, plus a row of ones.
+    This is the layout of the reference's ``sD1`` matrices."""
+    ms = manifold_list(manifolds)
+    origin = torch.cat(ms).mean(0)
+    V = None if center_subspace is None else to_tensor(center_subspace, ms[0].device)
+    return [_anchored(m[None], origin, V)[0] for m in ms]
 
 
 def _centers(ms: list[torch.Tensor]) -> torch.Tensor:

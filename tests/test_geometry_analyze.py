@@ -1,0 +1,43 @@
+"""`mmcr analyze` end to end on tiny sizes: random tiny ResNet on the bundled digits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from mmcr.geometry.analyze import FeatureTaps, default_layers
+from mmcr.geometry.cli import add_analyze_parser
+
+
+def test_analyze_writes_json_plots_and_report(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_analyze_parser(parser.add_subparsers())
+    out = tmp_path / "geo"
+    args = parser.parse_args(
+        ["analyze", "random:resnet_tiny", "--dataset", "digits", "--out", str(out), "--n-images", "8",
+         "--n-views", "4", "--n-classes", "4", "--n-per-class", "5", "--n-t", "20", "--fit-range", "2,30",
+         "--quiet"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["layers"] == ["layers.0", "layers.1", "layers.2", "output"]
+    for kind in ("augmentation", "class"):
+        for layer in res["layers"]:
+            r = res[kind][layer]
+            assert r["capacity"]["capacity"] > 0 and len(r["capacity"]["alpha"]) in (8, 4)
+            assert "alpha" in r["spectrum"]["power_law"]
+            assert r["elliptical"]["dimension"] > 0
+    assert (out / "plots" / "geometry_per_layer.png").stat().st_size > 0
+    assert (out / "plots" / "layer_output.png").exists()
+    assert "| layers.0 |" in (out / "report.md").read_text()
+
+
+def test_feature_taps_reject_unknown_layers():
+    from mmcr.models import load_pretrained
+
+    model, _ = load_pretrained("random:resnet_tiny")
+    assert default_layers(model)[-1] == "output"
+    with pytest.raises(ValueError, match="unknown layer"):
+        FeatureTaps(model, ["nope"])
