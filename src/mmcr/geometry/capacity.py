@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmcr.geometry._arrays import make_generator, manifold_list, to_numpy, to_tensor
+from mmcr.geometry._arrays import as_manifolds, make_generator, manifold_list, to_numpy, to_tensor
 from mmcr.geometry.lowrank import center_correlation, find_center_subspace
 from mmcr.geometry.nnls import nnls_gram
 
@@ -100,11 +100,12 @@ def manifold_capacity(
         raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
     if t_vectors is None and (int(n_t) != n_t or n_t < 1):
         raise ValueError(f"n_t must be a positive integer, got {n_t}")
-    ms = manifold_list(manifolds)
+    stacked = as_manifolds(manifolds)
+    ms = list(stacked.unbind(0)) if isinstance(stacked, torch.Tensor) else stacked
     P = len(ms)
     N = ms[0].shape[1]
     dev = ms[0].device
-    centers = _centers(ms)
+    centers = stacked.mean(1) if isinstance(stacked, torch.Tensor) else _centers(ms)
     rho0 = center_correlation(centers)
 
     V = None
@@ -120,7 +121,8 @@ def manifold_capacity(
         Vn, residual = find_center_subspace(to_numpy(centers), n_reps=n_reps, max_rank=max_rank, seed=seed)
         V = torch.as_tensor(Vn, device=dev)
 
-    origin = torch.cat(ms).mean(0)
+    # Global mean of all points (for equal-size manifolds, the mean of the centres).
+    origin = centers.mean(0) if isinstance(stacked, torch.Tensor) else torch.cat(ms).mean(0)
     tv = _t_vector_list(t_vectors, ms, P, N)
     rng = np.random.default_rng(seed) if tv is None and dev.type == "cpu" else None
     gen = make_generator(seed, dev) if tv is None and rng is None else None
@@ -132,7 +134,8 @@ def manifold_capacity(
     for i, m in enumerate(ms):
         groups.setdefault(m.shape[0], []).append(i)
     for M, idx in groups.items():
-        A = _anchored(torch.stack([ms[i] for i in idx]), origin, V)
+        X = stacked if isinstance(stacked, torch.Tensor) else torch.stack([ms[i] for i in idx])
+        A = _anchored(X, origin, V)
         D = A.shape[1] - 1
         if tv is not None:
             t = torch.stack([tv[i] for i in idx]).to(dev)
@@ -166,17 +169,22 @@ def manifold_capacity(
 def _anchored(X: torch.Tensor, origin: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor:
     """(G, M, N) manifolds -> (G, D+1, M) centred, centre-normalised, QR-reduced points with a row of ones."""
     G, M, N = X.shape
-    x = X - origin
     if V is not None:
+        x = X - origin
         x = x - (x @ V) @ V.T
-    c = x.mean(1, keepdim=True)
-    cn = torch.linalg.norm(c, dim=2, keepdim=True)
+        c = x.mean(1, keepdim=True)
+        cn = torch.linalg.norm(c, dim=2, keepdim=True)
+    else:
+        x = X
+        c = X.mean(1, keepdim=True)
+        cn = torch.linalg.norm(c - origin, dim=2, keepdim=True)
     if bool((cn == 0).any()):
         raise ValueError("a manifold's centre coincides with the global mean; its capacity is undefined")
-    S = ((x - c) / cn).mT  # (G, N, M), columns are points
+    S = (x - c).mT  # (G, N, M), columns are points
     if N > M:
-        # Coordinates in the Householder QR basis of each manifold's span: Q^T S = R.
+        # Coordinates in the Householder QR basis of each manifold's span: Q^T S = R (scaling commutes).
         S = torch.linalg.qr(S, mode="r")[1]
+    S = S / cn
     return torch.cat([S, torch.ones(G, 1, M, dtype=S.dtype, device=S.device)], 1)
 
 
@@ -219,26 +227,28 @@ def _t_vector_list(t_vectors: Any, ms: list[torch.Tensor], P: int, N: int) -> li
 def _anchor_statistics(A: torch.Tensor, t: torch.Tensor, kappa: float) -> tuple[np.ndarray, ...]:
     """alpha_M, R_M, D_M for a batch of anchored manifolds A (G, D+1, m) and t-vectors t (G, D+1, T)."""
     D = A.shape[1] - 1
-    shifted = t.clone()
-    shifted[:, D] += kappa
+    tt = t.mT.contiguous()  # (G, T, D+1): one sample per row keeps the reductions contiguous
+    At = A.mT.contiguous()  # (G, m, D+1)
     gram = A.mT @ A
-    rhs = shifted.mT @ A  # (G, T, m)
+    # rhs_j = t . [s_j; 1] + kappa: the dual NNLS right-hand side, and (minus kappa) the projections
+    # whose maximiser is the max-projection point s*.
+    rhs = tt @ A + kappa  # (G, T, m)
+    top, best = rhs.max(-1)
     lam = nnls_gram(gram, rhs)  # (G, T, m)
-    y = A @ lam.mT  # (G, D+1, T) = t - v*
-    # Max-projection point: the anchor when t is interior (the constraints do not bind).
-    best = (t[:, :D].mT @ A[:, :D]).argmax(-1)  # (G, T)
-    s_star = torch.gather(A, 2, best[:, None, :].expand(-1, D + 1, -1))
-    g = (t * s_star).sum(1)
-    interior = (g + kappa < 0) | (torch.linalg.norm(y, dim=1) < INTERIOR_EPS)
-    lam_sum = lam.sum(-1)
-    s = torch.where(interior[:, None, :], s_star, y / torch.where(interior, 1.0, lam_sum)[:, None, :])
-    s_sq = (s * s).sum(1)
-    margin = ((t * s).sum(1) + kappa).clamp_min(0)
-    per_t = torch.where(s_sq > 0, margin**2 / torch.where(s_sq > 0, s_sq, 1.0), torch.zeros_like(s_sq))
-    alpha = 1.0 / per_t.mean(1)
-    ds = (s - s.mean(2, keepdim=True))[:, :D] / s[:, D : D + 1]
-    radius = torch.sqrt((ds * ds).sum(1).mean(1))
-    t_hat = t[:, :D] / torch.linalg.norm(t[:, :D], dim=1, keepdim=True)
-    s_hat = s[:, :D] / torch.sqrt((s[:, :D] ** 2).sum(1, keepdim=True) + 1e-12)
-    dim = D * (t_hat * s_hat).sum(1).mean(1) ** 2
+    y = lam @ At  # (G, T, D+1) = t - v*
+    s_star = torch.gather(At, 1, best[..., None].expand(-1, -1, D + 1))
+    # Interior t (no constraint binds, g + kappa < 0) or a vanishing step: the anchor is s*.
+    interior = (top < 0) | (torch.linalg.vector_norm(y, dim=-1) < INTERIOR_EPS)
+    lam_sum = torch.where(interior, 1.0, lam.sum(-1))
+    s = torch.where(interior[..., None], s_star, y / lam_sum[..., None])
+    s_sq = (s * s).sum(-1)
+    margin = ((tt * s).sum(-1) + kappa).clamp_min(0)
+    per_t = torch.where(s_sq > 0, margin**2 / torch.where(s_sq > 0, s_sq, 1.0), 0.0)
+    alpha = 1.0 / per_t.mean(-1)
+    sd = s[..., :D]
+    ds = (sd - sd.mean(1, keepdim=True)) / s[..., D:]
+    radius = torch.sqrt((ds * ds).sum(-1).mean(-1))
+    td = tt[..., :D]
+    cos = (td * sd).sum(-1) / (torch.linalg.vector_norm(td, dim=-1) * torch.sqrt((sd * sd).sum(-1) + 1e-12))
+    dim = D * cos.mean(-1) ** 2
     return to_numpy(alpha), to_numpy(radius), to_numpy(dim)

@@ -44,7 +44,7 @@ def nnls_gram(
     owner = torch.arange(P, device=dev).repeat_interleave(T)
     x = torch.zeros(B, m, device=dev, dtype=dt)
     passive = torch.zeros(B, m, device=dev, dtype=torch.bool)
-    thresh = tol * b.abs().amax(1).clamp_min(1.0)
+    thresh = tol * torch.maximum(b.amax(1), -b.amin(1)).clamp_min(1.0)
     active = torch.arange(B, device=dev)
     max_iter = 3 * m if max_iter is None else int(max_iter)
 
@@ -92,7 +92,7 @@ def _gram_times(gram: torch.Tensor, owner: torch.Tensor, x: torch.Tensor, passiv
     k = int(passive.sum(1).max()) if passive.numel() else 0
     if k == 0:
         return torch.zeros_like(x)
-    idx = torch.argsort((~passive).to(torch.int8), dim=1, stable=True)[:, :k]
+    idx = passive.to(torch.int8).topk(k, dim=1, sorted=False).indices
     xs = x.gather(1, idx)
     rows = gram[owner[:, None], idx]  # (B, k, m)
     return torch.einsum("bk,bkm->bm", xs, rows)
@@ -106,7 +106,7 @@ def _passive_solve(
     k = int(passive.sum(1).max()) if n else 0
     if k == 0:
         return torch.zeros(n, m, dtype=b.dtype, device=b.device)
-    idx = torch.argsort((~passive).to(torch.int8), dim=1, stable=True)[:, :k]
+    idx = passive.to(torch.int8).topk(k, dim=1, sorted=False).indices
     valid = passive.gather(1, idx)
     sub = gram[owner[:, None, None], idx[:, :, None], idx[:, None, :]]
     both = valid[:, :, None] & valid[:, None, :]
