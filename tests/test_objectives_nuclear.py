@@ -94,7 +94,8 @@ def test_gradient_is_a_subgradient(kind, m, n, seed):
     value.backward()
     scale = max(value.item(), 1e-300)
     assert abs((x.grad * x).sum().item() - value.item()) <= (min(m, n) * RANK_RTOL + 1e-12) * scale
-    assert torch.linalg.matrix_norm(x.grad, ord=2).item() <= 1 + 1e-9
+    # The float64 Gram loses eps64 * kappa^2 <= 1e-16 * RANK_RTOL^-2 = 1e-6 at the kept singular values.
+    assert torch.linalg.matrix_norm(x.grad, ord=2).item() <= 1 + 1e-6
 
 
 def test_float32_path_and_float64_fallback_agree_around_threshold():

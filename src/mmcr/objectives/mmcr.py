@@ -29,7 +29,7 @@ class _NormalizedMean(torch.autograd.Function):
     def backward(ctx, grad):
         z, inv = ctx.saved_tensors
         k = z.shape[1]
-        g = grad.unsqueeze(1)  # (B, 1, d)
+        g = grad.contiguous().unsqueeze(1)  # (B, 1, d); batched products are slow on strided input
         # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z|; rows clamped at eps have a constant
         # denominator, so no projection term there.
         beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
@@ -56,7 +56,7 @@ class _NormalizeAndMean(torch.autograd.Function):
     def backward(ctx, grad_views, grad_mean):
         z, inv = ctx.saved_tensors
         k = z.shape[1]
-        gc = grad_mean.unsqueeze(1) / k  # (B, 1, d), the centroid gradient seen by each view
+        gc = grad_mean.contiguous().unsqueeze(1) / k  # (B, 1, d), the centroid gradient seen by each view
         # Total upstream gradient per view is g = grad_views + gc; the result is (g - (u . g) u) / |z|.
         dots = torch.bmm(z, gc.mT)  # (B, k, 1)
         out = (gc * inv).expand_as(z).clone()

@@ -54,7 +54,14 @@ def _raise_non_finite(x: torch.Tensor, name: str = "x") -> None:
     )
 
 
-def _gram_float64(a: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _polar_from_eig(evecs: torch.Tensor, inv: torch.Tensor, a: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """U diag(inv) U^T a, returned contiguous in the caller's layout: (N, s, l), or (N, l, s) = x's layout when
+    a is the transpose of x (a transposed gradient makes later batched products and collectives slow)."""
+    p = (evecs * inv.unsqueeze(-2)) @ evecs.mT
+    return a.mT @ p if transposed else p @ a
+
+
+def _gram_float64(a: torch.Tensor, want_polar: bool, transposed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Singular values (ascending) and optional polar factor of a (N, s, l) with s <= l, in float64."""
     a64 = a.double()
     evals, evecs = torch.linalg.eigh(a64 @ a64.mT)
@@ -63,8 +70,7 @@ def _gram_float64(a: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torc
         return sigma, None
     keep = sigma > RANK_RTOL * sigma[..., -1:]
     inv = torch.where(keep, sigma.reciprocal(), torch.zeros_like(sigma))
-    polar = ((evecs * inv.unsqueeze(-2)) @ evecs.mT) @ a64
-    return sigma, polar
+    return sigma, _polar_from_eig(evecs, inv, a64, transposed)
 
 
 def _gram_nuclear(x: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -77,7 +83,7 @@ def _gram_nuclear(x: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torc
     a = (x.mT if transposed else x).reshape(-1, min(m, n), max(m, n))
     out_dtype = x.dtype
     if x.dtype == torch.float64:
-        sigma, polar = _gram_float64(a, want_polar)
+        sigma, polar = _gram_float64(a, want_polar, transposed)
     else:
         gram = a @ a.mT
         diag_sum = gram.diagonal(dim1=-2, dim2=-1).sum()
@@ -85,32 +91,30 @@ def _gram_nuclear(x: torch.Tensor, want_polar: bool) -> tuple[torch.Tensor, torc
             if not torch.isfinite(x).all():
                 _raise_non_finite(x)
             # Finite but overflowing in float32: do everything in float64.
-            sigma, polar = _gram_float64(a, want_polar)
+            sigma, polar = _gram_float64(a, want_polar, transposed)
         else:
             evals, evecs = torch.linalg.eigh(gram)
             # Ill-conditioned, zero, or so small that float32 products lose bits to underflow -> float64.
             bad = ~(evals[..., 0] >= FLOAT32_MIN_EIG_RATIO * evals[..., -1]) | ~(evals[..., 0] >= _FLOAT32_SMALLEST_EIG)
             any_bad = bool(bad.any())
             if any_bad and bool(bad.all()):
-                sigma, polar = _gram_float64(a, want_polar)
+                sigma, polar = _gram_float64(a, want_polar, transposed)
             else:
                 sigma = evals.clamp_min(0).sqrt()
                 polar = None
                 if want_polar:
                     inv = torch.where(sigma > 0, sigma.reciprocal(), torch.zeros_like(sigma))
-                    polar = ((evecs * inv.unsqueeze(-2)) @ evecs.mT) @ a
+                    polar = _polar_from_eig(evecs, inv, a, transposed)
                 if any_bad:
                     idx = bad.nonzero().squeeze(-1)
-                    s64, p64 = _gram_float64(a[idx], want_polar)
+                    s64, p64 = _gram_float64(a[idx], want_polar, transposed)
                     sigma = sigma.double().index_copy(0, idx, s64)
                     polar = polar.index_copy(0, idx, p64.to(polar.dtype)) if want_polar else None
     value = sigma.sum(-1).to(out_dtype).reshape(batch)
     sigma = sigma.to(out_dtype).reshape(*batch, min(m, n))
     if polar is not None:
         polar = polar.to(out_dtype)
-        polar = polar.reshape(*batch, min(m, n), max(m, n))
-        if transposed:
-            polar = polar.mT
+        polar = polar.reshape(*batch, m, n)
     return value, sigma, polar
 
 
