@@ -37,8 +37,7 @@ def test_crop_resize_flip_matches_torchvision(interp, h_in, size, scale):
     top, left, hh, ww = AF.sample_crop_boxes(b * k, h_in, h_in + 4, scale, (0.75, 4 / 3), g)
     flip = torch.rand(b * k, generator=g) < 0.5
     wy = AF.resize_weights(top, hh, size, h_in, interp).float()
-    wx = AF.resize_weights(left, ww, size, h_in + 4, interp).float()
-    wx = torch.where(flip[:, None, None], wx.flip(1), wx)
+    wx = AF.resize_weights(left, ww, size, h_in + 4, interp, flip=flip).float()
     mine = AF.from_planar(AF.crop_resize(imgs, wy, wx, scale=1 / 255))
     for n in range(b * k):
         box = (int(top[n]), int(left[n]), int(hh[n]), int(ww[n]))

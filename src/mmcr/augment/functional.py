@@ -40,32 +40,42 @@ def resize_weights(
     in_size: int,
     interpolation: str = "bilinear",
     dtype: torch.dtype = torch.float64,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense (N, out_size, in_size) matrices that crop [start, start+length) and resize it to out_size.
+
+    ``flip`` (N,) bool mirrors the output of the flagged views (a horizontal flip when used for columns).
 
     The weights are those of ``torch.nn.functional.interpolate(..., antialias=True,
     align_corners=False)``, the default of torchvision's Resize and RandomResizedCrop: when shrinking,
     the kernel is widened by the scale factor (area-aware antialiasing, as PIL does); taps falling
     outside the crop are dropped and each row renormalised, which is how the reference handles the
     crop border. Written by hand because torch offers no crop-and-resize with a different box per
-    image; a matrix per axis turns all views' crops and resizes into two batched matmuls.
+    image; a matrix per axis turns all views' crops and resizes into two batched matmuls. Only the
+    few taps inside each kernel's support are evaluated, then scattered into the dense matrix.
     """
     if interpolation not in _TAPS:
         raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    dev = start.device
     start = start.to(dtype)
     length = length.to(dtype)
     scale = length / out_size  # input pixels per output pixel
     stretch = scale.clamp(min=1.0)  # kernel widening when downscaling
-    i = torch.arange(out_size, dtype=dtype, device=start.device)
-    j = torch.arange(in_size, dtype=dtype, device=start.device)
-    center = scale[:, None] * (i[None, :] + 0.5)  # (N, out), in crop coordinates
-    rel = j[None, :] - start[:, None]  # (N, in), position of each input pixel inside the crop
-    x = (rel[:, None, :] - center[:, :, None] + 0.5) / stretch[:, None, None]
-    w = _filter(x, interpolation)
-    inside = (rel >= 0) & (rel < length[:, None])
-    w = w * inside[:, None, :]
+    support = 0.5 * _TAPS[interpolation] * stretch  # (N,)
+    i = torch.arange(out_size, dtype=dtype, device=dev)
+    i = i.expand(start.shape[0], out_size)
+    if flip is not None:
+        i = torch.where(flip.to(dev)[:, None], out_size - 1 - i, i)
+    center = scale[:, None] * (i + 0.5)  # (N, out), in crop coordinates
+    first = torch.floor(center - support[:, None] - 0.5)  # leftmost tap that can be inside the support
+    n_taps = int(math.ceil(2.0 * float(support.max()))) + 2
+    rel = first[:, :, None] + torch.arange(n_taps, dtype=dtype, device=dev)  # (N, out, T) crop coordinates
+    w = _filter((rel - center[:, :, None] + 0.5) / stretch[:, None, None], interpolation)
+    w = w * ((rel >= 0) & (rel < length[:, None, None]))
     w = w / w.sum(dim=-1, keepdim=True)
-    return w
+    col = (rel + start[:, None, None]).clamp(0, in_size - 1).to(torch.int64)  # zero-weight taps land anywhere
+    out = torch.zeros(start.shape[0], out_size, in_size, dtype=dtype, device=dev)
+    return out.scatter_add_(2, col, w)
 
 
 def crop_resize(
@@ -96,6 +106,25 @@ def crop_resize(
     return out
 
 
+def gather_views(planar: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """planar[:, idx] for a (C, N, ...) batch; per-channel 2-D gathers are torch's fastest CPU path."""
+    c, n = planar.shape[:2]
+    flat = planar.reshape(c, n, -1)
+    out = torch.empty((c, idx.numel(), flat.shape[2]), dtype=planar.dtype, device=planar.device)
+    for ch in range(c):
+        torch.index_select(flat[ch], 0, idx, out=out[ch])
+    return out.view(c, idx.numel(), *planar.shape[2:])
+
+
+def scatter_views(planar: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """planar[:, idx] = values, in place."""
+    c, n = planar.shape[:2]
+    flat = planar.view(c, n, -1)
+    vals = values.reshape(c, idx.numel(), -1)
+    for ch in range(c):
+        flat[ch].index_copy_(0, idx, vals[ch])
+
+
 # The colour ops below work on planar batches (3, N, H, W): each channel plane is contiguous, which
 # makes every elementwise pass several times faster on CPU than strided channel slices of (N, 3, H, W).
 
@@ -123,28 +152,31 @@ def grayscale(planar: torch.Tensor) -> torch.Tensor:
     return torch.add(r * _LUMA[0], g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2])
 
 
-def adjust_brightness(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+# ``out`` may be the input itself: every op reads what it needs before writing each channel.
+
+
+def adjust_brightness(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Scale intensities by factor, clamp to [0, 1]."""
-    return (planar * _per_image(factor, planar)).clamp_(0.0, 1.0)
+    return torch.mul(planar, _per_image(factor, planar), out=out).clamp_(0.0, 1.0)
 
 
-def _blend(planar: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _blend(planar, other, factor, out=None) -> torch.Tensor:
     f = _per_image(factor, planar)
-    return torch.addcmul(other * (1.0 - f), planar, f).clamp_(0.0, 1.0)
+    return torch.addcmul(other * (1.0 - f), planar, f, out=out).clamp_(0.0, 1.0)
 
 
-def adjust_contrast(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_contrast(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Blend each image with the mean of its own grayscale version."""
     mean = grayscale(planar).mean(dim=(1, 2), keepdim=True)
-    return _blend(planar, mean, factor)
+    return _blend(planar, mean, factor, out)
 
 
-def adjust_saturation(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_saturation(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Blend each image with its grayscale version."""
-    return _blend(planar, grayscale(planar), factor)
+    return _blend(planar, grayscale(planar), factor, out)
 
 
-def adjust_hue(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_hue(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate hue by factor (in turns, [-0.5, 0.5]) through an exact RGB -> HSV -> RGB round trip.
 
     A hue shift keeps each pixel's max (value) and max - min (chroma), so only the hue is computed
@@ -166,7 +198,8 @@ def adjust_hue(planar: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     h6.addcmul_(is_r, (g - b).sub_(h6))
     # Grey pixels (chroma 0) have a zero numerator, so any finite divisor gives hue 0 as torchvision does.
     h6.div_(chroma.clamp(min=1e-12)).add_(_per_image(factor, h6), alpha=6.0)
-    out = torch.empty_like(planar)
+    if out is None:
+        out = torch.empty_like(planar)
     k = torch.empty_like(h6)
     q = torch.empty_like(h6)
     for c, n in enumerate((5.0, 3.0, 1.0)):

@@ -362,21 +362,25 @@ class MultiViewAugment:
             raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
         return images
 
-    def _weights(self, start, length, out_size: int, in_size: int, device) -> torch.Tensor:
-        """Per-view resize matrices, from a cached table of every box when the image is small."""
-        if in_size * in_size * out_size * in_size <= _TABLE_LIMIT:
+    def _weights(self, start, length, out_size: int, in_size: int, device, flip=None) -> torch.Tensor:
+        """Per-view resize matrices, from a cached table of every box (both orientations) for small images."""
+        if 2 * in_size * in_size * out_size * in_size <= _TABLE_LIMIT:
             key = (in_size, out_size, self.interpolation, str(device))
             table = self._tables.get(key)
             if table is None:
-                lengths = torch.arange(1, in_size + 1).repeat_interleave(in_size)
-                starts = torch.arange(in_size).repeat(in_size)
+                lengths = torch.arange(1, in_size + 1).repeat_interleave(in_size).repeat(2)
+                starts = torch.arange(in_size).repeat(2 * in_size)
                 starts = torch.minimum(starts, in_size - lengths)  # boxes that fit; others never looked up
-                table = AF.resize_weights(starts, lengths, out_size, in_size, self.interpolation)
-                table = table.to(device=device, dtype=torch.float32)
+                flips = torch.arange(2).repeat_interleave(in_size * in_size).bool()
+                table = AF.resize_weights(starts, lengths, out_size, in_size, self.interpolation, flip=flips)
+                table = table.to(device=device, dtype=torch.float32).view(-1, out_size * in_size)
                 self._tables[key] = table
-            idx = ((length - 1) * in_size + start).to(device)
-            return table.index_select(0, idx)
-        w = AF.resize_weights(start.to(device), length.to(device), out_size, in_size, self.interpolation)
+            idx = (length - 1) * in_size + start
+            if flip is not None:
+                idx = idx + flip.to(torch.int64) * (in_size * in_size)
+            return table.index_select(0, idx.to(device)).view(-1, out_size, in_size)
+        f = None if flip is None else flip.to(device)
+        w = AF.resize_weights(start.to(device), length.to(device), out_size, in_size, self.interpolation, flip=f)
         return w.to(torch.float32)
 
     def apply(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
@@ -388,10 +392,7 @@ class MultiViewAugment:
             raise ValueError(f"params describe {p.top.shape[0]} views, but {b} images x {self.views} views = {n}")
         dev = images.device
         wy = self._weights(p.top, p.height, self.size[0], h_in, dev)
-        wx = self._weights(p.left, p.width, self.size[1], w_in, dev)
-        flip = p.flip.to(dev)
-        if bool(p.flip.any()):
-            wx = torch.where(flip[:, None, None], wx.flip(1), wx)
+        wx = self._weights(p.left, p.width, self.size[1], w_in, dev, flip=p.flip)
         if self.color_first:
             # Colour ops see the full image (the authors' STL-10 order), then the crop.
             x = images.to(torch.float32).mul_(1.0 / 255.0)
@@ -420,26 +421,47 @@ class MultiViewAugment:
         if idx.numel() == x.shape[1]:
             return fn(x, idx)
         didx = idx.to(x.device)
-        c, n, h, w = x.shape
-        flat = x.view(c, n, h * w)
-        sub = flat.index_select(1, didx).view(c, -1, h, w)
-        flat.index_copy_(1, didx, fn(sub, idx).reshape(c, -1, h * w))
+        AF.scatter_views(x, didx, fn(AF.gather_views(x, didx), idx))
         return x
 
     def _colour(self, x: torch.Tensor, p: ViewParams, dev) -> torch.Tensor:
+        """Colour jitter in each view's own op order, then random grayscale.
+
+        The jittered views are gathered once, sorted by the op they apply in slot 0; each op then
+        runs in place on one contiguous run of views. Between slots the buffer is re-gathered into
+        the next slot's op order, and after slot 3 scattered back: 5 index passes in all instead of
+        one gather and one scatter per (slot, op).
+        """
         ops = (
             (self.brightness, AF.adjust_brightness, p.brightness),
             (self.contrast, AF.adjust_contrast, p.contrast),
             (self.saturation, AF.adjust_saturation, p.saturation),
             (self.hue, AF.adjust_hue, p.hue),
         )
-        if bool(p.jitter.any()):
+        jit = torch.nonzero(p.jitter).squeeze(1)
+        if jit.numel() and any(rng is not None for rng, _, _ in ops):
+            order = p.order.index_select(0, jit)  # (M, 4)
+            where = None  # where[i]: position in the buffer of jittered view i
+            buf = None
             for slot in range(4):
+                key = order[:, slot]
+                arrangement = torch.sort(key, stable=True).indices  # buffer position -> jittered view
+                if buf is None:
+                    buf = AF.gather_views(x, jit.index_select(0, arrangement).to(x.device))
+                else:
+                    buf = AF.gather_views(buf, where.index_select(0, arrangement).to(x.device))
+                where = torch.empty_like(arrangement)
+                where[arrangement] = torch.arange(arrangement.numel())
+                counts = torch.bincount(key, minlength=4).tolist()
+                views = buf
+                lo = 0
                 for op_id, (rng, fn, factor) in enumerate(ops):
-                    if rng is None:
-                        continue
-                    mask = p.jitter & (p.order[:, slot] == op_id)
-                    x = self._subset(x, mask, lambda v, idx, fn=fn, factor=factor: fn(v, factor[idx]))
+                    hi = lo + counts[op_id]
+                    if rng is not None and hi > lo:
+                        part = views[:, lo:hi]
+                        fn(part, factor.index_select(0, jit.index_select(0, arrangement[lo:hi])), out=part)
+                    lo = hi
+            AF.scatter_views(x, jit.index_select(0, arrangement).to(x.device), buf)
         return self._subset(x, p.gray, lambda v, idx: AF.grayscale(v).unsqueeze(0).repeat(3, 1, 1, 1))
 
     def _eval(self, images: torch.Tensor) -> torch.Tensor:
