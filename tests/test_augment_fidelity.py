@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmcr.augment import MultiViewAugment
 from mmcr.augment import functional as AF
@@ -159,3 +161,35 @@ def test_eval_preset_matches_torchvision():
     ref = TF.normalize(ref, list(aug.mean), list(aug.std))
     assert (out[:, 0] - ref).abs().max() < 1e-5
     assert torch.equal(out[:, 0], out[:, 1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    in_size=st.integers(1, 40),
+    out_size=st.integers(1, 40),
+    data=st.data(),
+    interp=st.sampled_from(["bilinear", "bicubic"]),
+)
+def test_resize_weights_equal_torch_interpolate(in_size, out_size, data, interp):
+    """Any crop [start, start+length) resized to any size: the matrix equals F.interpolate(antialias=True)."""
+    length = data.draw(st.integers(1, in_size))
+    start = data.draw(st.integers(0, in_size - length))
+    w = AF.resize_weights(torch.tensor([start]), torch.tensor([length]), out_size, in_size, interp)[0]
+    assert torch.allclose(w.sum(dim=1), torch.ones(out_size, dtype=torch.float64))
+    assert (w[:, :start] == 0).all() and (w[:, start + length :] == 0).all()
+    x = torch.rand(in_size, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(in_size))
+    crop = x[start : start + length].T[None, :, :, None].expand(1, 3, length, 2).contiguous()
+    ref = torch.nn.functional.interpolate(crop, size=(out_size, 2), mode=interp, antialias=True, align_corners=False)
+    assert torch.allclose(w @ x, ref[0, :, :, 0].T, atol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shift=st.floats(-0.5, 0.5), seed=st.integers(0, 1000))
+def test_hue_shift_round_trip(shift, seed):
+    """Shifting hue by f then by -f restores the image; the shift keeps value (max) and chroma (max - min)."""
+    x = torch.rand(3, 4, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    f = torch.full((4,), shift, dtype=torch.float64)
+    y = AF.adjust_hue(x, f)
+    assert torch.allclose(y.amax(0), x.amax(0), atol=1e-12)
+    assert torch.allclose(y.amax(0) - y.amin(0), x.amax(0) - x.amin(0), atol=1e-12)
+    assert torch.allclose(AF.adjust_hue(y, -f), x, atol=1e-9)
