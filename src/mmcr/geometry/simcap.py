@@ -64,7 +64,9 @@ def _separable_rows(A: np.ndarray) -> bool:
     A = A / np.linalg.norm(A, axis=1, keepdims=True)
     n_pts, d = A.shape
     # Cheap certificate first: a least-squares classifier that already separates.
-    w = np.linalg.lstsq(A, np.ones(n_pts), rcond=None)[0]
+    gram = A.T @ A
+    gram[np.diag_indices(d)] += 1e-10 * np.trace(gram) / d  # tiny ridge: the solve only proposes a w
+    w = np.linalg.solve(gram, A.sum(0))
     margins = A @ w
     if margins.min() > 0:
         return True
@@ -178,7 +180,7 @@ def simulated_capacity(
         return tried[n]
 
     # Bracket from n = P/2 (where random points, the easiest manifolds, reach half separability) by
-    # halving or doubling, then bisect.
+    # halving or growing by 25%, then bisect.
     lo, hi = 1, None
     n = int(min(max(2, P // 2), n_max))
     going_up = None
@@ -198,7 +200,9 @@ def simulated_capacity(
             if going_up is False or n == n_max:
                 break
             going_up = True
-            n = min(2 * n, n_max)
+            # Small upward steps: unseparable draws are cheap to refute, separable ones cost a full
+            # certificate, so overshooting the critical dimension by little saves most of the time.
+            n = min(max(n + 1, int(round(n * 1.25))), n_max)
     if hi is None:
         raise ValueError(
             f"fewer than half of the dichotomies are separable even with {n_max} dimensions; "
