@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,7 +254,8 @@ def _load_imagefolder(
     key = C.cache_key("imagefolder", str(folder.resolve()), ident, size, on_error)
     entry = C.entry_path(cache_dir, f"imagefolder-{root.name}-{split}", key)
     hit = C.load_split(entry, split)
-    if hit is None:
+    fresh = hit is None
+    if fresh:
         bad = BadFiles(on_error)
         items = []
         for path, label in files:
@@ -267,6 +269,8 @@ def _load_imagefolder(
         C.write_entry(entry, {split: (images, labels)}, {"classes": classes, "skipped": bad.names, "source": str(root)})
         hit = C.load_split(entry, split)
     images, labels, meta = hit
+    if not fresh:
+        _warn_recorded(meta, str(folder))
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "imagefolder", split, meta)
 
 
@@ -296,14 +300,28 @@ def _load_archive(root, split: str, cache_dir=None, size: int | None = None, on_
     stem = path.name.split(".")[0]
     entry = C.entry_path(cache_dir, f"archive-{stem}", key)
     hit = C.load_split(entry, split)
-    if hit is None and not (entry / "meta.json").exists():
+    fresh = hit is None and not (entry / "meta.json").exists()
+    if fresh:
         _decode_archive(path, entry, size, on_error)
         hit = C.load_split(entry, split)
     if hit is None:
         present = sorted(json.loads((entry / "meta.json").read_text())["splits"])
         raise DatasetError(f"split {split!r} not in archive {path} (has {present}); pass one of those as split=")
     images, labels, meta = hit
+    if not fresh:
+        _warn_recorded(meta, str(path))
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "archive", split, meta)
+
+
+def _warn_recorded(meta: dict, where: str) -> None:
+    """Repeat, on every load, the warning about files skipped when the source was decoded."""
+    skipped = meta.get("skipped") or []
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warnings.warn(
+            f"{len(skipped)} corrupt or truncated image(s) in {where} were skipped when it was decoded: {shown}",
+            stacklevel=3,
+        )
 
 
 def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) -> None:
@@ -463,6 +481,11 @@ class LazyImageFolder(torch.utils.data.Dataset):
                         f"cannot decode image {self.files[j]}: {exc}; fix or delete it, or pass on_error='skip'"
                     ) from exc
                 self.skipped += 1
+                warnings.warn(
+                    f"skipped undecodable image {self.files[j]} ({exc}); {self.skipped} skipped so far in this "
+                    "process (pass on_error='raise' to stop instead)",
+                    stacklevel=2,
+                )
         raise DatasetError(f"no image of {self.split!r} could be decoded; check the folder")
 
     def subset(self, indices, split: str | None = None) -> LazyImageFolder:
