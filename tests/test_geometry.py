@@ -130,11 +130,13 @@ def test_simulated_capacity_within_reference_spread(mftma_dir, case):
 
 # ------------------------------------------------------------------------- batched NNLS
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 12), extra=st.integers(0, 4), seed=st.integers(0, 10_000))
+@given(m=st.integers(1, 12), extra=st.integers(-6, 4), seed=st.integers(0, 10_000))
 def test_nnls_gram_matches_scipy(m, extra, seed):
+    """Over- and under-determined (rank-deficient Gram) problems against scipy's Lawson-Hanson."""
     rng = np.random.default_rng(seed)
-    A = rng.standard_normal((2, m + extra, m))
-    t = rng.standard_normal((2, m + extra, 7))
+    rows = max(1, m + extra)
+    A = rng.standard_normal((2, rows, m))
+    t = rng.standard_normal((2, rows, 7))
     G = torch.from_numpy(A.transpose(0, 2, 1) @ A)
     b = torch.from_numpy(t.transpose(0, 2, 1) @ A)
     x = nnls_gram(G, b).numpy()
@@ -143,6 +145,18 @@ def test_nnls_gram_matches_scipy(m, extra, seed):
             ref, _ = nnls(A[p], t[p, :, k])
             np.testing.assert_allclose(A[p] @ x[p, k], A[p] @ ref, atol=1e-8)
             assert (x[p, k] >= 0).all()
+
+
+@settings(max_examples=10, deadline=None)
+@given(scale=st.floats(0.01, 100.0), shift=st.floats(-50.0, 50.0), seed=st.integers(0, 1000))
+def test_capacity_invariant_to_scale_and_translation(scale, shift, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((5, 6, 15)) + 2 * rng.standard_normal((5, 1, 15))
+    a = manifold_capacity(X, n_t=40, seed=seed, kappa=0.2)
+    b = manifold_capacity(scale * X + shift, n_t=40, seed=seed, kappa=0.2)
+    np.testing.assert_allclose(b.alpha, a.alpha, rtol=1e-7)
+    np.testing.assert_allclose(b.radii, a.radii, rtol=1e-7)
+    np.testing.assert_allclose(b.dimensions, a.dimensions, rtol=1e-7)
 
 
 def test_nnls_gram_rejects_bad_shapes():
