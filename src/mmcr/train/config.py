@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "name": "digits",
         "root": None,
+        "train_split": "train",
+        "test_split": "test",
         "options": {},
         "val_fraction": 0.1,
         "cache_dir": None,
@@ -81,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES: dict[str, tuple] = {
     "optim.name": ("adam", "adamw", "sgd", "lars"),
     "optim.schedule": ("constant", "cosine"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16", "fp64"),
     "model.momentum.schedule": ("constant", "cosine"),
     "objective.name": ("mmcr", "simclr", "barlow_twins", "vicreg"),
     "augment.preset": ("cifar", "stl10", "byol", "eval"),

@@ -86,7 +86,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = x if x.dtype == torch.float64 else x.float()
         count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
         count = dist_fn.all_reduce(count)
         mean = dist_fn.all_reduce(xf.sum(dims)) / count

@@ -10,6 +10,7 @@ and the position in the data order (which is a pure function of seed, epoch and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -47,7 +48,7 @@ def _precision(cfg: dict, device: torch.device) -> torch.dtype | None:
     p = cfg["train"]["precision"]
     if p == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+    return {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict:
@@ -79,7 +80,7 @@ def build_components(cfg: dict, device: torch.device) -> dict[str, Any]:
 
     dcfg = cfg["data"]
     full = load_dataset(
-        dcfg["name"], root=dcfg["root"], split="train", cache_dir=dcfg["cache_dir"], **dcfg["options"]
+        dcfg["name"], root=dcfg["root"], split=dcfg["train_split"], cache_dir=dcfg["cache_dir"], **dcfg["options"]
     )
     if dcfg["val_fraction"] > 0:
         train_ds, val_ds = split_train_val(full, val_fraction=dcfg["val_fraction"], seed=cfg["seed"])
@@ -96,16 +97,26 @@ def build_components(cfg: dict, device: torch.device) -> dict[str, Any]:
     return {"train": train_ds, "val": val_ds, "augment": aug, "model": model, "objective": objective}
 
 
-def eval_transform_for(aug) -> Any:
-    """Deterministic preprocessing (resize/centre-crop/normalise) matching the training views."""
-    from mmcr.augment import MultiViewAugment
-
-    return MultiViewAugment(preset="eval", views=1, **eval_overrides(aug))
+def _select_views(params, view_idx: torch.Tensor):
+    """The rows ``view_idx`` of every per-view parameter tensor."""
+    return type(params)(**{f.name: getattr(params, f.name)[view_idx] for f in dataclasses.fields(params)})
 
 
-def eval_overrides(aug) -> dict:
-    out = {"size": aug.size, "mean": tuple(aug.mean), "std": tuple(aug.std)}
-    return out
+def augment_shard(aug, images: torch.Tensor, global_batch: int, info: dist_utils.DistInfo,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Views of this rank's images, identical to the views those images get in a one-process run.
+
+    Every rank draws the parameters of all ``global_batch * k`` views from the same generator state
+    and keeps its own rows. The loader gives rank r the global-batch positions r, r + W, r + 2W, ...
+    (interleaved shares, see mmcr.data.loader), so the views do not depend on the number of ranks.
+    """
+    b, _, h, w = images.shape
+    params = aug.sample_params(global_batch, h, w, gen)
+    if info.world_size > 1:
+        pos = torch.arange(b) * info.world_size + info.rank
+        view_idx = (pos[:, None] * aug.views + torch.arange(aug.views)).flatten()
+        params = _select_views(params, view_idx)
+    return aug.apply(images, params)
 
 
 def train(cfg: dict) -> dict:
@@ -161,7 +172,9 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
 
     if cfg["model"]["sync_bn"] and info.enabled:
         model = dist_utils.convert_sync_batchnorm(model, device)
-    model.to(device)
+    # fp64 runs the whole model in double precision: slow, for numerical checks (e.g. 2-process == 1-process).
+    param_dtype = torch.float64 if tcfg["precision"] == "fp64" else torch.float32
+    model.to(device=device, dtype=param_dtype)
     if cfg["model"]["channels_last"]:
         model.to(memory_format=torch.channels_last)
     momentum = None
@@ -172,8 +185,8 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
     scheduler = build_scheduler(optimizer, ocfg, total_steps, steps_per_epoch)
     amp_dtype = _precision(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg["seed"] * 1000 + info.rank)
+    # Augmentation parameters are drawn on the CPU from one stream shared by all ranks (augment_shard).
+    gen = torch.Generator().manual_seed(cfg["seed"] + 12345)
 
     step, epoch, start_batch, nonfinite_total = 0, 0, 0, 0
     if resume_state is not None:
@@ -247,9 +260,9 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
                     break
                 images = images.to(device, non_blocking=True)
                 window["data"] += timer.lap()
-                x = aug(images, generator=gen)  # (B, k, 3, h, w)
+                x = augment_shard(aug, images, global_batch, info, gen)  # (B, k, 3, h, w)
                 B = x.shape[0]
-                x = x.flatten(0, 1)
+                x = x.flatten(0, 1).to(param_dtype)
                 if cfg["model"]["channels_last"]:
                     x = x.contiguous(memory_format=torch.channels_last)
                 window["augment"] += timer.lap()
@@ -258,18 +271,23 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
                     z = fwd(x).view(B, views, -1)
                     z_m = momentum(x).view(B, views, -1) if momentum is not None else None
                 t_fwd = timer.lap()
-                loss = objective(z.float(), z_m.float()) if z_m is not None else objective(z.float())
-                # Objectives gather across ranks; their loss is scaled so that DDP's gradient averaging
-                # yields the gradient of the global-batch loss (see mmcr.objectives.distributed).
-                backward_loss = loss * getattr(objective, "ddp_loss_scale", lambda: 1.0)()
-                window["objective"] += timer.lap()
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(backward_loss).backward()
-                scaler.unscale_(optimizer)
                 gnorm = None
-                if ocfg["grad_clip"]:
-                    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg["grad_clip"])
-                finite = _all_finite(loss, model, info)
+                # A NaN/Inf embedding on any rank skips the step on every rank (the objective would reject it).
+                finite = _all_true(torch.isfinite(z).all() & (z_m is None or torch.isfinite(z_m).all()), info)
+                if finite:
+                    # Objectives gather across ranks; DDP's gradient averaging then gives the gradient of the
+                    # global-batch loss, so no rescaling here (see mmcr.objectives.distributed).
+                    zf = z if z.dtype == torch.float64 else z.float()
+                    loss = objective(zf, z_m.to(zf.dtype)) if z_m is not None else objective(zf)
+                    window["objective"] += timer.lap()
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    if ocfg["grad_clip"]:
+                        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg["grad_clip"])
+                    finite = _all_finite(loss, model, info)
+                else:
+                    loss = torch.full((), float("nan"))
                 if finite:
                     scaler.step(optimizer)
                     scaler.update()
@@ -295,7 +313,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
                 if step % tcfg["log_every_steps"] == 0 or step == total_steps:
                     n = max(window.pop("n"), 1)
                     step_time = sum(window.values()) / n
-                    comps = {k: float(v) for k, v in getattr(objective, "last_components", {}).items()}
+                    comps = {k: float(v) for k, v in getattr(objective, "last_components", {}).items() if k != "loss"}
                     log.metrics(
                         step=step,
                         epoch=epoch + batch_in_epoch / steps_per_epoch,
@@ -374,7 +392,12 @@ def _all_finite(loss: torch.Tensor, model: nn.Module, info: dist_utils.DistInfo)
     ok = torch.isfinite(loss.detach()).all()
     if grads:
         ok = ok & torch.stack([torch.isfinite(g).all() for g in grads]).all()
-    flag = ok.float().reshape(1)
+    return _all_true(ok, info)
+
+
+def _all_true(ok: torch.Tensor | bool, info: dist_utils.DistInfo) -> bool:
+    """True when ``ok`` holds on every rank."""
+    flag = torch.as_tensor(ok, dtype=torch.float32).reshape(1)
     if info.enabled:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item() > 0)
@@ -414,24 +437,31 @@ def _features(backbone: nn.Module, ds, transform, device, info: dist_utils.DistI
     sees all of them: kNN over the whole split, never one rank's shard)."""
     from mmcr.data import make_loader
 
+    labelled = torch.nonzero(_labels_of(ds) >= 0).flatten()
+    if max_n is not None and len(labelled) > max_n:  # a seeded random subset, not the first (class-sorted) rows
+        labelled = labelled[torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))[:max_n]]
+        labelled = labelled.sort().values
+    if len(labelled) < len(ds):
+        ds = ds.subset(labelled)
     loader = make_loader(ds, batch_size=256, shuffle=False, drop_last=False, seed=0, rank=info.rank,
                          world_size=info.world_size)
     loader.set_epoch(0)
     was = backbone.training
     backbone.eval()
-    feats, labels, seen = [], [], 0
+    dtype = next((p.dtype for p in backbone.parameters()), torch.float32)
+    feats, labels = [], []
     for images, y in loader:
-        f = backbone(transform(images.to(device))[:, 0]).float()
-        feats.append(f)
+        feats.append(backbone(transform(images.to(device))[:, 0].to(dtype)).float())
         labels.append(y.to(device))
-        seen += len(y)
-        if max_n is not None and seen * info.world_size >= max_n:
-            break
     backbone.train(was)
     f, y = torch.cat(feats), torch.cat(labels)
     if info.enabled:
         f, y = _gather_padded(f, y, info)
     return f.cpu(), y.cpu()
+
+
+def _labels_of(ds) -> torch.Tensor:
+    return ds.labels if isinstance(ds.labels, torch.Tensor) else torch.as_tensor(ds.labels)
 
 
 def _gather_padded(f: torch.Tensor, y: torch.Tensor, info: dist_utils.DistInfo):
@@ -455,7 +485,7 @@ def knn_monitor(backbone, train_ds, val_ds, aug, cfg, device, info) -> dict[str,
     """Online kNN accuracy on the validation split carved from the training set (never the test split)."""
     from mmcr.evaluate.knn import knn_accuracy
 
-    transform = eval_transform_for(aug)
+    transform = aug.eval_transform()
     ftr, ytr = _features(backbone, train_ds, transform, device, info, cfg["eval"]["knn_max_train"])
     fva, yva = _features(backbone, val_ds, transform, device, info)
     ncls = len(train_ds.classes)
@@ -471,13 +501,14 @@ def final_evaluation(model: Encoder, cfg: dict, aug, device, info) -> dict[str, 
 
     dcfg = cfg["data"]
     try:
+        # the labelled training split is the kNN memory bank (STL-10 pretrains on train+unlabeled)
         train_ds = load_dataset(dcfg["name"], root=dcfg["root"], split="train", cache_dir=dcfg["cache_dir"],
                                 **dcfg["options"])
-        test_ds = load_dataset(dcfg["name"], root=dcfg["root"], split="test", cache_dir=dcfg["cache_dir"],
-                               **dcfg["options"])
+        test_ds = load_dataset(dcfg["name"], root=dcfg["root"], split=dcfg["test_split"],
+                               cache_dir=dcfg["cache_dir"], **dcfg["options"])
     except (ValueError, FileNotFoundError) as e:
         return {"final_eval_skipped": str(e)}
-    transform = eval_transform_for(aug)
+    transform = aug.eval_transform()
     k, T = cfg["eval"]["knn_k"], cfg["eval"]["knn_temperature"]
     ncls = len(train_ds.classes)
     cap = cfg["eval"]["knn_max_train"]
@@ -494,7 +525,7 @@ def final_evaluation(model: Encoder, cfg: dict, aug, device, info) -> dict[str, 
     torch.random.set_rng_state(g)
     out["knn_random_init"] = score(random_model.backbone)
     out["knn_raw_pixels"] = score(_Pixels())
-    out.update({"knn_k": k, "knn_temperature": T, "eval_split": "test"})
+    out.update({"knn_k": k, "knn_temperature": T, "eval_split": dcfg["test_split"]})
     return out
 
 
