@@ -18,7 +18,7 @@ def test_analyze_writes_json_plots_and_report(tmp_path):
     args = parser.parse_args(
         ["analyze", "random:resnet_tiny", "--dataset", "digits", "--out", str(out), "--n-images", "8",
          "--n-views", "4", "--n-classes", "4", "--n-per-class", "5", "--n-t", "20", "--fit-range", "2,30",
-         "--quiet"]
+         "--gradient-coherence", "mmcr", "--gradient-images", "6", "--quiet"]
     )  # fmt: skip
     assert args.func(args) == 0
     res = json.loads((out / "results.json").read_text())
@@ -32,6 +32,9 @@ def test_analyze_writes_json_plots_and_report(tmp_path):
     assert (out / "plots" / "geometry_per_layer.png").stat().st_size > 0
     assert (out / "plots" / "layer_output.png").exists()
     assert "| layers.0 |" in (out / "report.md").read_text()
+    gc = res["gradient_coherence"]
+    # 6 images drawn round-robin over the 10 digit classes: every pair is a different-class pair.
+    assert gc["objective"] == "mmcr" and -1 <= gc["different_mean"] <= 1 and gc["n_different"] == 15
 
 
 def test_feature_taps_reject_unknown_layers():

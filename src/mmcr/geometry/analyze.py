@@ -151,10 +151,15 @@ def run_analysis(
     batch_size: int = 256,
     device: str = "cpu",
     seed: int = 0,
+    gradient_objective: str | None = None,
+    gradient_images: int = 16,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Analyse ``model`` (any :func:`mmcr.models.load_pretrained` source) on ``dataset`` and write
-    ``results.json``, ``plots/*.png`` and ``report.md`` into ``out_dir``. Returns the results dict."""
+    ``results.json``, ``plots/*.png`` and ``report.md`` into ``out_dir``. Returns the results dict.
+
+    ``gradient_objective`` (e.g. "mmcr") adds the gradient coherence of that objective on the model's
+    output for the first ``gradient_images`` augmentation manifolds, over the last ~2M parameters."""
     from mmcr.augment import MultiViewAugment
     from mmcr.data import load_dataset
     from mmcr.models import load_pretrained
@@ -207,12 +212,16 @@ def run_analysis(
     feats_aug: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
     feats_cls: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
     per_batch = max(1, batch_size // n_views)
+    n_grad = min(int(gradient_images), len(img_idx)) if gradient_objective else 0
+    kept_views: list[torch.Tensor] = []
     try:
         with _progress() as bar:
             task = bar.add_task("features: augmentation manifolds", total=len(img_idx), visible=progress)
             for s in range(0, len(img_idx), per_batch):
                 idx = torch.as_tensor(img_idx[s : s + per_batch])
                 views = aug(ds.images[idx].to(dev))  # (b, M, 3, h, w)
+                if sum(len(v) for v in kept_views) < n_grad:
+                    kept_views.append(views[: n_grad - sum(len(v) for v in kept_views)])
                 f = taps(views.flatten(0, 1))
                 for n in layer_names:
                     feats_aug[n].append(f[n].reshape(len(idx), n_views, -1))
@@ -260,11 +269,41 @@ def run_analysis(
                 extras[kind][n] = {"fit": r["spectrum"].pop("_fit", None), "hist": r.pop("_hist")}
                 results[kind][n] = r
                 bar.advance(task)
+    if n_grad >= 2:
+        results["gradient_coherence"] = _gradient_coherence(
+            backbone, gradient_objective, torch.cat(kept_views), img_labels[:n_grad]
+        )
     results["elapsed_s"] = time.time() - t0
     plots = _plots(results, extras, out / "plots")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     (out / "report.md").write_text(_report(results, plots))
     return results
+
+
+def _last_parameters(model: nn.Module, limit: int = 2_000_000) -> list[str]:
+    """Names of the last trainable parameters of ``model`` holding at most ``limit`` values (at least one),
+    which keeps per-example gradients of large backbones within memory."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    out: list[str] = []
+    total = 0
+    for n, p in reversed(named):
+        if out and total + p.numel() > limit:
+            break
+        out.append(n)
+        total += p.numel()
+    return out[::-1]
+
+
+def _gradient_coherence(model: nn.Module, objective: str, views: torch.Tensor, labels: np.ndarray) -> dict:
+    from mmcr.geometry.alignment import gradient_coherence
+    from mmcr.objectives import build_objective
+
+    names = _last_parameters(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    gc = gradient_coherence(model, build_objective(objective), views, labels, params=names)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
+    return dict(gc.to_dict(), objective=objective, parameters=len(names), n_values=int(n_params))
 
 
 def _json_default(o: Any) -> Any:
@@ -359,5 +398,15 @@ def _report(results: dict, plots: list[str]) -> str:
                 f"{sa['same_mean']:.3f} / {sa['different_mean']:.3f} |"
             )
         lines.append("")
+    if "gradient_coherence" in results:
+        g = results["gradient_coherence"]
+        lines += [
+            "## Gradient coherence",
+            "",
+            f"Objective {g['objective']} on the model output, {g['n_values']} parameters (last {g['parameters']} "
+            f"tensors): mean cosine of per-example gradients, same class {g['same_mean']:.3f}, different class "
+            f"{g['different_mean']:.3f}.",
+            "",
+        ]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)

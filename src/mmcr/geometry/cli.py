@@ -35,6 +35,13 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--gradient-coherence",
+        default=None,
+        metavar="OBJECTIVE",
+        help="also measure gradient coherence of this objective (e.g. mmcr) on the model output",
+    )
+    p.add_argument("--gradient-images", type=int, default=16, help="augmentation manifolds for gradient coherence")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_analyze)
     return p
@@ -70,6 +77,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
+        gradient_objective=args.gradient_coherence,
+        gradient_images=args.gradient_images,
         progress=not args.quiet,
     )
     summary = {n: round(res["augmentation"][n]["capacity"]["capacity"], 4) for n in res["layers"]}
