@@ -21,6 +21,36 @@ _LUMA = (0.2989, 0.587, 0.114)
 _TAPS = {"bilinear": 2.0, "bicubic": 4.0}
 
 
+class Workspace:
+    """Reusable scratch tensors, keyed by name, grown on demand.
+
+    On CPU, every fresh multi-megabyte tensor costs page faults when the allocator hands memory back
+    to the OS between calls; with 40 views per image the ops below would spend more time there than
+    computing. Passing a Workspace makes them write their temporaries into buffers kept across calls.
+    Not thread-safe: one Workspace per augmentation object (and thread).
+    """
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def __call__(self, key: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = torch.empty(int(n * 1.25) + 1, dtype=dtype, device=device)  # headroom: batch sizes vary
+            self._bufs[key] = buf
+        return buf[:n].view(tuple(shape))
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+def _buf(ws: Workspace | None, key: str, shape, like: torch.Tensor) -> torch.Tensor:
+    if ws is None:
+        return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+    return ws(key, shape, like.dtype, like.device)
+
+
 def _filter(x: torch.Tensor, interpolation: str) -> torch.Tensor:
     """Interpolation kernel evaluated at x, as in PyTorch's antialiased resize (and PIL)."""
     x = x.abs()
@@ -83,6 +113,7 @@ def crop_resize(
     wy: torch.Tensor,
     wx: torch.Tensor,
     scale: float = 1.0,
+    ws: Workspace | None = None,
 ) -> torch.Tensor:
     """Apply per-view row and column resize matrices; view n reads image n // r, r = views per image.
 
@@ -90,6 +121,7 @@ def crop_resize(
     Returns planar float32 (C, M*r, h, w) times ``scale`` (1/255 maps uint8 to [0, 1]). The row pass
     is one matmul per source image covering all its views, the column pass one matmul per view; the
     channel axis rides inside the matrices, so no per-view copy of the source image is made.
+    With ``ws`` the result lives in the workspace (valid until the next call using it).
     """
     m, c, h_in, w_in = images.shape
     n, h, _ = wy.shape
@@ -98,22 +130,26 @@ def crop_resize(
         raise ValueError(f"{n} views cannot be split evenly over {m} images")
     r = n // m
     x = images.to(torch.float32).permute(0, 2, 1, 3).reshape(m, h_in, c * w_in)
-    t = torch.bmm(wy.reshape(m, r * h, h_in), x).view(n, h * c, w_in)
-    t = torch.bmm(t, wx.transpose(1, 2)).view(n, h, c, w)
-    out = torch.empty(c, n, h, w, dtype=torch.float32, device=images.device)
+    like = wy
+    t = torch.bmm(wy.reshape(m, r * h, h_in), x, out=_buf(ws, "crop.rows", (m, r * h, c * w_in), like))
+    t = t.view(n, h * c, w_in)
+    t = torch.bmm(t, wx.transpose(1, 2), out=_buf(ws, "crop.cols", (n, h * c, w), like)).view(n, h, c, w)
+    out = _buf(ws, "crop.out", (c, n, h, w), like)
     # An elementwise op with out= re-lays memory far faster than permute().contiguous() on CPU.
     torch.mul(t.permute(2, 0, 1, 3), scale, out=out)
     return out
 
 
-def gather_views(planar: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_views(planar: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """planar[:, idx] for a (C, N, ...) batch; per-channel 2-D gathers are torch's fastest CPU path."""
     c, n = planar.shape[:2]
     flat = planar.reshape(c, n, -1)
-    out = torch.empty((c, idx.numel(), flat.shape[2]), dtype=planar.dtype, device=planar.device)
+    if out is None:
+        out = torch.empty((c, idx.numel(), *planar.shape[2:]), dtype=planar.dtype, device=planar.device)
+    of = out.view(c, idx.numel(), flat.shape[2])
     for ch in range(c):
-        torch.index_select(flat[ch], 0, idx, out=out[ch])
-    return out.view(c, idx.numel(), *planar.shape[2:])
+        torch.index_select(flat[ch], 0, idx, out=of[ch])
+    return out
 
 
 def scatter_views(planar: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
@@ -146,37 +182,35 @@ def _per_image(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return factor.to(device=like.device, dtype=like.dtype).view(-1, 1, 1)
 
 
-def grayscale(planar: torch.Tensor) -> torch.Tensor:
+def grayscale(planar: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Luma plane (N, H, W) with torchvision's ITU-R 601-2 weights."""
     r, g, b = planar.unbind(0)
-    return torch.add(r * _LUMA[0], g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2])
+    return torch.mul(r, _LUMA[0], out=out).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2])
 
 
 # ``out`` may be the input itself: every op reads what it needs before writing each channel.
 
 
-def adjust_brightness(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def adjust_brightness(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
     """Scale intensities by factor, clamp to [0, 1]."""
     return torch.mul(planar, _per_image(factor, planar), out=out).clamp_(0.0, 1.0)
 
 
-def _blend(planar, other, factor, out=None) -> torch.Tensor:
-    f = _per_image(factor, planar)
-    return torch.addcmul(other * (1.0 - f), planar, f, out=out).clamp_(0.0, 1.0)
-
-
-def adjust_contrast(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def adjust_contrast(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
     """Blend each image with the mean of its own grayscale version."""
-    mean = grayscale(planar).mean(dim=(1, 2), keepdim=True)
-    return _blend(planar, mean, factor, out)
+    f = _per_image(factor, planar)
+    mean = grayscale(planar, out=_buf(ws, "gray", planar.shape[1:], planar)).mean(dim=(1, 2), keepdim=True)
+    return torch.addcmul(mean * (1.0 - f), planar, f, out=out).clamp_(0.0, 1.0)
 
 
-def adjust_saturation(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def adjust_saturation(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
     """Blend each image with its grayscale version."""
-    return _blend(planar, grayscale(planar), factor, out)
+    f = _per_image(factor, planar)
+    gray = grayscale(planar, out=_buf(ws, "gray", planar.shape[1:], planar)).mul_(1.0 - f)
+    return torch.addcmul(gray, planar, f, out=out).clamp_(0.0, 1.0)
 
 
-def adjust_hue(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def adjust_hue(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
     """Rotate hue by factor (in turns, [-0.5, 0.5]) through an exact RGB -> HSV -> RGB round trip.
 
     A hue shift keeps each pixel's max (value) and max - min (chroma), so only the hue is computed
@@ -187,21 +221,30 @@ def adjust_hue(planar: torch.Tensor, factor: torch.Tensor, out: torch.Tensor | N
     torch.remainder cost several times more than plain arithmetic passes.
     """
     r, g, b = planar.unbind(0)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    chroma = maxc - minc
-    is_r = (r == maxc).to(planar.dtype)
-    is_g = (g == maxc).to(planar.dtype).mul_(1.0 - is_r)
+    shape = r.shape
+
+    def tmp(key):
+        return _buf(ws, "hue." + key, shape, r)
+
+    maxc = torch.maximum(r, g, out=tmp("max"))
+    torch.maximum(maxc, b, out=maxc)
+    minc = torch.minimum(r, g, out=tmp("min"))
+    torch.minimum(minc, b, out=minc)
+    chroma = torch.sub(maxc, minc, out=tmp("chroma"))
+    is_r = torch.eq(r, maxc, out=tmp("is_r"))
+    is_g = torch.eq(g, maxc, out=tmp("is_g"))
+    is_g.addcmul_(is_g, is_r, value=-1.0)  # green wins only where red does not
     # Hue in sixths before dividing by chroma: blue branch, then swap in green and red where they win.
-    h6 = (r - g).add_(chroma, alpha=4.0)
-    h6.addcmul_(is_g, (b - r).add_(chroma, alpha=2.0).sub_(h6))
-    h6.addcmul_(is_r, (g - b).sub_(h6))
+    h6 = torch.sub(r, g, out=tmp("h6")).add_(chroma, alpha=4.0)
+    t = torch.sub(b, r, out=tmp("t")).add_(chroma, alpha=2.0).sub_(h6)
+    h6.addcmul_(is_g, t)
+    torch.sub(g, b, out=t).sub_(h6)
+    h6.addcmul_(is_r, t)
     # Grey pixels (chroma 0) have a zero numerator, so any finite divisor gives hue 0 as torchvision does.
-    h6.div_(chroma.clamp(min=1e-12)).add_(_per_image(factor, h6), alpha=6.0)
+    h6.div_(torch.clamp(chroma, min=1e-12, out=t)).add_(_per_image(factor, h6), alpha=6.0)
     if out is None:
         out = torch.empty_like(planar)
-    k = torch.empty_like(h6)
-    q = torch.empty_like(h6)
+    k, q = tmp("k"), t
     for c, n in enumerate((5.0, 3.0, 1.0)):
         torch.add(h6, n, out=k)
         torch.mul(k, 1.0 / 6.0, out=q).floor_()

@@ -206,6 +206,12 @@ class MultiViewAugment:
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self._tables: dict = {}
+        self._ws = AF.Workspace()  # scratch reused across calls (see Workspace); not thread-safe
+
+    def clear_cache(self) -> None:
+        """Free the cached resize tables and scratch buffers (they are rebuilt on the next call)."""
+        self._tables.clear()
+        self._ws.clear()
 
     # ----------------------------------------------------------------------------------- set-up
     def _setup(self, cfg: dict) -> None:
@@ -398,11 +404,11 @@ class MultiViewAugment:
             x = images.to(torch.float32).mul_(1.0 / 255.0)
             x = AF.to_planar(x).repeat_interleave(self.views, dim=1)
             x = self._colour(x, p, dev)
-            x = AF.crop_resize(AF.from_planar(x), wy, wx)
+            x = AF.crop_resize(AF.from_planar(x), wy, wx, ws=self._ws)
             if self.interpolation == "bicubic":
                 x.clamp_(0.0, 1.0)  # cubic overshoot, clipped as torchvision does for uint8 images (and PIL)
         else:
-            x = AF.crop_resize(images, wy, wx, scale=1.0 / 255.0)
+            x = AF.crop_resize(images, wy, wx, scale=1.0 / 255.0, ws=self._ws)
             if self.interpolation == "bicubic":
                 x.clamp_(0.0, 1.0)
             x = self._colour(x, p, dev)
@@ -412,8 +418,7 @@ class MultiViewAugment:
         AF.normalize_to(x, self.mean, self.std, out)
         return out.view(b, self.views, 3, *self.size)
 
-    @staticmethod
-    def _subset(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
+    def _subset(self, x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
         """Apply fn to the views selected by mask (planar x), in place of those views."""
         idx = torch.nonzero(mask).squeeze(1)
         if idx.numel() == 0:
@@ -421,8 +426,16 @@ class MultiViewAugment:
         if idx.numel() == x.shape[1]:
             return fn(x, idx)
         didx = idx.to(x.device)
-        AF.scatter_views(x, didx, fn(AF.gather_views(x, didx), idx))
+        shape = (x.shape[0], idx.numel(), *x.shape[2:])
+        sub = AF.gather_views(x, didx, out=self._ws("subset", shape, x.dtype, x.device))
+        AF.scatter_views(x, didx, fn(sub, idx))
         return x
+
+    def _gray(self, v: torch.Tensor, idx) -> torch.Tensor:
+        g = AF.grayscale(v, out=self._ws("luma", v.shape[1:], v.dtype, v.device))
+        for c in range(v.shape[0]):
+            v[c].copy_(g)
+        return v
 
     def _colour(self, x: torch.Tensor, p: ViewParams, dev) -> torch.Tensor:
         """Colour jitter in each view's own op order, then random grayscale.
@@ -443,13 +456,15 @@ class MultiViewAugment:
             order = p.order.index_select(0, jit)  # (M, 4)
             where = None  # where[i]: position in the buffer of jittered view i
             buf = None
+            shape = (x.shape[0], jit.numel(), *x.shape[2:])
             for slot in range(4):
                 key = order[:, slot]
                 arrangement = torch.sort(key, stable=True).indices  # buffer position -> jittered view
+                dst = self._ws(f"jitter{slot % 2}", shape, x.dtype, x.device)  # ping-pong buffers
                 if buf is None:
-                    buf = AF.gather_views(x, jit.index_select(0, arrangement).to(x.device))
+                    buf = AF.gather_views(x, jit.index_select(0, arrangement).to(x.device), out=dst)
                 else:
-                    buf = AF.gather_views(buf, where.index_select(0, arrangement).to(x.device))
+                    buf = AF.gather_views(buf, where.index_select(0, arrangement).to(x.device), out=dst)
                 where = torch.empty_like(arrangement)
                 where[arrangement] = torch.arange(arrangement.numel())
                 counts = torch.bincount(key, minlength=4).tolist()
@@ -459,10 +474,11 @@ class MultiViewAugment:
                     hi = lo + counts[op_id]
                     if rng is not None and hi > lo:
                         part = views[:, lo:hi]
-                        fn(part, factor.index_select(0, jit.index_select(0, arrangement[lo:hi])), out=part)
+                        sel = factor.index_select(0, jit.index_select(0, arrangement[lo:hi]))
+                        fn(part, sel, out=part, ws=self._ws)
                     lo = hi
             AF.scatter_views(x, jit.index_select(0, arrangement).to(x.device), buf)
-        return self._subset(x, p.gray, lambda v, idx: AF.grayscale(v).unsqueeze(0).repeat(3, 1, 1, 1))
+        return self._subset(x, p.gray, self._gray)
 
     def _eval(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(torch.float32).mul_(1.0 / 255.0)
