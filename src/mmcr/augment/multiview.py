@@ -185,6 +185,9 @@ class MultiViewAugment:
     Reproducibility: ``aug(x, generator=g)`` draws from ``g`` instead; parameters are always drawn on
     the CPU, so identical inputs and generator state give identical views. ``state_dict()`` /
     ``load_state_dict()`` save and restore the generator for checkpoints.
+
+    An instance keeps resize tables and scratch buffers between calls (``clear_cache()`` frees them),
+    so use one instance per thread.
     """
 
     def __init__(self, preset: str = "cifar", views: int = 2, seed: int | None = None, **overrides):
