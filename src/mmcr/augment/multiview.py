@@ -58,7 +58,8 @@ PRESETS: dict[str, dict] = {
         std=CIFAR_STD,
     ),
     # The authors' STL-10 recipe: jitter p 0.8 and grayscale p 0.1 on the full image, then RRC 64
-    # (0.2-1, bicubic) and flip; hence color_first.
+    # (0.2-1, bicubic) and flip; hence color_first. Normalised with ImageNet statistics (override
+    # mean/std to use others).
     "stl10": dict(
         _COMMON,
         size=64,
@@ -91,7 +92,9 @@ PRESETS: dict[str, dict] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     ),
-    # Deterministic evaluation view: resize the short side, centre crop, normalise.
+    # Deterministic evaluation view: resize the short side, centre crop, normalise. The defaults keep
+    # the input size and use CIFAR statistics; ``MultiViewAugment.eval_transform()`` matches a
+    # training preset's size and statistics.
     "eval": dict(size=None, resize=None, interpolation="bilinear", mean=CIFAR_MEAN, std=CIFAR_STD),
 }
 
