@@ -304,3 +304,25 @@ def test_mmcr_momentum_and_constructor_errors():
         VICRegLoss(std_coeff=-1)
     with pytest.raises(ValueError, match="float32 or torch.float64"):
         MMCRLoss(dtype=torch.float16)(z)
+
+
+def test_fused_normalisation_matches_autograd():
+    """The hand-written normalise(+mean) backwards equal autograd's F.normalize, also at zero/tiny rows."""
+    from mmcr.objectives.mmcr import _NormalizeAndMean, _NormalizedMean
+
+    z = torch.randn(5, 3, 7, dtype=torch.float64)
+    assert torch.autograd.gradcheck(_NormalizedMean.apply, (z.clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda x: tuple(_NormalizeAndMean.apply(x)), (z.clone().requires_grad_(True),))
+    z[0, 1], z[1, 2] = 0.0, 1e-13
+    g_mean, g_views = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 3, 7, dtype=torch.float64)
+    x = z.clone().requires_grad_(True)
+    views = F.normalize(x, dim=-1)
+    ((views.mean(1) * g_mean).sum() + (views * g_views).sum()).backward()
+    y = z.clone().requires_grad_(True)
+    fused_views, fused_mean = _NormalizeAndMean.apply(y)
+    ((fused_mean * g_mean).sum() + (fused_views * g_views).sum()).backward()
+    assert rel_err(y.grad, x.grad) <= 1e-12
+    x.grad, y.grad = None, None
+    (F.normalize(x, dim=-1).mean(1) * g_mean).sum().backward()
+    (_NormalizedMean.apply(y) * g_mean).sum().backward()
+    assert rel_err(y.grad, x.grad) <= 1e-12

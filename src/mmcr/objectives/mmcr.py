@@ -19,6 +19,7 @@ class _NormalizedMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
+        z = z.contiguous()
         inv = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()  # (B, k, 1)
         ctx.save_for_backward(z, inv)
         # sum_v inv_v z_v as one batched product: no (B, k, d) temporary.
@@ -46,6 +47,7 @@ class _NormalizeAndMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
+        z = z.contiguous()
         inv = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
         ctx.save_for_backward(z, inv)
         views = z * inv
@@ -56,10 +58,12 @@ class _NormalizeAndMean(torch.autograd.Function):
     def backward(ctx, grad_views, grad_mean):
         z, inv = ctx.saved_tensors
         k = z.shape[1]
+        if grad_mean is None:
+            grad_mean = z.new_zeros(z.shape[0], z.shape[2])
         gc = grad_mean.contiguous().unsqueeze(1) / k  # (B, 1, d), the centroid gradient seen by each view
         # Total upstream gradient per view is g = grad_views + gc; the result is (g - (u . g) u) / |z|.
         dots = torch.bmm(z, gc.mT)  # (B, k, 1)
-        out = (gc * inv).expand_as(z).clone()
+        out = gc * inv  # (B, k, d)
         if grad_views is not None:
             dots = dots + (z * grad_views).sum(-1, keepdim=True)
             out.addcmul_(grad_views, inv)
