@@ -24,6 +24,8 @@ from mmcr.data import (
     split_train_val,
 )
 
+CIFAR_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_jpeg.tar.gz"
+
 
 def _rgb(seed, h=12, w=12):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -228,8 +230,6 @@ def test_archive_splits_prefix_and_errors(tmp_path):
 @pytest.fixture(scope="session")
 def cifar_cached(tmp_path_factory):
     """The shared CIFAR-10 archive decoded once per session into a temporary cache."""
-    from conftest import CIFAR_ARCHIVE
-
     if not CIFAR_ARCHIVE.exists():
         pytest.skip(f"shared CIFAR-10 archive not found: {CIFAR_ARCHIVE}")
     cache = tmp_path_factory.mktemp("cifar-cache")
