@@ -194,3 +194,19 @@ def test_byol_views_alternate():
     assert stats.binomtest(int(sol[:, 1].sum()), 3000, 0.2).pvalue > ALPHA
     assert stats.kstest(p.sigma.double().numpy(), "uniform", args=(0.1, 1.9)).pvalue > ALPHA
     assert stats.kstest(p.saturation.double().numpy(), "uniform", args=(0.8, 0.4)).pvalue > ALPHA
+
+
+def test_loader_to_views_end_to_end():
+    """digits -> in-memory loader -> many views, the path the trainer takes."""
+    from mmcr.data import load_dataset, make_loader
+
+    ds = load_dataset("digits", split="test", size=16)
+    loader = make_loader(ds, batch_size=8, seed=0)
+    loader.set_epoch(0)
+    images, labels = next(iter(loader))
+    aug = MultiViewAugment("cifar", views=6, seed=0, size=16, color_first=True)
+    views = aug(images)
+    assert views.shape == (8, 6, 3, 16, 16) and labels.shape == (8,)
+    aug.clear_cache()
+    first = aug(images, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, aug(images, torch.Generator().manual_seed(1)))
