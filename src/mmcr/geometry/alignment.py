@@ -82,21 +82,29 @@ def subspace_alignment(manifolds: Any, labels: Any = None, n_components: int = 5
         raise ValueError(f"n_components must be >= 1, got {n_components}")
     ms = manifold_list(manifolds)
     k = min([n_components] + [min(m.shape) for m in ms])
-    bases = []
-    for m in ms:
-        x = m - m.mean(0)
-        _, _, vh = torch.linalg.svd(x, full_matrices=False)
-        bases.append(vh[:k])
-    U = torch.stack(bases)  # (P, k, N)
-    cos = torch.linalg.svdvals(U[:, None] @ U[None].mT)  # (P, P, k): cosines of principal angles
+    U = torch.stack([_top_directions(m - m.mean(0), k) for m in ms])  # (P, k, N)
+    P = U.shape[0]
+    cross = (U.reshape(P * k, -1) @ U.reshape(P * k, -1).T).reshape(P, k, P, k).permute(0, 2, 1, 3)
+    cos = torch.linalg.svdvals(cross)  # (P, P, k): cosines of the principal angles
     return _split_pairs(to_numpy((cos**2).mean(-1)), labels)
+
+
+def _top_directions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k right singular vectors (k, N) of x (M, N), through the small side's Gram matrix when M < N."""
+    if x.shape[0] >= x.shape[1]:
+        return torch.linalg.svd(x, full_matrices=False)[2][:k]
+    lam, u = torch.linalg.eigh(x @ x.T)
+    u, lam = u[:, -k:].flip(1), lam[-k:].flip(0)
+    v = (u.T @ x) / torch.sqrt(lam.clamp_min(1e-300))[:, None]
+    # Re-orthonormalise (tiny eigenvalues lose accuracy through the Gram matrix).
+    return torch.linalg.qr(v.T)[0].T
 
 
 def principal_angles(a: Any, b: Any, n_components: int = 5) -> np.ndarray:
     """Principal angles (radians, ascending) between the top principal subspaces of two point sets."""
     ms = manifold_list([a, b])
     k = min([n_components] + [min(m.shape) for m in ms])
-    bases = [torch.linalg.svd(m - m.mean(0), full_matrices=False)[2][:k] for m in ms]
+    bases = [_top_directions(m - m.mean(0), k) for m in ms]
     cos = torch.linalg.svdvals(bases[0] @ bases[1].T).clamp(-1, 1)
     return np.sort(np.arccos(to_numpy(cos)))
 

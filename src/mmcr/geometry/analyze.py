@@ -27,7 +27,7 @@ from mmcr.geometry.alignment import centroid_similarity, subspace_alignment
 from mmcr.geometry.capacity import manifold_capacity
 from mmcr.geometry.elliptical import elliptical_geometry
 from mmcr.geometry.simcap import simulated_capacity
-from mmcr.geometry.spectra import effective_rank, participation_ratio, power_law_exponent
+from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
 
 OUTPUT_LAYER = "output"
 
@@ -110,10 +110,10 @@ def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict
     res["elliptical"] = elliptical_geometry(manifolds).to_dict()
     if opts["simcap"]:
         res["simulated_capacity"] = simulated_capacity(manifolds, n_rep=opts["simcap_reps"], seed=seed).to_dict()
-    pts = manifolds.reshape(-1, manifolds.shape[-1])
-    spec: dict[str, Any] = {"participation_ratio": participation_ratio(pts), "effective_rank": effective_rank(pts)}
+    lam = eigenspectrum(manifolds.reshape(-1, manifolds.shape[-1]))
+    spec: dict[str, Any] = {"participation_ratio": participation_ratio(lam), "effective_rank": effective_rank(lam)}
     try:
-        fit = power_law_exponent(pts, fit_range=opts["fit_range"])
+        fit = power_law_exponent(lam, fit_range=opts["fit_range"])
         spec["power_law"] = fit.to_dict()
         spec["_fit"] = fit
     except ValueError as e:

@@ -48,6 +48,12 @@ class EllipticalGeometry:
         }
 
 
+def _singular_values(x: torch.Tensor) -> torch.Tensor:
+    """Singular values of x (M, N) via the eigenvalues of its smaller Gram matrix (M is usually << N)."""
+    g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    return torch.sqrt(torch.linalg.eigvalsh(g).clamp_min(0)).flip(0)
+
+
 def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeometry:
     """Elliptical radius, dimension and capacity estimate of each manifold.
 
@@ -68,7 +74,7 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
         cn = torch.linalg.norm(c)
         if cn == 0:
             raise ValueError("a manifold's centre coincides with the origin; its relative radius is undefined")
-        s = torch.linalg.svdvals(x - c)
+        s = _singular_values(x - c)
         r2 = (s / (np.sqrt(x.shape[0]) * cn)) ** 2
         tot = r2.sum()
         R = torch.sqrt(tot)
@@ -77,7 +83,7 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
         dims.append(float(D))
         caps.append(float((1 + R**2) / (R**2 * D)) if tot > 0 else float("inf"))
         nucs.append(float(s.sum()))
-        raw_nucs.append(float(torch.linalg.svdvals(m).sum()))
+        raw_nucs.append(float(_singular_values(m).sum()))
         centers.append(m.mean(0))
     caps_a = np.array(caps)
     C = torch.stack(centers)

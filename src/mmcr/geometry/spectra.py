@@ -16,7 +16,8 @@ from mmcr.geometry._arrays import to_numpy, to_tensor
 
 
 def eigenspectrum(features: Any) -> np.ndarray:
-    """Descending eigenvalues of the covariance of ``features`` (n_samples, n_features), float64.
+    """Descending eigenvalues of the covariance of ``features`` (n_samples, n_features), float64
+    (min(n_samples, n_features) of them).
 
     A 1-d input is taken to be a spectrum already and is returned sorted in descending order.
     """
@@ -26,8 +27,11 @@ def eigenspectrum(features: Any) -> np.ndarray:
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"features must be (n_samples >= 2, n_features), got shape {tuple(x.shape)}")
     x = x - x.mean(0, keepdim=True)
-    s = torch.linalg.svdvals(x)
-    return to_numpy(s**2 / (x.shape[0] - 1))
+    # Eigenvalues of the smaller Gram matrix (float64): much faster than an SVD of a wide matrix, and
+    # accurate down to ~1e-16 of the top eigenvalue, far below any fitted range.
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
+    lam = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)
+    return to_numpy(lam / (x.shape[0] - 1))
 
 
 def participation_ratio(features: Any) -> float:
