@@ -72,7 +72,7 @@ def _separable_rows(A: np.ndarray) -> bool:
         return True
     # Constraint generation: decide on the least-separated points; a hull containing 0 on a subset
     # proves non-separability, a direction separating every point proves separability.
-    work = np.argsort(margins)[: min(n_pts, 4 * d)]
+    work = np.argsort(margins)[: min(n_pts, 8 * d)]
     for _ in range(8):
         verdict, direction = _hull_test(A[work])
         if verdict is False:
@@ -85,7 +85,7 @@ def _separable_rows(A: np.ndarray) -> bool:
         if len(work) == n_pts:
             break
         viol = np.flatnonzero(margins <= 0)
-        extra = viol[np.argsort(margins[viol])[: 2 * d]]
+        extra = viol[np.argsort(margins[viol])[: 4 * d]]
         work = np.union1d(work, extra)
     verdict, direction = _hull_test(A)
     if verdict is not None:
