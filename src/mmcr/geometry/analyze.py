@@ -176,7 +176,9 @@ def run_analysis(
     (out / "plots").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     dev = torch.device(device)
-    backbone, info = load_pretrained(model, map_location=dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # random-init baselines ("random:<arch>") are reproducible too
+        backbone, info = load_pretrained(model, map_location=dev)
     backbone = backbone.to(dev).eval()
     ds = load_dataset(dataset, root=data_root, split=split)
     size = int(ds.images.shape[-1])
