@@ -109,7 +109,7 @@ class BarlowTwinsLoss(nn.Module):
             zc = z.to(compute_dtype(z, self.dtype))
             raise_if_non_finite(zc.detach().sum(), z=z)
             zc = all_gather_with_grad(zc) if self.gather else zc
-            n, k, _ = zc.shape
+            n, k, d = zc.shape
             if n < 2:
                 raise ValueError(
                     f"BarlowTwinsLoss needs at least 2 images in the (global) batch, got shape {tuple(z.shape)}"
@@ -117,16 +117,19 @@ class BarlowTwinsLoss(nn.Module):
             mean = zc.mean(0, keepdim=True)
             var = zc.var(0, unbiased=False, keepdim=True)
             h = (zc - mean) / torch.sqrt(var + 1e-5)  # (N, k, d)
-            on_diag = zc.new_zeros(())
-            off_diag = zc.new_zeros(())
-            pairs = 0
-            for i in range(k):
-                for j in range(i + 1, k):
-                    diag = (h[:, i] * h[:, j]).sum(0) / n
-                    on_diag = on_diag + (1 - diag).square().sum()
-                    off_diag = off_diag + _offdiag_sq_sum_of_cross(h[:, i], h[:, j]) / n**2 - diag.square().sum()
-                    pairs += 1
-            on_diag, off_diag = on_diag / pairs, off_diag / pairs
+            pairs = k * (k - 1) // 2
+            iu = torch.triu_indices(k, k, offset=1, device=z.device)
+            # Diagonals of every pair's cross-correlation at once: (k, k, d) -> the k(k-1)/2 pairs i < j.
+            diag = torch.einsum("nid,njd->ijd", h, h)[iu[0], iu[1]] / n  # (pairs, d)
+            if n < d:
+                # ||h_i^T h_j||_F^2 = <h_i h_i^T, h_j h_j^T>: k Gram matrices (N x N) serve every pair, and the
+                # sum over pairs i < j of <K_i, K_j> is (||sum_v K_v||^2 - sum_v ||K_v||^2) / 2.
+                grams = torch.einsum("nvd,mvd->vnm", h, h)
+                cross_sq = (grams.sum(0).square().sum() - grams.square().sum()) / 2 / n**2
+            else:
+                cross_sq = sum((h[:, i].T @ h[:, j]).square().sum() for i, j in iu.T.tolist()) / n**2
+            on_diag = (1 - diag).square().sum() / pairs
+            off_diag = (cross_sq - diag.square().sum()) / pairs
             loss = on_diag + self.lambda_offdiag * off_diag
         self.last_components = {
             "loss": loss.detach(),
