@@ -113,6 +113,10 @@ def _passive_solve(
     eye = torch.eye(k, device=sub.device, dtype=sub.dtype).expand_as(sub)
     sub = torch.where(both, sub, eye)
     rhs = torch.where(valid, b[active].gather(1, idx), torch.zeros((), dtype=b.dtype, device=b.device))
-    sol = torch.linalg.solve(sub, rhs[..., None])[..., 0]
+    sol, info = torch.linalg.solve_ex(sub, rhs[..., None])
+    sol = sol[..., 0]
+    bad = (info != 0) | ~torch.isfinite(sol).all(1)
+    if bool(bad.any()):  # numerically singular passive block: least-norm solution instead
+        sol[bad] = (torch.linalg.pinv(sub[bad]) @ rhs[bad][..., None])[..., 0]
     z = torch.zeros(n, m, dtype=b.dtype, device=b.device)
     return z.scatter(1, idx, torch.where(valid, sol, torch.zeros_like(sol)))
