@@ -326,3 +326,15 @@ def test_fused_normalisation_matches_autograd():
     (F.normalize(x, dim=-1).mean(1) * g_mean).sum().backward()
     (_NormalizedMean.apply(y) * g_mean).sum().backward()
     assert rel_err(y.grad, x.grad) <= 1e-12
+
+
+def test_single_process_helpers_and_no_grad_forward():
+    from mmcr.objectives import all_gather_with_grad, is_distributed, rank, world_size
+
+    assert (world_size(), rank(), is_distributed()) == (1, 0, False)
+    x = torch.randn(3, 2)
+    assert all_gather_with_grad(x) is x
+    loss_fn = MMCRLoss(0.1)
+    with torch.no_grad():
+        loss = loss_fn(torch.randn(5, 3, 4))
+    assert not loss.requires_grad and set(loss_fn.last_components) >= {"global_nuclear_norm", "local_nuclear_norm"}

@@ -95,6 +95,11 @@ class MMCRLoss(nn.Module):
     the global-batch loss value. Rank r's own embeddings receive W times the gradient of the one-process loss
     on the concatenated batch; DDP's gradient averaging divides by W, so under DDP the parameter gradient is
     exactly the global-batch gradient and the trainer uses the loss as is (see ``mmcr.objectives.distributed``).
+    With ``gather=False`` each rank uses only its own centroids (a per-rank MMCR loss, as if each rank's batch
+    were the whole batch).
+
+    ``method`` and ``dtype`` are passed to :func:`mmcr.objectives.nuclear_norm`; numerics run in float32 (or
+    float64 on request) also under autocast and for float16/bfloat16 embeddings.
 
     After each forward ``last_components`` holds detached scalars, all derived from quantities the loss
     computes anyway: ``loss``, ``global_nuclear_norm``, ``mean_centroid_norm``, ``effective_rank_C`` and, when
