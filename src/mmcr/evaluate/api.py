@@ -42,6 +42,8 @@ def load_split_pair(info: dict, dataset: str | None, root: str | None, train_spl
     name, root, options, cache_dir = dataset_spec(info, dataset, root)
     train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
     test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
+    if name in ("archive", "imagefolder", "npz") and root:  # name results after the data, not its format
+        name = f"{name}-{Path(str(root).rstrip('/')).name.split('.')[0]}"
     return name, train, test
 
 
