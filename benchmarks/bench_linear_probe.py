@@ -6,6 +6,10 @@ clusters that overlap). Prints the accuracy gap and the time ratio sklearn / our
 process (absolute times depend on the machine and its load).
 
     .venv/bin/python benchmarks/bench_linear_probe.py [--n 20000] [--dim 512] [--classes 10] [--grid]
+
+``--run DIR`` uses real features instead: the backbone of a run directory (or any ``load_pretrained``
+source) on the first ``--n`` training images and ``--n-test`` test images of the data set in
+``--archive`` (default: the shared CIFAR-10 archive).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, fit_logistic, logistic_objective, sklearn_C
+
+DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.tar.gz"
 
 
 def features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +33,24 @@ def features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.
     y = rng.integers(0, classes, n)
     x = np.maximum(centers[y] + rng.normal(size=(n, dim)).astype(np.float32), 0.0)
     return x.astype(np.float32), y
+
+
+def run_features(source: str, archive: str, n: int, n_test: int):
+    """Backbone features of a pretrained model on the archive's train/test splits (eval preprocessing)."""
+    from mmcr.data import load_dataset
+    from mmcr.evaluate import eval_transform, extract_features
+    from mmcr.models import load_pretrained
+
+    backbone, info = load_pretrained(source)
+    tf = eval_transform(info)
+    out = []
+    for split, m in (("train", n), ("test", n_test)):
+        ds = load_dataset("archive", root=archive, split=split)
+        g = torch.Generator().manual_seed(0)
+        idx = torch.sort(torch.randperm(len(ds.labels), generator=g)[:m]).values
+        f, _ = extract_features(backbone, ds.images[idx], transform=tf)
+        out += [f.numpy(), ds.labels[idx].numpy()]
+    return out
 
 
 def main() -> None:
@@ -37,15 +62,21 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-4, help="gradient tolerance for both (sklearn's default)")
     ap.add_argument("--grid", action="store_true", help="also time the whole weight-decay path (warm starts)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--run", default=None, help="use real features of this run dir / model source")
+    ap.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from sklearn.linear_model import LogisticRegression
 
-    xtr, ytr = features(args.n, args.dim, args.classes, 0)
-    xte, yte = features(args.n_test, args.dim, args.classes, 1)
+    if args.run:
+        xtr, ytr, xte, yte = run_features(args.run, args.archive, args.n, args.n_test)
+        args.classes = int(max(ytr.max(), yte.max())) + 1
+    else:
+        xtr, ytr = features(args.n, args.dim, args.classes, 0)
+        xte, yte = features(args.n_test, args.dim, args.classes, 1)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6  # both fit on the same standardised features
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-    Xtr, Ytr, Xte, Yte = map(torch.from_numpy, (xtr, ytr, xte, yte))
+    Xtr, Ytr, Xte, Yte = (torch.from_numpy(np.ascontiguousarray(a)) for a in (xtr, ytr, xte, yte))
     print(f"features: train {xtr.shape}, test {xte.shape}, {args.classes} classes, torch threads {args.threads}")
     print(
         f"{'weight_decay':>12} {'C':>10} {'ours %':>8} {'sklearn %':>9} {'gap':>6} {'ours s':>8} "
