@@ -51,6 +51,11 @@ def make_input(b: int, k: int, d: int, spectrum: str, seed: int = 0) -> torch.Te
     return (base[:, None, :] + noise).float()
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_fwd_bwd(fns, z: torch.Tensor, repeats: int) -> tuple[list[float], list[float]]:
     """Median forward+backward wall and CPU milliseconds of each function, interleaved so that all see the
     same machine load. CPU time (this process, all threads) is robust to being descheduled on a shared
@@ -60,8 +65,10 @@ def time_fwd_bwd(fns, z: torch.Tensor, repeats: int) -> tuple[list[float], list[
     for i in range(repeats + 2):
         for j, fn in enumerate(fns):
             x = z.detach().clone().requires_grad_(True)
+            _sync(z.device)
             t0, c0 = time.perf_counter(), time.process_time()
             fn(x).backward()
+            _sync(z.device)
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if i >= 2:  # two warm-up rounds
                 wall[j].append(dt)
@@ -86,10 +93,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats per cell (median reported)")
     parser.add_argument("--quick", action="store_true", help="3 repeats, one thread only (smoke run)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]; on CUDA the thread settings do not apply")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
     repeats = 3 if args.quick else args.repeats
     all_threads = torch.get_num_threads()
     settings = [1] if args.quick else sorted({1, all_threads})
+    if device.type == "cuda":
+        settings = [all_threads]
+        print(f"device: {torch.cuda.get_device_name(device)} (CPU time column = host time)")
     print(f"torch {torch.__version__}, cpu threads available: {all_threads}")
     rows = [(*s, "gaussian") for s in SHAPES] + [(2048, 2, 512, 0.0, "power-law"), (256, 2, 8192, 0.0, "power-law")]
     for threads in settings:
@@ -101,7 +115,7 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for b, k, d, lmbda, spectrum in rows:
-            z = make_input(b, k, d, spectrum)
+            z = make_input(b, k, d, spectrum).to(device)
             loss = MMCRLoss(lmbda)
             (w_ref, w_new), (c_ref, c_new) = time_fwd_bwd(
                 [lambda x, lmbda=lmbda: authors_loss(x, lmbda), loss], z, repeats
