@@ -3,6 +3,8 @@ gradients are world_size x the one-process gradient, and under DDP parameter gra
 
 from __future__ import annotations
 
+import datetime
+import os
 import socket
 import sys
 
@@ -58,7 +60,16 @@ def model_grads(name, kwargs, momentum, model, inputs, z_m):
 
 def worker(r: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=WORLD)
+    if sys.platform.startswith("linux"):
+        # Both ranks live on this machine: talk over loopback whatever the hostname resolves to.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=r,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         own = slice(r * B, (r + 1) * B)
         results = {"rank": rank(), "world_size": world_size(), "cases": [], "ddp": []}
