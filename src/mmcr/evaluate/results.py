@@ -32,7 +32,7 @@ def output_dir(source: str | Path, out: str | Path | None) -> Path:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def record_result(
