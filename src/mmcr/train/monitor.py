@@ -82,10 +82,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class ProgressDisplay:
-    """A rich progress bar over training steps (disabled: prints nothing)."""
+    """A rich progress bar over training steps. Disabled, it shows no bar but still prints notes
+    (epoch-end kNN figures) on the main process."""
 
-    def __init__(self, total_steps: int, enabled: bool = True, initial: int = 0):
-        self.enabled = enabled
+    def __init__(self, total_steps: int, enabled: bool = True, initial: int = 0, main: bool = True):
+        self.enabled = enabled and main
+        self.main = main
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -121,6 +123,8 @@ class ProgressDisplay:
     def note(self, text: str) -> None:
         if self.enabled:
             self._progress.console.print(text)
+        elif self.main:
+            print(text, flush=True)
 
     def close(self) -> None:
         if self.enabled:

@@ -240,7 +240,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
             }
             ckpt.save_checkpoint(state, run_dir, step_, tcfg["keep_checkpoints"])
 
-    progress = ProgressDisplay(total_steps, enabled=info.is_main and tcfg["progress"], initial=step)
+    progress = ProgressDisplay(total_steps, enabled=tcfg["progress"], initial=step, main=info.is_main)
     t_start = time.perf_counter()
     consecutive_bad = 0
     stopped_early = False
