@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_augment.py
 	$(PY) benchmarks/bench_geometry.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_linear_probe.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -28,3 +28,13 @@ def test_pretrain_cli_bad_input_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nonexistent" in err
+
+
+def test_report_rewrite_keeps_evaluation_lines(tmp_path):
+    from mmcr.train.report import write_report
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": -3.0}\n')
+    (tmp_path / "report.md").write_text("# old\n- 2026-01-01 · eval knn digits: top1 90.00 · knn_digits.json\n")
+    text = write_report(tmp_path).read_text()
+    assert "## Evaluations" in text and "· eval knn digits: top1 90.00" in text
+    assert "![loss](loss.png)" in text

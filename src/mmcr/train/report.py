@@ -48,5 +48,8 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Online kNN (validation split carved from the training set)", "", "![knn](knn.png)", ""]
         lines += [f"Last: {knn[-1][1]:.2f}% at step {knn[-1][0]}.", ""]
     path = run_dir / "report.md"
+    # Evaluations (mmcr eval ...) append their lines to report.md; keep them when the report is rewritten.
+    evals = [ln for ln in path.read_text().splitlines() if " · eval " in ln] if path.exists() else []
+    lines += ["## Evaluations", "", *evals] if evals else ["## Evaluations", ""]
     path.write_text("\n".join(lines) + "\n")
     return path
