@@ -8,12 +8,23 @@ from pathlib import Path
 from mmcr.train.monitor import read_metrics
 
 
-def write_report(run_dir: str | Path) -> Path:
+def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), marker=marker)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     recs = read_metrics(run_dir)
     loss = [(r["step"], r["loss"]) for r in recs if "loss" in r]
@@ -27,24 +38,10 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
         lines.append("")
     if loss:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*loss))
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "loss.png", dpi=100)
-        plt.close(fig)
+        _plot(loss, "training loss", run_dir / "loss.png")
         lines += ["## Training loss", "", "![loss](loss.png)", ""]
     if knn:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*knn), marker="o")
-        ax.set_xlabel("step")
-        ax.set_ylabel("kNN top-1 on validation split (%)")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "knn.png", dpi=100)
-        plt.close(fig)
+        _plot(knn, "kNN top-1 on validation split (%)", run_dir / "knn.png", marker="o")
         lines += ["## Online kNN (validation split carved from the training set)", "", "![knn](knn.png)", ""]
         lines += [f"Last: {knn[-1][1]:.2f}% at step {knn[-1][0]}.", ""]
     path = run_dir / "report.md"
