@@ -190,6 +190,12 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
 
     step, epoch, start_batch, nonfinite_total = 0, 0, 0, 0
     if resume_state is not None:
+        saved_world = resume_state.get("world_size", 1)
+        if saved_world != info.world_size:
+            raise ConfigError(
+                f"the checkpoint was written by {saved_world} process(es) but this run has {info.world_size}; "
+                "resume with the same number of processes (the data order depends on it)"
+            )
         model.load_state_dict(resume_state["model"])
         if momentum is not None:
             momentum.module.load_state_dict(resume_state["momentum"])
