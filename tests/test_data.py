@@ -353,3 +353,27 @@ def test_split_train_val_stratified_reproducible():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(split_train_val(load_dataset("digits"), 0.1)[1]) == 144
+
+
+def test_file_names_follow_images_through_cache_and_subset(tmp_path):
+    """Per-image file names (ImageNet's subset lists name files) stay aligned with the stacked images."""
+    from PIL import Image
+
+    from mmcr.data import load_dataset
+    from mmcr.evaluate.semi import read_subset_file
+
+    root, value_of = tmp_path / "tree", {}
+    for split in ("train", "val"):
+        for c, cls in enumerate(("b_cls", "a_cls")):
+            (root / split / cls).mkdir(parents=True)
+            for i in (10, 2):
+                value_of[f"{cls}/{cls}_{i}.png"] = v = 40 * c + i  # unique names, as ImageNet's are
+                Image.new("RGB", (4, 4), (v, v, v)).save(root / split / cls / f"{cls}_{i}.png")
+    for _ in range(2):  # decoded, then read back from the cache
+        ds = load_dataset("imagefolder", root=str(root), split="train", cache_dir=str(tmp_path / "cache"))
+        files = ds.meta["files"]
+        assert len(files) == len(ds) == 4
+        assert [int(im[0, 0, 0]) for im in ds.images] == [value_of[f] for f in files]
+        assert ds.subset([3, 0]).meta["files"] == [files[3], files[0]]
+    (tmp_path / "subset.txt").write_text(files[2].split("/")[-1] + "\n")
+    assert read_subset_file(tmp_path / "subset.txt", files).tolist() == [2]

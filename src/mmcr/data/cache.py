@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-image file names in meta.json
 
 
 def default_cache_dir() -> Path:

@@ -59,13 +59,16 @@ class ImageDataset:
 
     def subset(self, indices, split: str | None = None) -> ImageDataset:
         idx = torch.as_tensor(indices, dtype=torch.int64)
+        meta = dict(self.meta)
+        if meta.get("files") is not None:  # per-image file names stay aligned with the images
+            meta["files"] = [meta["files"][i] for i in idx.tolist()]
         return ImageDataset(
             self.images.index_select(0, idx),
             self.labels.index_select(0, idx),
             list(self.classes),
             self.name,
             split if split is not None else self.split,
-            dict(self.meta),
+            meta,
         )
 
     def __repr__(self) -> str:
@@ -265,13 +268,22 @@ def _load_imagefolder(
         bad.report(str(folder))
         if not items:
             raise DatasetError(f"none of the {len(files)} images in {folder} could be decoded; check the files")
-        images, labels = _assemble(items, str(folder), size)
-        C.write_entry(entry, {split: (images, labels)}, {"classes": classes, "skipped": bad.names, "source": str(root)})
+        images, labels = _assemble(items, str(folder), size)  # sorts items into the stacked order
+        names = {split: [os.path.relpath(path, folder) for _, path, _ in items]}
+        meta = {"classes": classes, "skipped": bad.names, "source": str(root), "files": names}
+        C.write_entry(entry, {split: (images, labels)}, meta)
         hit = C.load_split(entry, split)
     images, labels, meta = hit
     if not fresh:
         _warn_recorded(meta, str(folder))
+    meta = _split_meta(meta, split)
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "imagefolder", split, meta)
+
+
+def _split_meta(meta: dict, split: str) -> dict:
+    """The cache entry's metadata with ``files`` narrowed to this split's per-image file names
+    (what ImageNet's 1 %/10 % subset lists refer to)."""
+    return {**meta, "files": (meta.get("files") or {}).get(split)}
 
 
 def _archive_layout(names: list[str]) -> tuple[int, bool]:
@@ -310,7 +322,9 @@ def _load_archive(root, split: str, cache_dir=None, size: int | None = None, on_
     images, labels, meta = hit
     if not fresh:
         _warn_recorded(meta, str(path))
-    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "archive", split, meta)
+    return ImageDataset(
+        torch.from_numpy(images), torch.from_numpy(labels), meta["classes"], "archive", split, _split_meta(meta, split)
+    )
 
 
 def _warn_recorded(meta: dict, where: str) -> None:
@@ -365,12 +379,13 @@ def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) ->
     classes = sorted(groups.get("train", next(iter(groups.values()))))
     for s, by_class in groups.items():
         _check_classes(sorted(by_class), classes, str(path), s)
-    splits = {}
+    splits, files = {}, {}
     for s, by_class in groups.items():
         items = [(label, name, arr) for label, cls in enumerate(classes) for name, arr in by_class[cls]]
-        splits[s] = _assemble(items, f"{path}:{s}", size)
+        splits[s] = _assemble(items, f"{path}:{s}", size)  # sorts items into the stacked order
+        files[s] = [name for _, name, _ in items]
     bad.report(str(path))
-    C.write_entry(entry, splits, {"classes": classes, "skipped": bad.names, "source": str(path)})
+    C.write_entry(entry, splits, {"classes": classes, "skipped": bad.names, "source": str(path), "files": files})
 
 
 # ------------------------------------------------------------------------------------------- npz
