@@ -345,13 +345,16 @@ def _train(cfg: dict, info: dist_utils.DistInfo) -> dict:
             else:
                 start_batch = batch_in_epoch
             save(step, epoch, start_batch)
-            if done_epoch and val_ds is not None and cfg["eval"]["knn_every_epochs"] and (
-                epoch % cfg["eval"]["knn_every_epochs"] == 0 or epoch == tcfg["epochs"]
+            every_epochs = cfg["eval"]["knn_every_epochs"]
+            finished = step >= total_steps or stopped_early  # also mid-epoch (max_steps, time budget)
+            if val_ds is not None and every_epochs and (
+                (done_epoch and epoch % every_epochs == 0) or epoch == tcfg["epochs"] or finished
             ):
                 acc = knn_monitor(model.backbone, train_ds, val_ds, aug, cfg, device, info)
                 if info.is_main:
-                    log.metrics(step=step, epoch=epoch, knn_val_top1=acc["top1"], knn_val_top5=acc["top5"])
-                    progress.note(f"epoch {epoch}: kNN val top-1 {acc['top1']:.2f}%")
+                    ep = epoch + start_batch / steps_per_epoch
+                    log.metrics(step=step, epoch=ep, knn_val_top1=acc["top1"], knn_val_top5=acc["top5"])
+                    progress.note(f"epoch {ep:g} (step {step}): kNN val top-1 {acc['top1']:.2f}%")
             if stopped_early:
                 break
     finally:
