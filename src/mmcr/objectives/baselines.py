@@ -41,6 +41,17 @@ def _offdiag_sq_sum_of_cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.T @ b).square().sum()
 
 
+def _global_batch(z: torch.Tensor, dtype: torch.dtype | None, gather: bool, owner: str) -> torch.Tensor:
+    """z in the compute dtype, checked finite and gathered over ranks (batch-statistics losses need
+    the global batch); call inside an autocast-disabled block."""
+    zc = z.to(compute_dtype(z, dtype))
+    raise_if_non_finite(zc.detach().sum(), z=z)
+    zc = all_gather_with_grad(zc) if gather else zc
+    if zc.shape[0] < 2:
+        raise ValueError(f"{owner} needs at least 2 images in the (global) batch, got shape {tuple(z.shape)}")
+    return zc
+
+
 class SimCLRLoss(nn.Module):
     """InfoNCE / NT-Xent with all k views of an image as positives (SupCon "outside" form, Khosla et al. 2020).
 
@@ -106,14 +117,8 @@ class BarlowTwinsLoss(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_embeddings(z, "z", min_views=2)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zc = z.to(compute_dtype(z, self.dtype))
-            raise_if_non_finite(zc.detach().sum(), z=z)
-            zc = all_gather_with_grad(zc) if self.gather else zc
+            zc = _global_batch(z, self.dtype, self.gather, "BarlowTwinsLoss")
             n, k, d = zc.shape
-            if n < 2:
-                raise ValueError(
-                    f"BarlowTwinsLoss needs at least 2 images in the (global) batch, got shape {tuple(z.shape)}"
-                )
             mean = zc.mean(0, keepdim=True)
             var = zc.var(0, unbiased=False, keepdim=True)
             h = (zc - mean) / torch.sqrt(var + 1e-5)  # (N, k, d)
@@ -166,14 +171,8 @@ class VICRegLoss(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_embeddings(z, "z", min_views=2)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zc = z.to(compute_dtype(z, self.dtype))
-            raise_if_non_finite(zc.detach().sum(), z=z)
-            zc = all_gather_with_grad(zc) if self.gather else zc
+            zc = _global_batch(z, self.dtype, self.gather, "VICRegLoss")
             n, k, d = zc.shape
-            if n < 2:
-                raise ValueError(
-                    f"VICRegLoss needs at least 2 images in the (global) batch, got shape {tuple(z.shape)}"
-                )
             # Sum over pairs of ||x_i - x_j||^2 = k sum_v ||x_v||^2 - ||sum_v x_v||^2, without a k^2 loop.
             pair_sq = k * zc.square().sum() - zc.sum(1).square().sum()
             n_pairs = k * (k - 1) // 2

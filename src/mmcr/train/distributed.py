@@ -58,15 +58,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (no gradient); identity in a single process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are taken over the samples of all ranks, with gradients
     flowing through the reductions, on any backend (gloo included).

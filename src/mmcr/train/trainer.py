@@ -446,7 +446,7 @@ def _features(backbone: nn.Module, ds, transform, device, info: dist_utils.DistI
     sees all of them: kNN over the whole split, never one rank's shard)."""
     from mmcr.data import make_loader
 
-    labelled = torch.nonzero(_labels_of(ds) >= 0).flatten()
+    labelled = torch.nonzero(ds.labels >= 0).flatten()
     if max_n is not None and len(labelled) > max_n:  # a seeded random subset, not the first (class-sorted) rows
         labelled = labelled[torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))[:max_n]]
         labelled = labelled.sort().values
@@ -467,10 +467,6 @@ def _features(backbone: nn.Module, ds, transform, device, info: dist_utils.DistI
     if info.enabled:
         f, y = _gather_padded(f, y, info)
     return f.cpu(), y.cpu()
-
-
-def _labels_of(ds) -> torch.Tensor:
-    return ds.labels if isinstance(ds.labels, torch.Tensor) else torch.as_tensor(ds.labels)
 
 
 def _gather_padded(f: torch.Tensor, y: torch.Tensor, info: dist_utils.DistInfo):
