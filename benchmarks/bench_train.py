@@ -21,11 +21,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from mmcr.train.config import load_config  # noqa: E402
+
 from mmcr.augment import MultiViewAugment  # noqa: E402
 from mmcr.data import load_dataset, make_loader  # noqa: E402
 from mmcr.models import build_encoder  # noqa: E402
 from mmcr.objectives import build_objective  # noqa: E402
-from mmcr.train.config import load_config  # noqa: E402
 from mmcr.train.optim import build_optimizer  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10_jpeg.tar.gz"

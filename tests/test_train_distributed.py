@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from mmcr.train.distributed import GlobalBatchNorm, convert_sync_batchnorm
+from mmcr.distributed import GlobalBatchNorm, convert_sync_batchnorm
 
 
 def _free_port() -> int:

@@ -52,10 +52,42 @@ def test_param_groups_exclude_1d():
 
 
 def test_scaled_lr_and_unknown_optimizer():
+    from dataclasses import replace
+
+    from mmcr.run.config import OptimConfig
+
     model = nn.Linear(3, 2)
-    cfg = {"name": "lars", "lr": 0.6, "scale_lr": True, "weight_decay": 1e-6, "momentum": 0.9, "lars_eta": 1e-3,
-           "betas": [0.9, 0.999]}
+    cfg = OptimConfig(name="lars", lr=0.6, scale_lr=True)
     opt = build_optimizer(model, cfg, global_batch=512)
     assert opt.param_groups[0]["lr"] == pytest.approx(1.2)
-    with pytest.raises(ValueError, match="choose adam"):
-        build_optimizer(model, {**cfg, "name": "nope"}, 256)
+    with pytest.raises(ValueError, match="choose one of adam"):
+        build_optimizer(model, replace(cfg, name="nope"), 256)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "lars"])
+def test_found_inf_skips_the_step_on_the_device(name):
+    """optimizer.found_inf = 1 leaves weights and optimiser state as they were; 0 is a normal step."""
+    from mmcr.run.config import OptimConfig
+    from mmcr.train.optim import skips_on_device
+
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    cfg = OptimConfig(name=name, lr=0.1, weight_decay=1e-2)
+    oa, ob = build_optimizer(a, cfg, 256), build_optimizer(b, cfg, 256)
+    assert skips_on_device(oa)
+    for _i in range(3):
+        grads = [torch.randn_like(p) for p in a.parameters()]
+        for pa, pb, g in zip(a.parameters(), b.parameters(), grads):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        ob.step()  # the reference takes every step
+        oa.found_inf = torch.zeros(())
+        oa.step()
+        # then a skipped step with garbage gradients on a only
+        for pa in a.parameters():
+            pa.grad = torch.full_like(pa, float("nan"))
+        oa.found_inf = torch.ones(())
+        oa.step()
+        oa.found_inf = None
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)

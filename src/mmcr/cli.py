@@ -11,7 +11,7 @@ import sys
 
 
 def _add_pretrain_parser(sub) -> None:
-    from mmcr.train.config import PRESETS
+    from mmcr.run.config import available_presets
 
     p = sub.add_parser(
         "pretrain",
@@ -19,12 +19,12 @@ def _add_pretrain_parser(sub) -> None:
         description="Pretrain an encoder. With no arguments, trains the embedded default on scikit-learn's digits.",
     )
     p.add_argument("preset", nargs="?", default="digits",
-                   help=f"a shipped preset ({', '.join(PRESETS)}) or a YAML config file")
+                   help=f"a shipped preset ({', '.join(available_presets())}) or a YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=2e-3 (repeatable)")
     p.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     p.add_argument("--resume", help="'auto' continues the newest valid checkpoint in --out; or a checkpoint path")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:<index> or mps (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_pretrain)
@@ -33,7 +33,8 @@ def _add_pretrain_parser(sub) -> None:
 def _pretrain(args) -> int:
     import yaml
 
-    from mmcr.train import load_config, train
+    from mmcr.run.config import load_config
+    from mmcr.train import train
 
     overrides = list(args.overrides)
     if args.out:
@@ -46,10 +47,10 @@ def _pretrain(args) -> int:
         overrides.append("train.progress=false")
     cfg = load_config(args.preset, overrides)
     if args.print_config:
-        print(yaml.safe_dump(cfg, sort_keys=False))
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     summary = train(cfg)
-    if "knn_learned" in summary:
+    if "knn_top1_learned" in summary:
         from rich.console import Console
         from rich.table import Table
 
@@ -57,12 +58,16 @@ def _pretrain(args) -> int:
                             f"(k={summary.get('knn_k')}, T={summary.get('knn_temperature')})")
         table.add_column("features")
         table.add_column("accuracy", justify="right")
-        table.add_row("learned encoder (MMCR)" if cfg["objective"]["name"] == "mmcr" else "learned encoder",
-                      f"{100 * summary['knn_learned']:.2f}%")
-        table.add_row("random-init encoder", f"{100 * summary['knn_random_init']:.2f}%")
-        table.add_row("raw pixels", f"{100 * summary['knn_raw_pixels']:.2f}%")
+        method = "MMCR" if cfg.objective.name == "mmcr" else cfg.objective.name
+        learned = f"learned encoder ({method})"
+        table.add_row(learned, f"{summary['knn_top1_learned']:.2f}%")
+        table.add_row("random-init encoder", f"{summary['knn_top1_random_init']:.2f}%")
+        table.add_row("raw pixels", f"{summary['knn_top1_raw_pixels']:.2f}%")
         Console().print(table)
-    print(f"run directory: {summary['run_dir']}  ({summary['steps']} steps in {summary['train_seconds']:.1f} s)")
+    elif "final_eval_skipped" in summary:
+        print(f"final evaluation skipped: {summary['final_eval_skipped']}")
+    print(f"run directory: {summary['run_dir']}  ({summary['steps']} steps in {summary['train_seconds']:.1f} s"
+          f"{', stopped by the time budget' if summary.get('stopped_by') == 'time_budget' else ''})")
     return 0
 
 
@@ -98,15 +103,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from mmcr.train.hooks import Interrupted
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"mmcr {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mmcr {args.command}: interrupted; checkpoints are kept, continue with --resume auto",
+    except Interrupted as e:
+        where = f"checkpoint {e.checkpoint}" if e.checkpoint else "a checkpoint"
+        print(f"mmcr {args.command}: interrupted at step {e.step}; saved {where}; continue with --resume auto",
               file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print(f"mmcr {args.command}: interrupted; the newest checkpoint is kept (continue with --resume auto)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # config, data, model-source, file-system problems a user can fix
+        msg = str(e) if not isinstance(e, OSError) or not e.strerror else _os_message(e)
+        print(f"mmcr {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+
+
+def _os_message(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"{e.strerror}:{where}" if where else e.strerror
 
 
 if __name__ == "__main__":

@@ -1,19 +1,15 @@
-"""Batched many-view augmentation on the training device (presets per recipe).
+"""Batched many-view augmentation on the training device (presets per recipe), and the matching
+deterministic evaluation view.
 
 ``MultiViewAugment(preset, views=k)`` turns a uint8 batch (B, 3, H, W) into k independently augmented,
-normalised views (B, k, 3, h, w); ``mmcr.augment.functional`` holds the batched ops it is built from.
+normalised views (B, k, 3, h, w); ``EvalTransform`` (or ``aug.eval_transform()``) gives the one
+deterministic view (B, 3, h, w) that evaluation uses; ``mmcr.augment.functional`` holds the batched ops.
 """
 
 from mmcr.augment import functional
-from mmcr.augment.multiview import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    PRESETS,
-    MultiViewAugment,
-    ViewParams,
-)
+from mmcr.augment.eval import EvalTransform
+from mmcr.augment.multiview import MultiViewAugment, ViewParams, check_images
+from mmcr.augment.presets import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, PRESETS, TRAIN_PRESETS
 
 __all__ = [
     "CIFAR_MEAN",
@@ -21,7 +17,10 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PRESETS",
+    "TRAIN_PRESETS",
+    "EvalTransform",
     "MultiViewAugment",
     "ViewParams",
+    "check_images",
     "functional",
 ]

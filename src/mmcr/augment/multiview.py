@@ -23,83 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from mmcr.augment import functional as AF
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_COMMON = dict(
-    ratio=(3.0 / 4.0, 4.0 / 3.0),
-    flip_p=0.5,
-    blur_p=0.0,
-    blur_sigma=(0.1, 2.0),
-    solarize_p=0.0,
-    color_first=False,
-)
-
-PRESETS: dict[str, dict] = {
-    # The authors' CIFAR recipe: RRC 32 (0.08-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2.
-    "cifar": dict(
-        _COMMON,
-        size=32,
-        scale=(0.08, 1.0),
-        interpolation="bilinear",
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        jitter_p=0.8,
-        grayscale_p=0.2,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-    ),
-    # The authors' STL-10 recipe: jitter p 0.8 and grayscale p 0.1 on the full image, then RRC 64
-    # (0.2-1, bicubic) and flip; hence color_first. Normalised with ImageNet statistics (override
-    # mean/std to use others).
-    "stl10": dict(
-        _COMMON,
-        size=64,
-        scale=(0.2, 1.0),
-        interpolation="bicubic",
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        jitter_p=0.8,
-        grayscale_p=0.1,
-        color_first=True,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    ),
-    # BYOL's asymmetric pair: views alternate A, B, A, B, ... (blur p 1.0 / 0.1, solarize p 0 / 0.2).
-    "byol": dict(
-        _COMMON,
-        size=224,
-        scale=(0.08, 1.0),
-        interpolation="bicubic",
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        jitter_p=0.8,
-        grayscale_p=0.2,
-        blur_p=(1.0, 0.1),
-        solarize_p=(0.0, 0.2),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    ),
-    # Deterministic evaluation view: resize the short side, centre crop, normalise. The defaults keep
-    # the input size and use CIFAR statistics; ``MultiViewAugment.eval_transform()`` matches a
-    # training preset's size and statistics.
-    "eval": dict(size=None, resize=None, interpolation="bilinear", mean=CIFAR_MEAN, std=CIFAR_STD),
-}
+from mmcr.augment.eval import EvalTransform
+from mmcr.augment.presets import PRESETS
 
 _TRAIN_KEYS = set(PRESETS["cifar"]) | {"blur_kernel_size"}
-_EVAL_KEYS = set(PRESETS["eval"])
 _PROB_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
 # Tables of resize matrices for every (start, length) box are cached when no larger than this many
 # floats (32 px CIFAR: 1M); bigger images compute the matrices of the boxes they draw.
@@ -174,16 +103,31 @@ class ViewParams:
     solarize: torch.Tensor
 
 
+def check_images(images: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}; convert with (x * 255).round().byte()")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] != 3:
+        raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
+    return images
+
+
 class MultiViewAugment:
     """k random views of each image in a uint8 batch: (B, 3, H, W) -> float32 (B, k, 3, h, w), normalised.
 
-    ``preset``: "cifar" | "stl10" | "byol" | "eval"; ``views``: k; ``seed``: seeds the augmentation's own
-    ``torch.Generator`` (``self.generator``; with seed=None it is seeded from torch's global RNG, so
-    ``torch.manual_seed`` makes runs repeatable). Overrides (training presets): size, scale, ratio,
-    interpolation ("bilinear"|"bicubic"), flip_p, brightness, contrast, saturation, hue, jitter_p,
-    grayscale_p, blur_p, blur_sigma, blur_kernel_size, solarize_p, mean, std, color_first; eval
-    preset: size, resize, interpolation, mean, std. Probabilities may be sequences, cycled over view
-    slots (view v uses p[v % len(p)]): byol's blur_p=(1.0, 0.1) makes views alternate A, B.
+    ``preset``: a name of :data:`mmcr.augment.PRESETS` ("cifar" | "stl10" | "byol"); ``views``: k;
+    ``seed``: seeds the augmentation's own ``torch.Generator`` (``self.generator``; with seed=None it is
+    seeded from torch's global RNG, so ``torch.manual_seed`` makes runs repeatable). Overrides: size,
+    scale, ratio, interpolation ("bilinear"|"bicubic"), flip_p, brightness, contrast, saturation, hue,
+    jitter_p, grayscale_p, blur_p, blur_sigma, blur_kernel_size, solarize_p, mean, std, color_first.
+    Probabilities may be sequences, cycled over view slots (view v uses p[v % len(p)]): byol's
+    blur_p=(1.0, 0.1) makes views alternate A, B. The matching deterministic evaluation view is
+    :meth:`eval_transform` (an :class:`~mmcr.augment.EvalTransform`).
 
     Reproducibility: ``aug(x, generator=g)`` draws from ``g`` instead; parameters are always drawn on
     the CPU, so identical inputs and generator state give identical views. ``state_dict()`` /
@@ -198,10 +142,9 @@ class MultiViewAugment:
             raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {sorted(PRESETS)}")
         if not isinstance(views, int) or views < 1:
             raise ValueError(f"views must be a positive integer, got {views!r}")
-        allowed = _EVAL_KEYS if preset == "eval" else _TRAIN_KEYS
-        unknown = sorted(set(overrides) - allowed)
+        unknown = sorted(set(overrides) - _TRAIN_KEYS)
         if unknown:
-            raise ValueError(f"unknown override(s) {unknown} for preset {preset!r}; valid: {sorted(allowed)}")
+            raise ValueError(f"unknown override(s) {unknown} for preset {preset!r}; valid: {sorted(_TRAIN_KEYS)}")
         self.preset = preset
         self.views = views
         cfg = dict(PRESETS[preset])
@@ -229,12 +172,6 @@ class MultiViewAugment:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values each with std > 0, got mean={mean} std={std}")
         self.mean, self.std = mean, std
-        if self.preset == "eval":
-            self.size = self._size(cfg["size"], "size", allow_none=True)
-            self.resize = None if cfg["resize"] is None else int(cfg["resize"])
-            if self.resize is not None and self.resize < 1:
-                raise ValueError(f"resize must be a positive integer, got {cfg['resize']!r}")
-            return
         self.size = self._size(cfg["size"], "size")
         self.scale = _pair(cfg["scale"], "scale", lower=0.0)
         if self.scale[0] <= 0 or self.scale[1] > 1:
@@ -257,9 +194,7 @@ class MultiViewAugment:
         self.color_first = bool(cfg["color_first"])
 
     @staticmethod
-    def _size(value, name: str, allow_none: bool = False) -> tuple[int, int] | None:
-        if value is None and allow_none:
-            return None
+    def _size(value, name: str) -> tuple[int, int]:
         if isinstance(value, int) and value > 0:
             return (value, value)
         if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
@@ -271,9 +206,6 @@ class MultiViewAugment:
         """The resolved settings, for run records."""
         out = {"preset": self.preset, "views": self.views, "seed": self.seed, "interpolation": self.interpolation}
         out.update(mean=list(self.mean), std=list(self.std))
-        if self.preset == "eval":
-            out.update(size=None if self.size is None else list(self.size), resize=self.resize)
-            return out
         out.update(
             size=list(self.size),
             scale=list(self.scale),
@@ -289,10 +221,17 @@ class MultiViewAugment:
         )
         return out
 
-    def eval_transform(self, resize: int | None = None) -> MultiViewAugment:
-        """The matching deterministic view (same output size and normalisation), one per image."""
-        size = None if self.size is None else self.size
-        return MultiViewAugment("eval", views=1, size=size, resize=resize, mean=self.mean, std=self.std)
+    @classmethod
+    def from_config(cls, augment_cfg, views: int | None = None, seed: int | None = None) -> MultiViewAugment:
+        """The training augmentation of a run's ``augment`` section (an ``AugmentConfig``);
+        ``views`` overrides the number of views (e.g. for analysis manifolds)."""
+        return cls(augment_cfg.preset, views=augment_cfg.views if views is None else views, seed=seed,
+                   **augment_cfg.overrides)
+
+    def eval_transform(self, size=None, resize: int | None = None) -> EvalTransform:
+        """The matching deterministic view (same output size, interpolation and normalisation)."""
+        return EvalTransform(size=self.size if size is None else size, resize=resize, mean=self.mean, std=self.std,
+                             interpolation=self.interpolation)
 
     # ----------------------------------------------------------------------------------- RNG state
     def manual_seed(self, seed: int) -> None:
@@ -323,8 +262,6 @@ class MultiViewAugment:
         The draw order is fixed and independent of the probabilities' outcomes, so a generator state
         always maps to the same views.
         """
-        if self.preset == "eval":
-            raise ValueError("the eval preset is deterministic and has no random parameters")
         g = self.generator if generator is None else generator
         n = batch * self.views
         top, left, h, w = AF.sample_crop_boxes(n, height, width, self.scale, self.ratio, g)
@@ -355,24 +292,9 @@ class MultiViewAugment:
 
     # ----------------------------------------------------------------------------------- applying
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        images = self._check(images)
-        if self.preset == "eval":
-            return self._eval(images)
+        images = check_images(images)
         b, _, h, w = images.shape
         return self.apply(images, self.sample_params(b, h, w, generator))
-
-    @staticmethod
-    def _check(images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
-        if images.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images, got {images.dtype}; convert with (x * 255).round().byte()")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if images.shape[1] != 3:
-            raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
-        return images
 
     def _weights(self, start, length, out_size: int, in_size: int, device, flip=None) -> torch.Tensor:
         """Per-view resize matrices, from a cached table of every box (both orientations) for small images."""
@@ -397,7 +319,7 @@ class MultiViewAugment:
 
     def apply(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
         """Make the views described by ``p`` (from ``sample_params``) of a uint8 batch."""
-        images = self._check(images)
+        images = check_images(images)
         b, _, h_in, w_in = images.shape
         n = b * self.views
         if p.top.shape[0] != n:
@@ -485,26 +407,3 @@ class MultiViewAugment:
                     lo = hi
             AF.scatter_views(x, jit.index_select(0, arrangement).to(x.device), buf)
         return self._subset(x, p.gray, self._gray)
-
-    def _eval(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).mul_(1.0 / 255.0)
-        if self.resize is not None:
-            x = TF.resize(x, [self.resize], interpolation=_MODES[self.interpolation], antialias=True)
-        if self.size is not None:
-            if self.size[0] > x.shape[-2] or self.size[1] > x.shape[-1]:
-                raise ValueError(
-                    f"eval crop {self.size} is larger than the (resized) images {tuple(x.shape[-2:])}; "
-                    "set resize= to at least the crop size"
-                )
-            x = TF.center_crop(x, list(self.size))
-        x = x.clamp_(0.0, 1.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        return x.unsqueeze(1).expand(-1, self.views, -1, -1, -1).contiguous()
-
-
-_MODES = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
-
-
-__all__ = ["MultiViewAugment", "PRESETS", "ViewParams", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD"]

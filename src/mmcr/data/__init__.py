@@ -10,7 +10,14 @@
 """
 
 from mmcr.data.cache import default_cache_dir
-from mmcr.data.datasets import DATASET_NAMES, ImageDataset, LazyImageFolder, load_dataset
+from mmcr.data.datasets import (
+    DATASET_NAMES,
+    ImageDataset,
+    LazyImageFolder,
+    dataset_options,
+    load_dataset,
+    resize_square,
+)
 from mmcr.data.decode import DatasetError, decode_image
 from mmcr.data.loader import InMemoryLoader, WorkerLoader, epoch_order, make_loader
 from mmcr.data.split import split_train_val
@@ -22,7 +29,9 @@ __all__ = [
     "InMemoryLoader",
     "LazyImageFolder",
     "WorkerLoader",
+    "dataset_options",
     "decode_image",
+    "resize_square",
     "default_cache_dir",
     "epoch_order",
     "load_dataset",

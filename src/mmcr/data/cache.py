@@ -13,9 +13,12 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from mmcr.run.files import default_mode, describe_write_failure
 
 CACHE_VERSION = 2  # 2: per-image file names in meta.json
 
@@ -54,23 +57,33 @@ def load_split(entry: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict] |
     return images, labels, meta
 
 
-def write_entry(entry: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict) -> None:
-    """Write all splits of one source atomically (temp folder + rename)."""
+def write_entry(entry: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict) -> bool:
+    """Write all splits of one source atomically (temp folder + rename). A cache that cannot be
+    written (disk full, read-only folder) is not an error: a warning says so, the data set is used
+    from memory and decoded again next time. Returns whether the entry is on disk."""
     if (entry / "meta.json").exists():
-        return  # a complete entry for the same key is already there
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        return True  # a complete entry for the same key is already there
+    tmp = None
     try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
         for split, (images, labels) in splits.items():
             np.save(tmp / f"{split}.images.npy", np.ascontiguousarray(images, dtype=np.uint8))
             np.save(tmp / f"{split}.labels.npy", np.ascontiguousarray(labels, dtype=np.int64))
         meta = dict(meta, splits={s: int(len(v[1])) for s, v in splits.items()}, version=CACHE_VERSION)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0700 would hide the cache from the group
         try:
             os.rename(tmp, entry)
         except OSError:
             if not (entry / "meta.json").exists():  # another writer won the race only if it finished
                 raise
+        return True
+    except OSError as e:
+        warnings.warn(f"could not write the decoded-data cache: {describe_write_failure(entry, e)}; using the "
+                      "data from memory (it is decoded again next time; set $MMCR_CACHE or data.cache_dir "
+                      "to a folder with space)", stacklevel=3)
+        return False
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

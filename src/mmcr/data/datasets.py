@@ -89,13 +89,15 @@ def _require(path: Path, what: str, hint: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ digits
-def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2, **_) -> ImageDataset:
+def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2) -> ImageDataset:
     """scikit-learn's bundled 8x8 digits (offline): a fixed stratified 80/20 split (random_state=0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test", "all"):
         raise DatasetError(f"digits has splits 'train', 'test' and 'all', got {split!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise DatasetError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
     y = d.target.astype(np.int64)
@@ -105,11 +107,7 @@ def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2
         keep = np.sort(tr if split == "train" else te)
         x, y = x[keep], y[keep]
     images = torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1).contiguous()
-    if size is not None and size != 8:
-        import torchvision.transforms.v2.functional as TF
-
-        images = TF.resize(images, [int(size), int(size)], antialias=True)
-    return ImageDataset(images, torch.from_numpy(y), [str(i) for i in range(10)], "digits", split)
+    return ImageDataset(resize_square(images, size), torch.from_numpy(y), [str(i) for i in range(10)], "digits", split)
 
 
 # ------------------------------------------------------------------------------------ torchvision
@@ -119,7 +117,7 @@ def _torchvision_root(root, name: str) -> Path:
     return Path(root).expanduser()
 
 
-def _load_cifar(name: str, root, split: str, download: bool = False, **_) -> ImageDataset:
+def _load_cifar(name: str, root, split: str, download: bool = False, size: int | None = None) -> ImageDataset:
     """CIFAR-10/100 in torchvision's on-disk format (python pickles), optionally downloaded by torchvision."""
     from torchvision import datasets
 
@@ -137,12 +135,12 @@ def _load_cifar(name: str, root, split: str, download: bool = False, **_) -> Ima
         ds = cls(str(root), train=(split == "train"), download=download)
     except RuntimeError as exc:  # torchvision's integrity failure
         raise DatasetError(f"{name} files under {root} are incomplete or corrupt ({exc}); re-download them") from exc
-    images = _hwc_to_tensor(np.asarray(ds.data, dtype=np.uint8))
+    images = resize_square(_hwc_to_tensor(np.asarray(ds.data, dtype=np.uint8)), size)
     labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
     return ImageDataset(images, labels, list(ds.classes), name, split)
 
 
-def _load_stl10(root, split: str, download: bool = False, **_) -> ImageDataset:
+def _load_stl10(root, split: str, download: bool = False, size: int | None = None) -> ImageDataset:
     """STL-10 in torchvision's on-disk format (binary); unlabelled images get label -1."""
     from torchvision import datasets
 
@@ -159,7 +157,7 @@ def _load_stl10(root, split: str, download: bool = False, **_) -> ImageDataset:
         ds = datasets.STL10(str(root), split=split, download=download)
     except RuntimeError as exc:
         raise DatasetError(f"stl10 files under {root} are incomplete or corrupt ({exc}); re-download them") from exc
-    images = torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8))
+    images = resize_square(torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8)), size)
     labels = torch.as_tensor(np.asarray(ds.labels), dtype=torch.int64)
     return ImageDataset(images, labels, list(ds.classes), "stl10", split)
 
@@ -241,7 +239,7 @@ def _scan_folder(folder: Path, where: str) -> tuple[list[str], list[tuple[str, i
 
 
 def _load_imagefolder(
-    root, split: str, cache_dir=None, size: int | None = None, on_error: str = "skip", lazy: bool = False, **_
+    root, split: str, cache_dir=None, size: int | None = None, on_error: str = "skip", lazy: bool = False
 ):
     if root is None:
         raise DatasetError("imagefolder needs root=<folder> laid out as <root>/[<split>/]<class>/<image>")
@@ -271,8 +269,8 @@ def _load_imagefolder(
         images, labels = _assemble(items, str(folder), size)  # sorts items into the stacked order
         names = {split: [os.path.relpath(path, folder) for _, path, _ in items]}
         meta = {"classes": classes, "skipped": bad.names, "source": str(root), "files": names}
-        C.write_entry(entry, {split: (images, labels)}, meta)
-        hit = C.load_split(entry, split)
+        written = C.write_entry(entry, {split: (images, labels)}, meta)
+        hit = C.load_split(entry, split) if written else (images, labels, meta)
     images, labels, meta = hit
     if not fresh:
         _warn_recorded(meta, str(folder))
@@ -297,7 +295,7 @@ def _archive_layout(names: list[str]) -> tuple[int, bool]:
     return max(depth, 0), False
 
 
-def _load_archive(root, split: str, cache_dir=None, size: int | None = None, on_error: str = "skip", **_):
+def _load_archive(root, split: str, cache_dir=None, size: int | None = None, on_error: str = "skip"):
     """A .tar / .tar.gz of an image-folder tree ([prefix/]<split>/<class>/<image>), read as it is.
 
     All splits are decoded in one streaming pass and cached together; later loads read the cache.
@@ -314,10 +312,15 @@ def _load_archive(root, split: str, cache_dir=None, size: int | None = None, on_
     hit = C.load_split(entry, split)
     fresh = hit is None and not (entry / "meta.json").exists()
     if fresh:
-        _decode_archive(path, entry, size, on_error)
-        hit = C.load_split(entry, split)
-    if hit is None:
+        splits, meta = _decode_archive(path, entry, size, on_error)
+        if C.write_entry(entry, splits, meta):
+            hit = C.load_split(entry, split)
+        elif split in splits:
+            hit = (*splits[split], meta)
+        present = sorted(splits)
+    else:
         present = sorted(json.loads((entry / "meta.json").read_text())["splits"])
+    if hit is None:
         raise DatasetError(f"split {split!r} not in archive {path} (has {present}); pass one of those as split=")
     images, labels, meta = hit
     if not fresh:
@@ -338,7 +341,8 @@ def _warn_recorded(meta: dict, where: str) -> None:
         )
 
 
-def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) -> None:
+def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) -> tuple[dict, dict]:
+    """Every split of the archive as ``{split: (images, labels)}`` plus the cache metadata."""
     try:
         tf = tarfile.open(path, mode="r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -385,7 +389,7 @@ def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) ->
         splits[s] = _assemble(items, f"{path}:{s}", size)  # sorts items into the stacked order
         files[s] = [name for _, name, _ in items]
     bad.report(str(path))
-    C.write_entry(entry, splits, {"classes": classes, "skipped": bad.names, "source": str(path), "files": files})
+    return splits, {"classes": classes, "skipped": bad.names, "source": str(path), "files": files}
 
 
 # ------------------------------------------------------------------------------------------- npz
@@ -412,16 +416,22 @@ def _to_uint8_images(a: np.ndarray, where: str) -> np.ndarray:
     if a.dtype == np.uint16:
         return np.ascontiguousarray((a >> 8).astype(np.uint8))
     if np.issubdtype(a.dtype, np.floating):
-        scale = 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else 1.0
-        return np.ascontiguousarray(np.clip(np.round(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise DatasetError(f"images in {where} contain {bad} NaN/Inf value(s); replace them (np.nan_to_num) or "
+                               "drop those images before loading")
+        scale = 255.0 if a.size and float(a.max()) <= 1.0 else 1.0
+        return np.ascontiguousarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8))
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
         return np.ascontiguousarray(np.clip(a, 0, 255).astype(np.uint8))
     raise DatasetError(f"images in {where} have dtype {a.dtype}; need an integer or float array")
 
 
-def _load_npz(root, split: str, **_) -> ImageDataset:
+def _load_npz(root, split: str, size: int | None = None) -> ImageDataset:
     """An .npz with images + labels (keys images/x/data, labels/y/targets), optionally per split
-    (x_train, y_train, x_test, ...), and an optional ``classes`` array of names."""
+    (x_train, y_train, x_test, ...), and an optional ``classes`` array of names. Without split keys
+    the file is one split, loaded as "train" (or "all"); asking it for "test" is an error, never the
+    training images again."""
     if root is None:
         raise DatasetError("npz needs root=<path to an .npz with 'images' and 'labels' arrays>")
     path = _require(Path(root).expanduser(), "npz file", "check the path")
@@ -436,6 +446,11 @@ def _load_npz(root, split: str, **_) -> ImageDataset:
         if ik is None:
             if any(k.endswith(("_train", "_test", "_val")) for k in keys):
                 raise DatasetError(f"{path} has no images for split {split!r} (keys: {sorted(keys)})")
+            if split not in ("train", "all"):
+                raise DatasetError(
+                    f"{path} has no split keys (x_train, x_test, ...), so it is one split, loaded as 'train'; "
+                    f"it has no {split!r} split: save the held-out images as x_{split}/y_{split}"
+                )
             ik = next((k for k in _IMAGE_KEYS if k in keys), None)
             lk = next((k for k in _LABEL_KEYS if k in keys), None)
         if ik is None or lk is None:
@@ -450,7 +465,8 @@ def _load_npz(root, split: str, **_) -> ImageDataset:
     if classes is None:
         n = int(labels.max()) + 1 if len(labels) else 0
         classes = [str(i) for i in range(n)]
-    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), classes, "npz", split)
+    images_t = resize_square(torch.from_numpy(images), size)
+    return ImageDataset(images_t, torch.from_numpy(labels.astype(np.int64)), classes, "npz", split)
 
 
 # ------------------------------------------------------------------------------------------- lazy
@@ -516,17 +532,34 @@ class LazyImageFolder(torch.utils.data.Dataset):
 
 
 # ------------------------------------------------------------------------------------------- entry
+# The registry of data sets: name -> (loader(root, split, cache_dir, **options), the options it takes).
 _LOADERS = {
-    "digits": lambda root, split, **kw: _load_digits(split, **kw),
-    "cifar10": lambda root, split, **kw: _load_cifar("cifar10", root, split, **kw),
-    "cifar100": lambda root, split, **kw: _load_cifar("cifar100", root, split, **kw),
-    "stl10": _load_stl10,
-    "imagefolder": _load_imagefolder,
-    "archive": _load_archive,
-    "npz": _load_npz,
+    "digits": (lambda root, split, cache_dir, **kw: _load_digits(split, **kw), ("size", "test_fraction")),
+    "cifar10": (lambda root, split, cache_dir, **kw: _load_cifar("cifar10", root, split, **kw), ("download", "size")),
+    "cifar100": (lambda root, split, cache_dir, **kw: _load_cifar("cifar100", root, split, **kw), ("download", "size")),
+    "stl10": (lambda root, split, cache_dir, **kw: _load_stl10(root, split, **kw), ("download", "size")),
+    "imagefolder": (_load_imagefolder, ("size", "on_error", "lazy")),
+    "archive": (_load_archive, ("size", "on_error")),
+    "npz": (lambda root, split, cache_dir, **kw: _load_npz(root, split, **kw), ("size",)),
 }
 
 DATASET_NAMES = tuple(_LOADERS)
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The options (``data.options``) the data set ``name`` takes."""
+    return _LOADERS[name][1]
+
+
+def resize_square(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, 3, size, size): short side resized to ``size`` (antialiased), then
+    centre-cropped, as image folders are decoded. ``None`` or the images' own size: unchanged."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    import torchvision.transforms.v2.functional as TF
+
+    out = TF.resize(images, [int(size)], antialias=True)
+    return TF.center_crop(out, [int(size), int(size)]).contiguous()
 
 
 def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **kw):
@@ -540,10 +573,16 @@ def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **k
     """
     if name not in _LOADERS:
         raise DatasetError(f"unknown data set {name!r}; choose one of {list(_LOADERS)}")
-    allowed = {"size", "on_error", "lazy", "download", "test_fraction"}
-    unknown = sorted(set(kw) - allowed)
+    loader, allowed = _LOADERS[name]
+    unknown = sorted(set(kw) - set(allowed))
     if unknown:
-        raise DatasetError(f"unknown option(s) {unknown} for load_dataset; valid: {sorted(allowed)}")
-    if "size" in kw and kw["size"] is not None and (not isinstance(kw["size"], int) or kw["size"] < 1):
-        raise DatasetError(f"size must be a positive int, got {kw['size']!r}")
-    return _LOADERS[name](root, split, cache_dir=cache_dir, **kw)
+        raise DatasetError(
+            f"unknown option(s) {unknown} for data set {name!r}; it takes {', '.join(allowed)}"
+        )
+    size = kw.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DatasetError(f"size must be a positive int, got {size!r}")
+    for flag in ("download", "lazy"):
+        if flag in kw and not isinstance(kw[flag], bool):
+            raise DatasetError(f"{flag} must be true or false, got {kw[flag]!r}")
+    return loader(root, split, cache_dir=cache_dir, **kw)

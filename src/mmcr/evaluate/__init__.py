@@ -8,7 +8,7 @@ recorded in the run directory.
 
 from mmcr.evaluate.api import run_export, run_knn, run_linear, run_semi, run_transfer
 from mmcr.evaluate.export import backbone_state_dict, build_plain_model, export_backbone, load_exported, read_exported
-from mmcr.evaluate.features import ResizeNormalize, eval_transform, extract_features
+from mmcr.evaluate.features import dataset_features, eval_transform_for, extract_features
 from mmcr.evaluate.knn import knn_accuracy, knn_scores, topk_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, LogisticModel, fit_logistic, linear_probe, sklearn_C
 from mmcr.evaluate.results import record_result
@@ -20,11 +20,11 @@ __all__ = [
     "TRANSFER_DATASETS",
     "FinetuneAugment",
     "LogisticModel",
-    "ResizeNormalize",
     "backbone_state_dict",
     "build_plain_model",
     "class_balanced_subset",
-    "eval_transform",
+    "dataset_features",
+    "eval_transform_for",
     "export_backbone",
     "extract_features",
     "finetune",

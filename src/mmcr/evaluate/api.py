@@ -5,41 +5,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mmcr.evaluate.export import export_backbone
-from mmcr.evaluate.features import eval_settings, eval_transform, extract_features
+from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.knn import knn_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
 from mmcr.evaluate.results import record_result
 from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
 from mmcr.evaluate.transfer import transfer_probe
 
+if TYPE_CHECKING:
+    from mmcr.models import ModelSource
 
-def _load_model(source: str | Path):
+
+def _load_model(source: str | Path, device=None):
     from mmcr.models import load_pretrained
 
     return load_pretrained(source)
 
 
-def dataset_spec(info: dict, dataset: str | None, root: str | None) -> tuple[str, str | None, dict, str | None]:
+def dataset_spec(model_src: ModelSource, dataset: str | None, root: str | None):
     """``(name, root, options, cache_dir)``: the arguments, else the run config's ``data`` section."""
-    data = (info.get("config") or {}).get("data") or {}
-    name = dataset or data.get("name")
+    data = model_src.config.data if model_src.config is not None else None
+    name = dataset or (data.name if data else None)
     if not name:
         raise ValueError("no dataset: pass --dataset (and --root), or evaluate a run directory of ours")
-    if root is None and dataset in (None, data.get("name")):
-        root = data.get("root")
-    options = (data.get("options") or {}) if dataset in (None, data.get("name")) else {}
-    return name, root, dict(options), data.get("cache_dir")
+    same = data is not None and dataset in (None, data.name)
+    if root is None and same:
+        root = data.root
+    options = dict(data.options) if same else {}
+    return name, root, options, data.cache_dir if data else None
 
 
-def load_split_pair(info: dict, dataset: str | None, root: str | None, train_split: str, test_split: str):
+def load_split_pair(model_src: ModelSource, dataset: str | None, root: str | None, train_split: str,
+                    test_split: str):
     """The training and test splits through :func:`mmcr.data.load_dataset`."""
     from mmcr.data import load_dataset
 
-    name, root, options, cache_dir = dataset_spec(info, dataset, root)
+    name, root, options, cache_dir = dataset_spec(model_src, dataset, root)
     train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
     test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
     if name in ("archive", "imagefolder", "npz") and root:  # name results after the data, not its format
@@ -48,41 +54,32 @@ def load_split_pair(info: dict, dataset: str | None, root: str | None, train_spl
 
 
 @dataclass
-class _Split:
+class Split:
+    """The labelled images of one split of a data set."""
+
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     names: list[str] | None = None
 
 
-def _labelled(ds) -> _Split:
+def _labelled(ds) -> Split:
     """The labelled images of a split (label -1 marks unlabelled images, e.g. STL-10's extra split)."""
     if not hasattr(ds, "images"):
         raise ValueError(f"evaluation needs an in-memory dataset with .images; load {ds!r} without lazy=True")
     names = getattr(ds, "paths", None) or getattr(ds, "files", None) or (getattr(ds, "meta", None) or {}).get("files")
     keep = ds.labels >= 0
     if bool(keep.all()):
-        return _Split(ds.images, ds.labels, list(ds.classes), names)
+        return Split(ds.images, ds.labels, list(ds.classes), names)
     if not bool(keep.any()):
         raise ValueError("the split has no labelled images; evaluate on a labelled split (e.g. train, test)")
     idx = torch.nonzero(keep).flatten()
     kept_names = [names[i] for i in idx.tolist()] if names is not None else None
-    return _Split(ds.images[idx], ds.labels[idx], list(ds.classes), kept_names)
+    return Split(ds.images[idx], ds.labels[idx], list(ds.classes), kept_names)
 
 
-def _eval_tf(info, images: torch.Tensor, size, resize):
-    """The run's eval preprocessing; images smaller than the crop are first resized up to it (as the
-    training crops were), instead of failing."""
-    crop = eval_settings(info, size, resize)["size"]
-    if crop is not None and resize is None:
-        need = max(crop) if isinstance(crop, tuple) else crop
-        if min(images.shape[-2:]) < need:
-            resize = need
-    return eval_transform(info, size=size, resize=resize)
-
-
-def _features(model, info, ds, size, resize, batch_size, device, progress, desc):
-    tf = _eval_tf(info, ds.images, size, resize)
+def _features(model, model_src, ds, size, resize, batch_size, device, progress, desc):
+    tf = eval_transform_for(model_src, size=size, resize=resize)
     f, _ = extract_features(
         model, ds.images, transform=tf, batch_size=batch_size, device=device, progress=progress, description=desc
     )
@@ -95,8 +92,8 @@ def run_knn(
     root: str | None = None,
     train_split: str = "train",
     test_split: str = "test",
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int | None = None,
+    temperature: float | None = None,
     size: int | None = None,
     resize: int | None = None,
     batch_size: int = 256,
@@ -104,11 +101,18 @@ def run_knn(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits."""
-    model, info = _load_model(source)
-    name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
-    ftr = _features(model, info, train, size, resize, batch_size, device, progress, f"{name} {train_split}")
-    fte = _features(model, info, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
+    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits.
+
+    ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
+    pretraining summary used), else 200 and 0.1.
+    """
+    model, model_src = _load_model(source)
+    run_eval = model_src.config.eval if model_src.config is not None else None
+    k = k if k is not None else (run_eval.knn_k if run_eval else 200)
+    temperature = temperature if temperature is not None else (run_eval.knn_temperature if run_eval else 0.1)
+    name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
+    ftr = _features(model, model_src, train, size, resize, batch_size, device, progress, f"{name} {train_split}")
+    fte = _features(model, model_src, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
     res = knn_accuracy(
         ftr, train.labels, fte, test.labels, k=k, temperature=temperature, num_classes=len(train.classes), device=device
     )
@@ -119,7 +123,7 @@ def run_knn(
             "temperature": temperature,
             "n_train": len(train.labels),
             "n_test": len(test.labels),
-            "step": info.get("step"),
+            "step": model_src.step,
         }
     )
     res["json"] = str(record_result("knn", res, source, out, tag=name, details=("k", "temperature")))
@@ -145,31 +149,29 @@ def run_linear(
 ) -> dict:
     """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``aug_passes`` adds that many
     passes of the run's training augmentation (one view each) to the clean training features."""
-    model, info = _load_model(source)
-    name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
-    passes = [_features(model, info, train, size, resize, batch_size, device, progress, f"{name} {train_split}")]
+    model, model_src = _load_model(source)
+    name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
+    passes = [_features(model, model_src, train, size, resize, batch_size, device, progress, f"{name} {train_split}")]
     if aug_passes > 0:
-        try:
-            from mmcr.augment import MultiViewAugment
-        except ImportError as e:
-            raise ValueError("augmented passes need mmcr.augment; run with --aug-passes 0") from e
-        aug_cfg = (info.get("config") or {}).get("augment") or {}
-        aug = MultiViewAugment(
-            preset=aug_cfg.get("preset", "cifar"), views=1, seed=seed, **(aug_cfg.get("overrides") or {})
-        )
+        from mmcr.augment import MultiViewAugment
+
+        if model_src.config is None:
+            raise ValueError("--aug-passes uses the run's training augmentation; give a run directory or "
+                             "checkpoint of ours, or use --aug-passes 0")
+        aug = MultiViewAugment.from_config(model_src.config.augment, views=1, seed=seed)
         gen = torch.Generator().manual_seed(seed)
         for p in range(aug_passes):
             f, _ = extract_features(
                 model,
                 train.images,
-                transform=lambda x: aug(x, generator=gen)[:, 0],
+                transform=lambda x: aug(x, generator=gen).squeeze(1),  # one random view per image
                 batch_size=batch_size,
                 device=device,
                 progress=progress,
                 description=f"augmented pass {p + 1}",
             )
             passes.append(f)
-    fte = _features(model, info, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
+    fte = _features(model, model_src, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
     res = linear_probe(
         torch.stack(passes),
         train.labels,
@@ -182,7 +184,7 @@ def run_linear(
         device=device,
         progress=progress,
     )
-    res.update({"dataset": name, "step": info.get("step")})
+    res.update({"dataset": name, "step": model_src.step})
     res["json"] = str(record_result("linear", res, source, out, tag=name, details=("weight_decay", "passes")))
     return res
 
@@ -208,8 +210,8 @@ def run_semi(
 ) -> dict:
     """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
     ``subset_file``) and report on the test split (see :func:`mmcr.evaluate.semi.finetune`)."""
-    model, info = _load_model(source)
-    name, train, test = load_split_pair(info, dataset, root, train_split, test_split)
+    model, model_src = _load_model(source)
+    name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
     if subset_file is not None:
         idx = read_subset_file(subset_file, train.names)
         if idx.numel() and int(idx.max()) >= len(train.labels):
@@ -218,9 +220,8 @@ def run_semi(
     else:
         idx = class_balanced_subset(train.labels, fraction, seed)
         subset = f"{fraction:g} (seed {seed})"
-    kw = eval_settings(info, size=size)
-    tf = _eval_tf(info, train.images, size, None)
-    aug = FinetuneAugment(mean=kw["mean"], std=kw["std"], size=kw["size"])
+    tf = eval_transform_for(model_src, size=size)
+    aug = FinetuneAugment(mean=tf.mean, std=tf.std, size=tf.size)
     res = finetune(
         model,
         train.images[idx],
@@ -239,7 +240,7 @@ def run_semi(
         device=device,
         progress=progress,
     )
-    res.update({"dataset": name, "subset": subset, "step": info.get("step")})
+    res.update({"dataset": name, "subset": subset, "step": model_src.step})
     tag = f"{name}_{Path(subset_file).stem if subset_file else f'{fraction:g}'}"
     res["json"] = str(record_result("semi", res, source, out, tag=tag, details=("subset", "epochs")))
     return res
@@ -260,12 +261,12 @@ def run_transfer(
     progress: bool = True,
 ) -> dict:
     """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`)."""
-    model, info = _load_model(source)
+    model, model_src = _load_model(source)
     res = transfer_probe(
         model,
         dataset,
         root,
-        info=info,
+        model_src=model_src,
         size=size,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -275,14 +276,14 @@ def run_transfer(
         device=device,
         progress=progress,
     )
-    res["step"] = info.get("step")
+    res["step"] = model_src.step
     res["json"] = str(record_result("transfer", res, source, out, tag=dataset, details=("weight_decay", "size")))
     return res
 
 
 def run_export(source: str | Path, out: str | Path) -> dict:
     """Export a model's backbone (see :mod:`mmcr.evaluate.export`)."""
-    model, info = _load_model(source)
-    meta = export_backbone(model, info, out)
+    model, model_src = _load_model(source)
+    meta = export_backbone(model, model_src, out)
     meta["path"] = str(out)
     return meta

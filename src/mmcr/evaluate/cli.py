@@ -12,8 +12,7 @@ import json
 
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
-
-SOURCE_HELP = "run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>"
+from mmcr.models.loading import SOURCE_HELP
 
 
 def _floats(text: str) -> list[float]:
@@ -29,7 +28,9 @@ def _floats(text: str) -> list[float]:
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("source", help=SOURCE_HELP)
     if data:
-        p.add_argument("--dataset", help="mmcr.data dataset name (default: the run's data.name)")
+        from mmcr.data import DATASET_NAMES
+
+        p.add_argument("--dataset", choices=DATASET_NAMES, help="data set (default: the run's data.name)")
         p.add_argument("--root", help="dataset root or archive path (default: the run's data.root)")
         p.add_argument("--train-split", default="train")
         p.add_argument("--test-split", default="test")
@@ -159,8 +160,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("knn", help="weighted kNN on L2-normalised features (top-1/top-5)")
     _common(p)
     p.add_argument("--resize", type=int, default=None, help="resize the shorter side before cropping")
-    p.add_argument("--k", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.1, help="vote temperature (the authors used 0.5)")
+    p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's eval.knn_k, else 200)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="vote temperature (default: the run's eval.knn_temperature, else 0.1; the authors used 0.5)")
     p.set_defaults(func=_knn)
 
     p = sub.add_parser("linear", help="linear probe: L-BFGS logistic regression, regularisation chosen on val")

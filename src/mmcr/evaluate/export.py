@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcr.models import build_backbone
+from mmcr.models import apply_cifar_stem, build_backbone
+from mmcr.run.files import RunFileError, write_atomic, write_text_atomic
 
 EXPORT_FORMAT = "mmcr-backbone-v1"
 
@@ -48,12 +49,13 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
-def export_backbone(backbone: nn.Module, info: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str, Any]:
     """Write ``backbone``'s state_dict to ``out`` (``.pt`` or ``.safetensors``, chosen by suffix).
 
     ``.pt`` files hold a plain ``{name: tensor}`` dict (``torch.load(..., weights_only=True)`` works)
     with metadata in ``<out>.json``; ``.safetensors`` files carry the metadata in their header.
-    Returns the metadata.
+    ``model_src`` is the :class:`~mmcr.models.ModelSource` of the backbone (or None). Files are written
+    atomically with the user's usual permissions. Returns the metadata.
     """
     out = Path(out)
     if out.suffix not in (".pt", ".pth", ".safetensors"):
@@ -61,20 +63,22 @@ def export_backbone(backbone: nn.Module, info: dict[str, Any], out: str | Path) 
     sd = backbone_state_dict(backbone)
     meta = {
         "format": EXPORT_FORMAT,
-        "arch": str(info.get("arch", getattr(backbone, "arch", "unknown"))),
-        "cifar_stem": bool(info.get("cifar_stem", getattr(backbone, "cifar_stem", False))),
+        "arch": model_src.arch if model_src is not None else str(getattr(backbone, "arch", "unknown")),
+        "cifar_stem": bool(model_src.cifar_stem if model_src is not None else getattr(backbone, "cifar_stem", False)),
         "feature_dim": int(getattr(backbone, "feature_dim", 0)),
-        "source": str(info.get("source", "")),
-        "step": info.get("step"),
+        "source": model_src.source if model_src is not None else "",
+        "step": model_src.step if model_src is not None else None,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.is_dir():
+        raise RunFileError(f"export path {out} is a folder; give a file name ending in .pt or .safetensors")
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(sd, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+        blob = save(sd, metadata={k: json.dumps(v) for k, v in meta.items()})
+        write_atomic(out, lambda f: f.write(blob), what="export")
     else:
-        torch.save(sd, out)
-        out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_atomic(out, lambda f: torch.save(sd, f), what="export")
+        write_text_atomic(out.with_name(out.name + ".json"), json.dumps(meta, indent=2) + "\n", what="export metadata")
     return meta
 
 
@@ -106,8 +110,7 @@ def build_plain_model(arch: str, cifar_stem: bool = False) -> nn.Module:
         return build_backbone(arch)
     model = getattr(torchvision.models, arch)()
     if cifar_stem:
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
-        model.maxpool = nn.Identity()
+        apply_cifar_stem(model)
     model.fc = nn.Identity()
     return model
 

@@ -1,121 +1,40 @@
-"""Frozen-backbone feature extraction: uint8 images in, float32 features out, in batches on the device.
+"""The one frozen-backbone feature extractor: uint8 images in, float32 features out, in batches on the
+device, optionally sharded over ranks and gathered (every rank then holds all features).
 
-Every evaluation (kNN, linear probe, transfer) goes through here so that the same preprocessing is used
-for the training and the test split.
+Every evaluation (kNN, linear probe, transfer, the trainer's kNN monitor and final evaluation, geometry)
+goes through here, with the eval view of :func:`eval_transform_for`, so that the same preprocessing is
+used for the training and the test split and for every consumer of a run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from mmcr.augment import EvalTransform
+from mmcr.distributed import DistInfo, gather_rows, resolve_device
 
+if TYPE_CHECKING:
+    from mmcr.models import ModelSource
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class ResizeNormalize(nn.Module):
-    """Deterministic eval preprocessing of a uint8 batch (B, 3, H, W): optional resize of the shorter
-    side, optional centre crop, scaling to [0, 1] and per-channel normalisation.
-
-    Used when :mod:`mmcr.augment` is unavailable; it matches the usual resize + centre-crop protocol.
-    """
-
-    def __init__(
-        self,
-        size: int | tuple[int, int] | None = None,
-        resize: int | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ):
-        super().__init__()
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 entries each with std > 0, got mean={mean}, std={std}")
-        self.size = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
-        self.resize = resize
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        x = images.float().div_(255.0)
-        if self.resize is not None:
-            x = TF.resize(x, [self.resize], antialias=True).clamp_(0.0, 1.0)
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            if x.shape[-2] < self.size[0] or x.shape[-1] < self.size[1]:
-                raise ValueError(
-                    f"eval crop {self.size} is larger than the images {tuple(x.shape[-2:])}; pass a resize "
-                    "(--resize) at least as large as the crop"
-                )
-            x = TF.center_crop(x, list(self.size))
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
-
-
-def eval_settings(
-    info: dict[str, Any] | None = None,
-    size: int | None = None,
-    resize: int | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-) -> dict[str, Any]:
-    """``{size, resize, mean, std}`` for evaluating the model described by ``info`` (from
-    ``load_pretrained``): the arguments when given, else those of the run's training augmentation (as
-    the trainer's own kNN monitor does), else the images' own size and ImageNet statistics."""
-    aug_cfg = ((info or {}).get("config") or {}).get("augment") or {}
-    over = dict(aug_cfg.get("overrides") or {})
-    d_size, d_mean, d_std = over.get("size"), over.get("mean", IMAGENET_MEAN), over.get("std", IMAGENET_STD)
-    if aug_cfg.get("preset"):
-        try:
-            from mmcr.augment import MultiViewAugment
-        except ImportError:
-            pass
-        else:
-            train_aug = MultiViewAugment(preset=aug_cfg["preset"], views=1, **over)
-            d_size, d_mean, d_std = train_aug.size, train_aug.mean, train_aug.std
-    size = size if size is not None else d_size
-    if isinstance(size, (tuple, list)):
-        size = int(size[0]) if len(set(size)) == 1 else tuple(int(v) for v in size)
-    return {
-        "size": size,
-        "resize": resize,
-        "mean": tuple(float(m) for m in (mean if mean is not None else d_mean)),
-        "std": tuple(float(s) for s in (std if std is not None else d_std)),
-    }
-
-
-def eval_transform(
-    info: dict[str, Any] | None = None,
-    size: int | None = None,
-    resize: int | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The deterministic eval preprocessing (uint8 batch -> normalised float batch) of
-    :func:`eval_settings`: the eval preset of :class:`mmcr.augment.MultiViewAugment` when that module is
-    installed, so evaluation matches training exactly, otherwise the equivalent :class:`ResizeNormalize`."""
-    kw = eval_settings(info, size, resize, mean, std)
-    try:
-        from mmcr.augment import MultiViewAugment
-    except ImportError:
-        return ResizeNormalize(**kw)
-    aug = MultiViewAugment(preset="eval", views=1, **{k: v for k, v in kw.items() if v is not None})
-
-    def _apply(images: torch.Tensor) -> torch.Tensor:
-        return aug(images)[:, 0]
-
-    return _apply
+def eval_transform_for(
+    model_src: ModelSource | None = None, size=None, resize: int | None = None, crop: bool = True
+) -> EvalTransform:
+    """The deterministic eval view of how a model was trained: a run's own crop size, interpolation and
+    normalisation (from its config); ImageNet statistics and the images' own size for torchvision/timm/
+    random models. ``size``/``resize`` override the crop and the short-side resize; ``crop=False`` keeps
+    the images' size (data already at its final size, as in transfer)."""
+    cfg = model_src.config if model_src is not None else None
+    tf = EvalTransform.from_config(cfg.augment, size=size, resize=resize) if cfg is not None else EvalTransform(
+        size=size, resize=resize
+    )
+    if not crop:
+        tf.size = None
+    return tf
 
 
 @contextmanager
@@ -155,27 +74,39 @@ def extract_features(
     device: str | torch.device | None = None,
     progress: bool = False,
     description: str = "features",
+    dist_info: DistInfo | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features of ``model`` (in eval mode) for every image.
 
     ``images`` is a uint8 tensor (N, 3, H, W) or an iterable of batches (uint8 tensors or
     ``(images, labels)`` pairs, e.g. a DataLoader). ``transform`` maps a uint8 batch on the device to a
-    float batch (default: :func:`eval_transform` with no resize). Returns ``(features float32 (N, D) on
-    CPU, labels int64 (N,) or None)``. Random transforms give one augmented pass per call.
+    float batch (default: ``EvalTransform()``). Returns ``(features float32 (N, D) on CPU, labels int64
+    (N,) or None)``. Random transforms give one augmented pass per call. With ``dist_info`` of several
+    ranks, a tensor of images is split into contiguous shards, each rank extracts its own and every
+    rank returns all features in the original order (an iterable is taken as this rank's shard).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = resolve_device(device)
-    transform = transform if transform is not None else eval_transform()
+    dev = resolve_device(device) if dist_info is None else dist_info.device
+    transform = transform if transform is not None else EvalTransform()
+    sharded = dist_info is not None and dist_info.enabled
+    if sharded and isinstance(images, torch.Tensor):
+        n, w, r = images.shape[0], dist_info.world_size, dist_info.rank
+        if n < w:
+            raise ValueError(f"{n} images cannot be shared by {w} ranks; extract them in one process")
+        lo, hi = n * r // w, n * (r + 1) // w
+        images = images[lo:hi]
+        labels = None if labels is None else labels[lo:hi]
     was_training = model.training
     model.eval().to(dev)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     total = images.shape[0] if isinstance(images, torch.Tensor) else (len(images) if hasattr(images, "__len__") else 0)
     feats, labs = [], []
     try:
         with progress_bar(total, description, enabled=progress and total > 0) as advance:
             for x, y in _batches(images, labels, batch_size):
                 x = x.to(dev, non_blocking=True)
-                f = model(transform(x))
+                f = model(transform(x).to(dtype))
                 if f.ndim != 2:
                     f = torch.flatten(f, 1)
                 feats.append(f.float().cpu())
@@ -186,5 +117,45 @@ def extract_features(
         model.train(was_training)
     if not feats:
         raise ValueError("no images to extract features from (empty dataset)")
+    out = torch.cat(feats)
     out_labels = torch.cat(labs) if labs else None
-    return torch.cat(feats), out_labels
+    if sharded:
+        if out_labels is None:
+            (out,) = gather_rows(out.to(dev), info=dist_info)
+        else:
+            out, out_labels = gather_rows(out.to(dev), out_labels.to(dev), info=dist_info)
+        out, out_labels = out.cpu(), None if out_labels is None else out_labels.cpu()
+    return out, out_labels
+
+
+def dataset_features(
+    model: nn.Module,
+    ds,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    device: str | torch.device | None = None,
+    dist_info: DistInfo | None = None,
+    max_n: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+    description: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of the labelled images of a data set (in memory or a lazy folder), at most
+    ``max_n`` of them (a seeded random subset, not the first, class-sorted rows); sharded over ranks
+    and gathered when ``dist_info`` has several."""
+    from mmcr.data import make_loader
+
+    labelled = torch.nonzero(ds.labels >= 0).flatten()
+    if max_n is not None and len(labelled) > max_n:
+        labelled = labelled[torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))[:max_n]]
+        labelled = labelled.sort().values
+    if len(labelled) < len(ds):
+        ds = ds.subset(labelled)
+    if len(ds) == 0:
+        raise ValueError("the split has no labelled images; evaluate on a labelled split (e.g. train, test)")
+    rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, drop_last=False, seed=0, rank=rank,
+                         world_size=world)
+    loader.set_epoch(0)
+    dev = dist_info.device if dist_info is not None else device
+    return extract_features(model, loader, transform=transform, device=dev, progress=progress,
+                            description=description, dist_info=dist_info)

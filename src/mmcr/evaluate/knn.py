@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmcr.evaluate.features import resolve_device
+from mmcr.distributed import resolve_device
 
 
 def _check(train_feats, train_labels, test_feats, test_labels, k, temperature):

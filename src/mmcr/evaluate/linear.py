@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmcr.evaluate.features import progress_bar, resolve_device
+from mmcr.distributed import resolve_device
+from mmcr.evaluate.features import progress_bar
 from mmcr.evaluate.knn import topk_accuracy
 
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)

@@ -9,6 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmcr.run import layout
+from mmcr.run.files import write_text_atomic
+from mmcr.run.report import append_eval_line, eval_line
+
 
 def run_dir_of(source: str | Path) -> Path | None:
     """The run directory a model source belongs to (a run dir itself, or ``<run>/checkpoints/x.pt``)."""
@@ -16,7 +20,7 @@ def run_dir_of(source: str | Path) -> Path | None:
     if p.is_dir():
         return p
     if p.is_file():
-        return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return p.parent.parent if p.parent.name == layout.CHECKPOINT_DIR else p.parent
     return None
 
 
@@ -29,10 +33,6 @@ def output_dir(source: str | Path, out: str | Path | None) -> Path:
     if run is not None:
         return run
     return Path("mmcr-eval") / re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source))
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def record_result(
@@ -53,22 +53,14 @@ def record_result(
     payload = {"kind": kind, "source": str(source), "time": stamp, **result}
     if out is not None and str(out).endswith(".json"):
         json_path = Path(out)
-        report = json_path.parent / "report.md"
+        report = json_path.parent / layout.REPORT_FILE
     else:
         d = output_dir(source, out)
         name = kind if not tag else f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}"
-        json_path = d / "eval" / f"{name}.json"
-        report = d / "report.md"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    keys = [k for k in ("top1", "top5") if k in result]
-    extras = [f"{k}={_fmt(result[k])}" for k in details if k in result]
-    metrics = ", ".join(f"{k} {result[k]:.2f}" for k in keys)
-    line = f"- {stamp} · eval {kind}{' ' + tag if tag else ''}: {metrics}"
-    if extras:
-        line += f" ({', '.join(extras)})"
-    line += f" · {json_path.name}\n"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    with open(report, "a") as f:
-        f.write(line)
+        json_path = d / layout.EVAL_DIR / f"{name}.json"
+        report = d / layout.REPORT_FILE
+    write_text_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n", what="evaluation result")
+    metrics = {k: result[k] for k in ("top1", "top5") if k in result}
+    details = {k: result[k] for k in details if k in result}
+    append_eval_line(report, eval_line(kind, tag, metrics, details, json_path.name))
     return json_path

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from mmcr.evaluate.features import IMAGENET_MEAN, IMAGENET_STD, progress_bar, resolve_device
+from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
+from mmcr.distributed import resolve_device
+from mmcr.evaluate.features import progress_bar
 from mmcr.evaluate.knn import topk_accuracy
 
 
@@ -111,11 +113,11 @@ def finetune(
     and a cosine schedule over ``epochs``; ``lr`` for the backbone, ``head_lr`` for the head.
 
     Images are uint8 (N, 3, H, W). ``train_transform(images, generator)`` defaults to
-    :class:`FinetuneAugment`, ``eval_transform(images)`` to
-    :func:`mmcr.evaluate.features.eval_transform`'s default. Returns test top-1/top-5 (percent), the
+    :class:`FinetuneAugment`, ``eval_transform(images)`` to :class:`mmcr.augment.EvalTransform`'s default.
+    Returns test top-1/top-5 (percent), the
     final training loss and sizes.
     """
-    from mmcr.evaluate.features import eval_transform as default_eval
+    from mmcr.augment import EvalTransform
 
     if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
         raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
@@ -127,7 +129,7 @@ def finetune(
     gen = torch.Generator().manual_seed(seed)
     C = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
     train_transform = train_transform if train_transform is not None else FinetuneAugment().to(dev)
-    eval_tf = eval_transform if eval_transform is not None else default_eval()
+    eval_tf = eval_transform if eval_transform is not None else EvalTransform()
     with torch.no_grad():
         was = backbone.training
         dim = backbone.eval()(eval_tf(train_images[:2])).shape[1]

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from mmcr.evaluate.features import eval_transform, extract_features
+from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
 
 
@@ -76,7 +76,7 @@ def transfer_probe(
     backbone: nn.Module,
     name: str,
     root: str | Path,
-    info: dict | None = None,
+    model_src=None,
     size: int | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
@@ -88,12 +88,11 @@ def transfer_probe(
 ) -> dict:
     """Extract features of every split once and run :func:`mmcr.evaluate.linear.linear_probe`."""
     t0 = time.perf_counter()
-    info = info or {}
-    size = size or default_transfer_size(name, bool(info.get("cifar_stem", False)))
+    size = size or default_transfer_size(name, bool(model_src is not None and model_src.cifar_stem))
     spec = TRANSFER_DATASETS.get(name)
     if spec is None:
         raise ValueError(f"unknown transfer dataset {name!r}; choose one of {', '.join(TRANSFER_DATASETS)}")
-    tf = eval_transform(info)  # images arrive at their final size; this normalises
+    tf = eval_transform_for(model_src, crop=False)  # images arrive at their final size; this normalises
     splits = ["train", "val", "test"] if spec.has_val else ["train", "test"]
     feats = {}
     for split in splits:

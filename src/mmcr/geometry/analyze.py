@@ -129,7 +129,7 @@ def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict
 
 def run_analysis(
     model: str,
-    dataset: str,
+    dataset: str | None,
     out_dir: str | Path,
     *,
     data_root: str | None = None,
@@ -147,7 +147,7 @@ def run_analysis(
     fit_range: tuple[int, int] = (11, 500),
     n_components: int = 5,
     max_features: int = 4096,
-    augment_preset: str = "cifar",
+    augment_preset: str | None = None,
     batch_size: int = 256,
     device: str = "cpu",
     seed: int = 0,
@@ -162,6 +162,7 @@ def run_analysis(
     output for the first ``gradient_images`` augmentation manifolds, over the last ~2M parameters."""
     from mmcr.augment import MultiViewAugment
     from mmcr.data import load_dataset
+    from mmcr.evaluate.api import dataset_spec
     from mmcr.models import load_pretrained
 
     for name, v in (
@@ -178,12 +179,20 @@ def run_analysis(
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # random-init baselines ("random:<arch>") are reproducible too
-        backbone, info = load_pretrained(model, map_location=dev)
+        backbone, model_src = load_pretrained(model, map_location=dev)
     backbone = backbone.to(dev).eval()
-    ds = load_dataset(dataset, root=data_root, split=split)
+    if dataset is None and model_src.config is None:
+        dataset = "digits"
+    name, root, options, cache_dir = dataset_spec(model_src, dataset, data_root)
+    ds = load_dataset(name, root=root, split=split, cache_dir=cache_dir, **options)
     size = int(ds.images.shape[-1])
-    aug_cfg = (info.get("config") or {}).get("augment") or {}
-    norm = {k: tuple(aug_cfg[k]) for k in ("mean", "std") if k in aug_cfg}
+    if model_src.config is not None:  # the run's own augmentation and normalisation
+        aug = MultiViewAugment.from_config(model_src.config.augment, views=n_views, seed=seed)
+        augment_preset = model_src.config.augment.preset
+    else:  # a model without a run: the preset at the images' size
+        augment_preset = augment_preset or "cifar"
+        aug = MultiViewAugment(augment_preset, views=n_views, seed=seed, size=size)
+    clean = aug.eval_transform()
     layer_names = layers or default_layers(backbone)
     taps = FeatureTaps(backbone, layer_names, max_features=max_features, seed=seed)
     rng = np.random.default_rng(seed)
@@ -199,7 +208,6 @@ def run_analysis(
 
     # Augmentation manifolds: P images x M views.
     img_idx = _pick_images(ds.labels, n_images, rng)
-    aug = MultiViewAugment(augment_preset, views=n_views, seed=seed, size=size, **norm)
     # Class manifolds: P classes x M clean images.
     classes = [c for c in np.unique(ds.labels.numpy()) if c >= 0]
     counts = {c: int((ds.labels == int(c)).sum()) for c in classes}
@@ -209,7 +217,6 @@ def run_analysis(
     cls_idx = np.stack(
         [rng.choice(np.flatnonzero(ds.labels.numpy() == c), n_per_class, replace=False) for c in classes]
     )
-    clean = MultiViewAugment("eval", views=1, size=size, **norm)
 
     feats_aug: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
     feats_cls: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
@@ -232,7 +239,7 @@ def run_analysis(
             task = bar.add_task("features: class manifolds", total=len(flat), visible=progress)
             for s in range(0, len(flat), batch_size):
                 idx = torch.as_tensor(flat[s : s + batch_size])
-                f = taps(clean(ds.images[idx].to(dev))[:, 0])
+                f = taps(clean(ds.images[idx].to(dev)))
                 for n in layer_names:
                     feats_cls[n].append(f[n])
                 bar.advance(task, len(idx))
@@ -242,8 +249,8 @@ def run_analysis(
     img_labels = ds.labels[torch.as_tensor(img_idx)].numpy()
     results: dict[str, Any] = {
         "model": str(model),
-        "model_info": {k: v for k, v in info.items() if k != "config"},
-        "dataset": dataset,
+        "model_info": model_src.describe(),
+        "dataset": name,
         "split": split,
         "layers": layer_names,
         "settings": dict(

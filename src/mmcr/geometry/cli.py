@@ -16,7 +16,8 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "report.md into --out.",
     )
     p.add_argument("model", help="run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>")
-    p.add_argument("--dataset", default="digits", help="data set name for mmcr.data.load_dataset (default digits)")
+    p.add_argument("--dataset", default=None,
+                   help="data set name for mmcr.data.load_dataset (default: the run's own, else digits)")
     p.add_argument("--data-root", default=None, help="data set root / archive path")
     p.add_argument("--split", default="test", help="split to analyse (default test)")
     p.add_argument("--out", required=True, help="output directory")
@@ -31,7 +32,8 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--simcap", action="store_true", help="also compute the simulated capacity (slower)")
     p.add_argument("--fit-range", default="11,500", help="rank range of the power-law fit, e.g. 11,500")
     p.add_argument("--max-features", type=int, default=4096, help="random projection above this many features")
-    p.add_argument("--augment-preset", default="cifar", help="augmentation preset for the views")
+    p.add_argument("--augment-preset", default=None,
+                   help="augmentation preset for the views of models without a run (a run uses its own)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -53,8 +55,10 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     try:
         lo, hi = (int(v) for v in str(args.fit_range).split(","))
-    except ValueError as e:
-        raise SystemExit(f"--fit-range must be two integers like 11,500, got {args.fit_range!r}") from e
+    except ValueError:
+        raise ValueError(f"--fit-range must be two integers like 11,500, got {args.fit_range!r}") from None
+    if not 1 <= lo < hi:
+        raise ValueError(f"--fit-range needs 1 <= first < last rank, got {lo},{hi}; e.g. --fit-range 11,500")
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     res = run_analysis(
         args.model,

@@ -1,19 +1,30 @@
-"""Models: backbones by name, projector heads, the encoder and its momentum (EMA) copy."""
+"""Models: backbones by name (the registry), projector heads, the encoder and its momentum (EMA) copy,
+and loading a backbone from any source (run, checkpoint, torchvision, timm, random init)."""
 
-from mmcr.models.backbones import SmallResNet, available_backbones, build_backbone
+from mmcr.models.backbones import (
+    SMALL_BACKBONES,
+    SmallResNet,
+    apply_cifar_stem,
+    available_backbones,
+    build_backbone,
+    is_backbone_name,
+)
 from mmcr.models.heads import Encoder, Projector
-from mmcr.models.loading import CHECKPOINT_FORMAT, build_encoder, load_pretrained, newest_checkpoint
+from mmcr.models.loading import SOURCE_HELP, ModelSource, build_encoder, load_pretrained
 from mmcr.models.momentum import MomentumEncoder
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "build_encoder",
-    "load_pretrained",
-    "newest_checkpoint",
+    "SMALL_BACKBONES",
+    "SOURCE_HELP",
     "Encoder",
+    "ModelSource",
     "MomentumEncoder",
     "Projector",
     "SmallResNet",
+    "apply_cifar_stem",
     "available_backbones",
     "build_backbone",
+    "build_encoder",
+    "is_backbone_name",
+    "load_pretrained",
 ]

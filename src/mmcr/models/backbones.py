@@ -7,7 +7,7 @@ exposes ``feature_dim``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +33,12 @@ class SmallResNet(nn.Module):
     this keeps the same block but lets the widths shrink.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), blocks: tuple[int, ...] = (1, 1, 1)):
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128),
+        blocks: tuple[int, ...] = (1, 1, 1),
+        zero_init_residual: bool = False,
+    ):
         super().__init__()
         if len(widths) != len(blocks):
             raise ValueError(f"widths {widths} and blocks {blocks} must have the same length")
@@ -56,34 +61,41 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:  # each block starts as the identity, as torchvision's option does
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         return torch.flatten(self.pool(self.layers(x)), 1)
 
 
-def _small(name: str) -> Callable[..., nn.Module]:
-    spec = {
-        "resnet_tiny": ((16, 32, 64), (1, 1, 1)),
-        "resnet_small": ((32, 64, 128), (1, 1, 1)),
-        "resnet_mini": ((32, 64, 128, 256), (1, 1, 1, 1)),
-    }[name]
-    return lambda: SmallResNet(*spec)
-
-
-SMALL_BACKBONES = ("resnet_tiny", "resnet_small", "resnet_mini")
+_SMALL = {
+    "resnet_tiny": ((16, 32, 64), (1, 1, 1)),
+    "resnet_small": ((32, 64, 128), (1, 1, 1)),
+    "resnet_mini": ((32, 64, 128, 256), (1, 1, 1, 1)),
+}
+SMALL_BACKBONES = tuple(_SMALL)
 
 
 def available_backbones() -> list[str]:
-    """Names accepted by :func:`build_backbone` (timm models as ``timm:<name>``)."""
+    """Names accepted by :func:`build_backbone` (timm models as ``timm:<name>``): the registry of backbones."""
     return sorted(_TORCHVISION) + list(SMALL_BACKBONES) + ["timm:<name>"]
 
 
-def _cifar_stem(model: nn.Module) -> None:
-    """3x3 stride-1 conv1 and no max-pool: the CIFAR/STL variant of the authors' ResNets."""
+def is_backbone_name(name: str) -> bool:
+    """Whether ``name`` is a backbone :func:`build_backbone` knows (any ``timm:<name>`` is checked by timm)."""
+    return name in _TORCHVISION or name in _SMALL or (name.startswith("timm:") and len(name) > 5)
+
+
+def apply_cifar_stem(model: nn.Module) -> nn.Module:
+    """Give a torchvision ResNet the CIFAR/STL stem of the authors' code: a 3x3 stride-1 ``conv1`` and no
+    max-pool. The one place this stem is built (models and exports both use it)."""
     model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
+    return model
 
 
 class _TorchvisionTrunk(nn.Module):
@@ -103,13 +115,28 @@ class _TorchvisionTrunk(nn.Module):
 
 
 class _TimmTrunk(nn.Module):
-    def __init__(self, name: str, **kwargs):
+    def __init__(self, name: str, weights: str | None = None):
         super().__init__()
         try:
             import timm
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ValueError(f"backbone 'timm:{name}' needs timm: pip install 'mmcr[timm]'") from e
-        self.model = timm.create_model(name, num_classes=0, **kwargs)
+        kwargs: dict = {}
+        if weights is None:
+            kwargs["pretrained"] = False
+        elif weights == "DEFAULT":
+            kwargs["pretrained"] = True  # timm's default weights of that name (a tag picks others: resnet50.a1_in1k)
+        elif Path(weights).is_file():
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+        else:
+            raise ValueError(
+                f"timm weights {weights!r} not understood: pass None (random init), 'DEFAULT' (the name's default "
+                "weights; choose others with a tag, e.g. timm:resnet50.a1_in1k) or a local weights file"
+            )
+        try:
+            self.model = timm.create_model(name, num_classes=0, **kwargs)
+        except RuntimeError as e:  # timm: unknown model name
+            raise ValueError(f"timm has no model {name!r} ({e}); see timm.list_models()") from e
         self.arch = f"timm:{name}"
         self.cifar_stem = False
         self.feature_dim = self.model.num_features
@@ -120,22 +147,33 @@ class _TimmTrunk(nn.Module):
 
 def build_backbone(
     name: str,
-    cifar_stem: bool = False,
+    cifar_stem: bool | None = None,
     zero_init_residual: bool = False,
     weights: str | None = None,
 ) -> nn.Module:
-    """Create a backbone by name. ``weights`` is passed to torchvision (e.g. ``"DEFAULT"``; needs
-    the weights on disk or a network). Returns a module with ``feature_dim``."""
-    if name in SMALL_BACKBONES:
-        m = _small(name)()
+    """Create a backbone by name; returns a module with ``feature_dim``.
+
+    ``cifar_stem``: the 3x3 stride-1 stem without max-pool (None: the architecture's own, i.e. always for
+    the small ResNets, never for torchvision/timm). ``weights``: torchvision weight names (``"DEFAULT"``,
+    ``"IMAGENET1K_V2"``; need the file on disk or a network), for timm ``"DEFAULT"`` or a local file.
+    Every argument is honoured or rejected: none is silently ignored."""
+    if not is_backbone_name(name):
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+    if name in _SMALL:
+        if cifar_stem is False:
+            raise ValueError(f"{name} always has the CIFAR stem (3x3 conv, no max-pool); pass cifar_stem=True")
+        if weights is not None:
+            raise ValueError(f"{name} has no pretrained weights; pass weights=None")
+        m = SmallResNet(*_SMALL[name], zero_init_residual=zero_init_residual)
         m.arch = name
         m.cifar_stem = True
         return m
     if name.startswith("timm:"):
-        return _TimmTrunk(name[5:], pretrained=weights is not None)
-    if name not in _TORCHVISION:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+        if cifar_stem or zero_init_residual:
+            raise ValueError(f"{name}: cifar_stem and zero_init_residual apply to torchvision ResNets only; "
+                             "pass the equivalent timm arguments through the model name or leave them off")
+        return _TimmTrunk(name[5:], weights=weights)
     model = _TORCHVISION[name](weights=weights, zero_init_residual=zero_init_residual)
     if cifar_stem:
-        _cifar_stem(model)
-    return _TorchvisionTrunk(model, name, cifar_stem)
+        apply_cifar_stem(model)
+    return _TorchvisionTrunk(model, name, bool(cifar_stem))

@@ -1,93 +1,113 @@
-"""Load a backbone for evaluation or analysis from any source a user has: a checkpoint of ours, a run
-directory, an exported state_dict, or a plain torchvision/timm model by name."""
+"""Load a backbone for evaluation or analysis from any source a user has: a run directory or checkpoint
+of ours, a plain torchvision/timm model by name, or a random-init baseline."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mmcr.models.backbones import build_backbone
+from mmcr.models.backbones import _TORCHVISION, build_backbone, is_backbone_name
 from mmcr.models.heads import Encoder, Projector
 
-CHECKPOINT_FORMAT = "mmcr-checkpoint-v1"
+if TYPE_CHECKING:
+    from mmcr.run.config import ModelConfig, RunConfig
+
+SOURCE_HELP = "run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>"
 
 
-def build_encoder(model_cfg: dict[str, Any]) -> Encoder:
-    """Encoder from the ``model`` section of a run config:
-    ``{backbone, cifar_stem, zero_init_residual, projector: {hidden: [...], out_dim}}``."""
+def build_encoder(model_cfg: ModelConfig | dict) -> Encoder:
+    """Encoder (backbone + projector) from a run's ``model`` section (a ``ModelConfig``, or a mapping of
+    its fields)."""
+    if isinstance(model_cfg, dict):
+        from mmcr.run.config import ModelConfig, _build
+
+        model_cfg = _build(ModelConfig, model_cfg, "model.")
     backbone = build_backbone(
-        model_cfg["backbone"],
-        cifar_stem=bool(model_cfg.get("cifar_stem", False)),
-        zero_init_residual=bool(model_cfg.get("zero_init_residual", False)),
+        model_cfg.backbone, cifar_stem=model_cfg.cifar_stem, zero_init_residual=model_cfg.zero_init_residual
     )
-    proj = model_cfg.get("projector", {})
-    projector = Projector(backbone.feature_dim, list(proj.get("hidden", [])), int(proj.get("out_dim", 128)))
-    return Encoder(backbone, projector)
+    proj = model_cfg.projector
+    return Encoder(backbone, Projector(backbone.feature_dim, list(proj.hidden), int(proj.out_dim)))
 
 
-def newest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint file of a run directory (``checkpoints/*.pt``), or None."""
-    ckpts = sorted(Path(run_dir).glob("checkpoints/ckpt_*.pt"))
-    return ckpts[-1] if ckpts else None
+@dataclass
+class ModelSource:
+    """Where a loaded backbone came from: its architecture, stem, the source string, and for our runs
+    the run's config (how it was trained: augmentation, normalisation, data) and checkpoint step."""
+
+    arch: str
+    cifar_stem: bool
+    source: str
+    config: RunConfig | None = None
+    step: int | None = None
+    run_dir: Path | None = None
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "cifar_stem": self.cifar_stem, "source": self.source, "step": self.step}
 
 
-def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Return ``(backbone, info)`` for ``source``:
+def _named_model(s: str) -> tuple[nn.Module, ModelSource]:
+    kind, _, rest = s.partition(":")
+    parts = rest.split(":")
+    arch = parts[0]
+    flags = set(parts[1:])
+    unknown = flags - {"random", "cifar"}
+    if not arch or unknown:
+        raise ValueError(f"cannot read model source {s!r}; use {kind}:<arch>[:random][:cifar], e.g. {kind}:resnet50")
+    if kind == "timm":
+        arch = f"timm:{arch}"
+    if not is_backbone_name(arch):
+        from mmcr.models.backbones import available_backbones
 
-    - a run directory of ours (its newest checkpoint) or a checkpoint file (``*.pt``);
-    - ``torchvision:<arch>`` (ImageNet weights when available locally, else random init with a
-      warning in ``info``) or ``torchvision:<arch>:random``;
+        raise ValueError(f"unknown architecture {arch!r} in {s!r}; choose one of {', '.join(available_backbones())}")
+    random = kind == "random" or "random" in flags
+    cifar = "cifar" in flags or None
+    if kind == "torchvision" and arch not in _TORCHVISION:
+        raise ValueError(f"{arch!r} is not a torchvision model; use random:{arch} for a random-init baseline")
+    weights = None if random else "DEFAULT"
+    try:
+        bb = build_backbone(arch, cifar_stem=cifar, weights=weights)
+    except ValueError:
+        raise
+    except Exception as e:  # offline: torchvision/timm cannot fetch the weights
+        raise ValueError(
+            f"could not load pretrained weights for {arch!r} ({type(e).__name__}); they are fetched from the "
+            f"internet on first use. Use 'random:{arch.removeprefix('timm:')}' for a random-init baseline."
+        ) from e
+    return bb.eval(), ModelSource(arch=arch, cifar_stem=bool(getattr(bb, "cifar_stem", False)), source=s)
+
+
+def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSource]:
+    """Return ``(backbone in eval mode, ModelSource)`` for ``source``:
+
+    - a run directory of ours (its newest readable checkpoint) or a checkpoint file (``*.pt``);
+    - ``torchvision:<arch>`` (ImageNet weights; needs them on disk or a network);
     - ``timm:<name>`` (needs timm);
-    - ``random:<arch>`` for a randomly initialised torchvision/small backbone (a baseline).
-
-    ``info`` holds ``arch``, ``cifar_stem``, ``source`` and, for our checkpoints, ``config``.
-    The backbone is returned in eval mode.
+    - ``random:<arch>`` for a randomly initialised backbone (a baseline); ``:cifar`` adds the CIFAR stem.
     """
     s = str(source)
-    if s.startswith("torchvision:") or s.startswith("random:"):
-        parts = s.split(":")
-        arch = parts[1]
-        random = s.startswith("random:") or (len(parts) > 2 and parts[2] == "random")
-        cifar = len(parts) > 2 and parts[-1] == "cifar"
-        weights = None if random else "DEFAULT"
-        try:
-            bb = build_backbone(arch, cifar_stem=cifar, weights=weights)
-        except Exception as e:  # offline: torchvision cannot fetch weights
-            if weights is None:
-                raise
-            raise ValueError(
-                f"could not load ImageNet weights for {arch!r} ({type(e).__name__}); they are fetched from "
-                f"the internet on first use. Use 'random:{arch}' for a random-init baseline."
-            ) from e
-        return bb.eval(), {"arch": arch, "cifar_stem": cifar, "source": s}
-    if s.startswith("timm:"):
-        bb = build_backbone(s, weights="DEFAULT")
-        return bb.eval(), {"arch": s, "cifar_stem": False, "source": s}
+    if s.startswith(("torchvision:", "random:", "timm:")):
+        return _named_model(s)
     path = Path(s)
-    if path.is_dir():
-        ckpt = newest_checkpoint(path)
-        if ckpt is None:
-            raise ValueError(f"no checkpoints in {path}/checkpoints; pass a checkpoint file or a finished run")
-        path = ckpt
     if not path.exists():
-        raise ValueError(
-            f"model source {s!r} not found; give a run directory, a checkpoint .pt file, "
-            "'torchvision:<arch>', 'timm:<name>' or 'random:<arch>'"
-        )
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an mmcr checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    cfg = state["config"]
-    enc = build_encoder(cfg["model"])
-    enc.load_state_dict(state["model"])
-    info = {
-        "arch": cfg["model"]["backbone"],
-        "cifar_stem": bool(cfg["model"].get("cifar_stem", False)),
-        "source": str(path),
-        "config": cfg,
-        "step": state.get("step"),
-    }
+        raise ValueError(f"model source {s!r} not found; give a {SOURCE_HELP}")
+    from mmcr.run.checkpoint import find_checkpoint
+    from mmcr.run.config import ConfigError, RunConfig
+
+    state, ckpt_path = find_checkpoint(path, map_location)
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+    except ConfigError as e:
+        raise ValueError(f"{ckpt_path} holds a config this version cannot read ({e})") from e
+    enc = build_encoder(cfg.model)
+    try:
+        enc.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt_path}: the weights do not match the model its config describes ({e})") from e
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+    info = ModelSource(arch=cfg.model.backbone, cifar_stem=enc.backbone.cifar_stem, source=str(ckpt_path),
+                       config=cfg, step=state.get("step"), run_dir=run_dir)
     return enc.backbone.eval(), info

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+SCHEDULES = ("constant", "cosine")  # the registry of momentum schedules
+
 
 class MomentumEncoder(nn.Module):
     """Keeps an exponential moving average of an online module. Its parameters get no gradients.
@@ -21,8 +23,8 @@ class MomentumEncoder(nn.Module):
         super().__init__()
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"momentum tau must lie in [0, 1], got {tau}")
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"momentum schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"momentum schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.module = copy.deepcopy(online)
         for p in self.module.parameters():
             p.requires_grad_(False)

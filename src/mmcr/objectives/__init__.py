@@ -10,8 +10,8 @@ import inspect
 
 from torch import nn
 
+from mmcr.distributed import all_gather_with_grad, is_distributed, rank, world_size
 from mmcr.objectives.baselines import BarlowTwinsLoss, SimCLRLoss, VICRegLoss
-from mmcr.objectives.distributed import all_gather_with_grad, is_distributed, rank, world_size
 from mmcr.objectives.mmcr import MMCRLoss, effective_rank
 from mmcr.objectives.nuclear import nuclear_norm, nuclear_norm_with_singular_values
 

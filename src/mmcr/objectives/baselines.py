@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcr.distributed import all_gather_with_grad, all_reduce_mean, is_distributed, rank
 from mmcr.objectives._checks import check_embeddings, compute_dtype, raise_if_non_finite
-from mmcr.objectives.distributed import all_gather_with_grad, all_reduce_mean, is_distributed, rank
 
 
 def _check_positive(name: str, value: float, owner: str) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcr.distributed import all_gather_with_grad, all_reduce_mean, is_distributed
 from mmcr.objectives._checks import check_embeddings, check_same_shape, compute_dtype, raise_if_non_finite
-from mmcr.objectives.distributed import all_gather_with_grad, all_reduce_mean, is_distributed
 from mmcr.objectives.nuclear import nuclear_norm, nuclear_norm_with_singular_values
 
 

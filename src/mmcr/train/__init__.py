@@ -1,18 +1,25 @@
-"""Pretraining: config, the trainer loop, optimisers and schedules, checkpoints, distributed set-up."""
+"""Pretraining: the trainer loop, its step, state, hooks and resume rules, optimisers and schedules.
 
-from mmcr.train.config import DEFAULTS, PRESETS, ConfigError, load_config
-from mmcr.train.optim import LARS, build_optimizer, build_scheduler, lr_factor
-from mmcr.train.trainer import NonFiniteLossError, train
+The run description (config) lives in :mod:`mmcr.run`; distributed helpers in :mod:`mmcr.distributed`.
+"""
+
+from mmcr.run.config import ConfigError, RunConfig, load_config
+from mmcr.train.hooks import Interrupted, NonFiniteLossError
+from mmcr.train.optim import LARS, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, lr_factor
+from mmcr.train.trainer import train, train_one_epoch
 
 __all__ = [
-    "DEFAULTS",
     "LARS",
-    "PRESETS",
+    "OPTIMIZERS",
+    "SCHEDULES",
     "ConfigError",
+    "Interrupted",
     "NonFiniteLossError",
+    "RunConfig",
     "build_optimizer",
     "build_scheduler",
     "load_config",
     "lr_factor",
     "train",
+    "train_one_epoch",
 ]

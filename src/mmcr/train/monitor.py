@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmcr.run import layout
+
 
 class MetricsLog:
     """Appends records to ``<run>/metrics.jsonl``. On resume, records logged after the checkpoint's
@@ -15,7 +17,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True, truncate_after: int = 0):
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / layout.METRICS_FILE
         self._tb = None
         if not enabled:
             return
@@ -69,7 +71,7 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / layout.METRICS_FILE
     if not path.exists():
         return []
     out = []
@@ -108,7 +110,8 @@ class ProgressDisplay:
         self._rate_images = 0.0
         self._rate_views = 0.0
 
-    def update(self, step: int, loss: float, lr: float, images: int, views: int) -> None:
+    def update(self, step: int, loss: float | None, lr: float, images: int, views: int) -> None:
+        """Advance to ``step``; ``loss`` None keeps the last value shown (it is read every log interval)."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -117,8 +120,9 @@ class ProgressDisplay:
         a = 0.2 if self._rate_images else 1.0
         self._rate_images = (1 - a) * self._rate_images + a * images / dt
         self._rate_views = (1 - a) * self._rate_views + a * views / dt
-        self._progress.update(self._task, completed=step, loss=loss, lr=lr, ips=self._rate_images,
-                              vps=self._rate_views)
+        fields = {"loss": loss} if loss is not None else {}
+        self._progress.update(self._task, completed=step, lr=lr, ips=self._rate_images, vps=self._rate_views,
+                              **fields)
 
     def note(self, text: str) -> None:
         if self.enabled:

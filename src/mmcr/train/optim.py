@@ -1,5 +1,12 @@
 """Optimisers and learning-rate schedules: Adam/AdamW/SGD from torch, LARS (no torch equivalent), and
-linear warmup followed by a constant or cosine schedule."""
+linear warmup followed by a constant or cosine schedule.
+
+A step can be skipped on the device, without reading anything back to the host: the trainer sets
+``optimizer.found_inf`` (a 0-d float tensor, 1 = skip) before ``step()``, the protocol torch's fused
+optimizers already follow for loss scaling. Adam/AdamW use their fused implementation where the device
+has one; LARS implements the protocol itself. :func:`skips_on_device` says whether an optimizer honours it
+(otherwise the trainer decides on the host).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +25,18 @@ class LARS(torch.optim.Optimizer):
     decay nor the trust ratio. Written by hand because torch has no LARS.
     """
 
+    _step_supports_amp_scaling = True  # honours ``found_inf`` (skip on the device) and ``grad_scale``
+
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3):
         if lr <= 0:
             raise ValueError(f"LARS lr must be positive, got {lr}")
+        if not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
+            raise ValueError(f"LARS needs 0 <= momentum < 1, weight_decay >= 0 and eta > 0, got momentum={momentum}, "
+                             f"weight_decay={weight_decay}, eta={eta}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
         super().__init__(params, defaults)
+        self.found_inf: torch.Tensor | None = None
+        self.grad_scale: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -30,11 +44,13 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        keep = None if found_inf is None else (found_inf == 0)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                d_p = p.grad
+                d_p = p.grad if grad_scale is None else p.grad / grad_scale.to(p.grad.dtype)
                 if not group["lars_exclude"]:
                     d_p = d_p.add(p, alpha=group["weight_decay"])
                     p_norm = torch.linalg.vector_norm(p)
@@ -44,11 +60,20 @@ class LARS(torch.optim.Optimizer):
                     )
                     d_p = d_p.mul(trust)
                 state = self.state[p]
+                if keep is None:
+                    if "mu" not in state:
+                        state["mu"] = torch.clone(d_p).detach()
+                    else:
+                        state["mu"].mul_(group["momentum"]).add_(d_p)
+                    p.add_(state["mu"], alpha=-group["lr"])
+                    continue
+                # skipped on the device when found_inf: the buffer and the weights keep their values
                 if "mu" not in state:
-                    state["mu"] = torch.clone(d_p).detach()
+                    state["mu"] = torch.where(keep, d_p, torch.zeros_like(d_p))
                 else:
-                    state["mu"].mul_(group["momentum"]).add_(d_p)
-                p.add_(state["mu"], alpha=-group["lr"])
+                    mu = state["mu"].mul(group["momentum"]).add_(d_p)
+                    state["mu"] = torch.where(keep, mu, state["mu"])
+                p.sub_(torch.where(keep, state["mu"], torch.zeros_like(p)), alpha=group["lr"])
         return loss
 
 
@@ -65,27 +90,63 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_1d: bool) -> lis
     return groups
 
 
-def base_lr(optim_cfg: dict, global_batch: int) -> float:
+def base_lr(optim_cfg, global_batch: int) -> float:
     """``lr * global_batch / 256`` when ``scale_lr`` is set (the linear scaling rule), else ``lr``."""
-    return optim_cfg["lr"] * global_batch / 256 if optim_cfg["scale_lr"] else optim_cfg["lr"]
+    return optim_cfg.lr * global_batch / 256 if optim_cfg.scale_lr else optim_cfg.lr
 
 
-def build_optimizer(model: nn.Module, optim_cfg: dict, global_batch: int) -> torch.optim.Optimizer:
-    name = optim_cfg["name"]
-    lr = base_lr(optim_cfg, global_batch)
-    wd = optim_cfg["weight_decay"]
-    if name == "lars":
-        return LARS(param_groups(model, wd, True), lr=lr, momentum=optim_cfg["momentum"], eta=optim_cfg["lars_eta"])
-    groups = param_groups(model, wd, exclude_1d=name != "adam")
-    for g in groups:
-        g.pop("lars_exclude")
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(optim_cfg["betas"]))
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg["betas"]))
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg["momentum"])
-    raise ValueError(f"unknown optimiser {name!r}; choose adam, adamw, sgd or lars")
+def _fused(cls, groups, **kw) -> torch.optim.Optimizer:
+    """torch's fused implementation where this torch and device have one (it can skip a step on the
+    device), else the default one."""
+    try:
+        return cls(groups, fused=True, **kw)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device/dtype/torch version
+        for g in groups:
+            g.pop("fused", None)
+        return cls(groups, **kw)
+
+
+def _adam(groups, cfg, lr):
+    return _fused(torch.optim.Adam, groups, lr=lr, betas=tuple(cfg.betas))
+
+
+def _adamw(groups, cfg, lr):
+    return _fused(torch.optim.AdamW, groups, lr=lr, betas=tuple(cfg.betas))
+
+
+def _sgd(groups, cfg, lr):
+    # not fused: torch's fused CPU SGD corrupts its momentum buffer when the first step is skipped
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+
+
+def _lars(groups, cfg, lr):
+    return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+
+
+# The registry of optimisers: name -> (builder, whether 1-d parameters go without weight decay).
+OPTIMIZERS = {"adam": (_adam, False), "adamw": (_adamw, True), "sgd": (_sgd, True), "lars": (_lars, True)}
+SCHEDULES = ("constant", "cosine")
+
+
+def build_optimizer(model: nn.Module, optim_cfg, global_batch: int) -> torch.optim.Optimizer:
+    """The optimiser of a run's ``optim`` section (an ``OptimConfig``)."""
+    if optim_cfg.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {optim_cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    builder, exclude_1d = OPTIMIZERS[optim_cfg.name]
+    groups = param_groups(model, optim_cfg.weight_decay, exclude_1d)
+    if optim_cfg.name != "lars":
+        for g in groups:
+            g.pop("lars_exclude")
+    return builder(groups, optim_cfg, base_lr(optim_cfg, global_batch))
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` honours ``optimizer.found_inf`` (skips the update on the device)."""
+    if isinstance(optimizer, LARS):
+        return True
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and bool(
+        optimizer.defaults.get("fused", False)
+    )
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, final_ratio: float) -> float:
@@ -101,10 +162,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, fin
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, optim_cfg: dict, total_steps: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, optim_cfg, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(round(optim_cfg["warmup_epochs"] * steps_per_epoch))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, total_steps, warmup, optim_cfg["schedule"], optim_cfg["final_lr_ratio"]),
-    )
+    warmup = int(round(optim_cfg.warmup_epochs * steps_per_epoch))
+    schedule, final = optim_cfg.schedule, optim_cfg.final_lr_ratio
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, schedule, final))

@@ -1,0 +1,21 @@
+"""A run: its typed description (:mod:`.config`), its directory layout (:mod:`.layout`), its
+checkpoints (:mod:`.checkpoint`), files written atomically (:mod:`.files`) and its report
+(:mod:`.report`). Training writes runs; evaluation, analysis and export read them through here."""
+
+from mmcr.run.checkpoint import CHECKPOINT_FORMAT, CheckpointError, find_checkpoint, load_latest, save_checkpoint
+from mmcr.run.config import ConfigError, RunConfig, available_presets, load_config, read_run_config
+from mmcr.run.files import RunFileError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "ConfigError",
+    "RunConfig",
+    "RunFileError",
+    "available_presets",
+    "find_checkpoint",
+    "load_config",
+    "load_latest",
+    "read_run_config",
+    "save_checkpoint",
+]

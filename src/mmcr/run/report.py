@@ -1,0 +1,82 @@
+"""A run's ``report.md``: the pretraining summary with loss and kNN curves, then one line per
+evaluation. Pretraining rewrites the top part; evaluation lines are appended and always kept."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mmcr.run import layout
+
+_EVAL_MARK = " · eval "  # what makes a report line an evaluation line (written and recognised only here)
+
+
+def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), marker=marker)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def eval_line(kind: str, tag: str | None, metrics: dict[str, float], details: dict[str, Any], json_name: str) -> str:
+    """One report line for an evaluation result (accuracies in percent)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+    line = f"- {stamp}{_EVAL_MARK}{kind}{' ' + tag if tag else ''}: {shown}"
+    if details:
+        line += " (" + ", ".join(f"{k}={_fmt(v)}" for k, v in details.items()) + ")"
+    return line + f" · {json_name}"
+
+
+def append_eval_line(report: str | Path, line: str) -> None:
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    with open(report, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write ``report.md`` from ``metrics.jsonl`` and ``summary.json``, keeping evaluation lines."""
+    from mmcr.train.monitor import read_metrics
+
+    run_dir = Path(run_dir)
+    recs = read_metrics(run_dir)
+    loss = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+    knn = [(r["step"], r["knn_val_top1"]) for r in recs if "knn_val_top1" in r]
+    lines = [f"# Pretraining report: {run_dir.name}", ""]
+    summary_path = run_dir / layout.SUMMARY_FILE
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        lines += ["| metric | value |", "|---|---|"]
+        for k, v in summary.items():
+            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+        lines.append("")
+    if loss:
+        _plot(loss, "training loss", run_dir / "loss.png")
+        lines += ["## Training loss", "", "![loss](loss.png)", ""]
+    if knn:
+        _plot(knn, "kNN top-1 on validation split (%)", run_dir / "knn.png", marker="o")
+        lines += ["## Online kNN (validation split carved from the training set)", "", "![knn](knn.png)", ""]
+        lines += [f"Last: {knn[-1][1]:.2f}% at step {knn[-1][0]}.", ""]
+    path = run_dir / layout.REPORT_FILE
+    evals = [ln for ln in path.read_text().splitlines() if _EVAL_MARK in ln] if path.exists() else []
+    lines += ["## Evaluations", "", *evals] if evals else ["## Evaluations", ""]
+    from mmcr.run.files import write_text_atomic
+
+    write_text_atomic(path, "\n".join(lines) + "\n", what="report")
+    return path

@@ -1,0 +1,104 @@
+"""Resuming a run: which checkpoint, whether the options changed, and what a change means.
+
+A resumed run compares its config with the checkpoint's. Changes to fields marked ``free`` (limits,
+logging, paths, evaluation) are applied; changes to ``apply`` fields (optimiser, objective,
+augmentation, precision) are refused unless ``train.allow_config_change=true``, and then applied from
+the resumed step on; ``fixed`` fields (model, data, batch size, seed) define the run's weights and data
+order and are never changed on resume. Every applied change is recorded in the resume event of
+``metrics.jsonl``. The training data itself is checked too (its size and classes), so a different data
+set at the same path is refused rather than continued.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from mmcr.run import checkpoint as ckpt
+from mmcr.run import layout
+from mmcr.run.config import ConfigChange, ConfigError, RunConfig, config_changes
+
+
+def find_resume_checkpoint(cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple[dict, Path] | None:
+    """The checkpoint to resume from (``train.resume``: None, ``auto`` or a file), or None for a new run."""
+    resume = cfg.train.resume
+    if resume is None:
+        if layout.list_checkpoints(run_dir):
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints; pass --resume auto to continue that run or choose another --out"
+            )
+        return None
+    if resume == "auto":
+        found = ckpt.load_latest(run_dir, map_location=device, move_corrupt=True)
+        if found is None and (layout.checkpoint_dir(run_dir) / layout.CORRUPT_DIR).is_dir():
+            warnings.warn(f"no readable checkpoint left in {layout.checkpoint_dir(run_dir)} (unreadable ones are in "
+                          f"{layout.CORRUPT_DIR}/); starting this run from step 0", stacklevel=2)
+        return found
+    state = ckpt.read_checkpoint(resume, map_location=device)
+    return state, Path(resume)
+
+
+def check_changes(saved: dict, cfg: RunConfig) -> list[ConfigChange]:
+    """The config changes of a resume, refused with the list of differences where not allowed."""
+    try:
+        old = RunConfig.from_dict(saved["config"])
+    except ConfigError as e:
+        raise ConfigError(f"the checkpoint's config cannot be read by this version ({e})") from e
+    changes = [c for c in config_changes(old, cfg) if c.path not in ("train.resume", "out")]
+    fixed = [c for c in changes if c.rule == "fixed"]
+    if fixed:
+        raise ConfigError(
+            "cannot resume with a different " + "; ".join(map(str, fixed)) + ": these define the run's weights or "
+            "data order; resume with the checkpoint's values or start a new run with another --out"
+        )
+    needs = [c for c in changes if c.rule == "apply"]
+    if needs and not cfg.train.allow_config_change:
+        raise ConfigError(
+            "resuming with changed options (" + "; ".join(map(str, needs)) + "); pass --set "
+            "train.allow_config_change=true to apply them from this step on, or resume with the run's own values"
+        )
+    return changes
+
+
+def data_signature(train_ds, val_ds) -> dict:
+    """What must stay the same for the data order of a resumed run to be the one it started."""
+    return {
+        "n_train": len(train_ds),
+        "n_val": 0 if val_ds is None else len(val_ds),
+        "classes": len(train_ds.classes),
+        "image_size": list(train_ds.image_size),
+    }
+
+
+def check_data(saved: dict, signature: dict) -> None:
+    old = saved.get("data_signature")
+    if old is not None and old != signature:
+        diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in signature.items() if old.get(k) != v)
+        raise ConfigError(f"the training data differs from the checkpoint's ({diff}); resume with the same data "
+                          "(it may move to another data.root, not change) or start a new run with another --out")
+
+
+def check_world(saved: dict, world_size: int) -> None:
+    saved_world = saved.get("world_size", 1)
+    if saved_world != world_size:
+        raise ConfigError(
+            f"the checkpoint was written by {saved_world} process(es) but this run has {world_size}; "
+            "resume with the same number of processes (the data order depends on it)"
+        )
+
+
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, wanted: list[dict],
+                             scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float]) -> None:
+    """After loading a checkpoint's optimiser and scheduler state, put back the hyperparameters of the
+    current config (identical values when nothing changed): learning rate, weight decay, betas, ..."""
+    for group, want in zip(optimizer.param_groups, wanted):
+        for key, value in want.items():
+            if key not in ("params", "initial_lr", "lr"):
+                group[key] = value
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, lam in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * lam(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

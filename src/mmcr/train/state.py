@@ -1,0 +1,108 @@
+"""Everything a resumed run needs to continue bit for bit, listed once.
+
+:class:`TrainState` holds the objects that change while training (model, momentum encoder, optimiser,
+scheduler, loss scaler, the augmentation generator, the global RNGs) and the position in the data order
+(epoch and batch within it, itself a pure function of seed, epoch and rank). ``state_dict()`` and
+``load_state_dict()`` walk the same list, so nothing can be saved without being restored.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmcr.models import MomentumEncoder
+
+# Objects with state_dict()/load_state_dict(), saved under these names.
+_STATEFUL = ("model", "momentum", "optimizer", "scheduler", "scaler")
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    """The global RNGs and the augmentation generator of this process."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "augment": generator.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    generator.set_state(state["augment"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class NonFiniteCounter:
+    """Skipped (NaN/Inf) steps, counted on the device so that no step waits for the host: the total,
+    the current run of consecutive skips and the longest run since the last read."""
+
+    device: torch.device
+    total: torch.Tensor = field(init=False)
+    run: torch.Tensor = field(init=False)
+    longest: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.reset(0)
+
+    def reset(self, total: int) -> None:
+        self.total = torch.tensor(total, device=self.device)
+        self.run = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.longest = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def record(self, ok: torch.Tensor) -> None:
+        bad = (~ok).to(torch.int64)
+        self.total = self.total + bad
+        self.run = (self.run + 1) * bad
+        self.longest = torch.maximum(self.longest, self.run)
+
+    def start_window(self) -> None:
+        """After a read: the longest run restarts from the current one."""
+        self.longest = self.run.clone()
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    momentum: MomentumEncoder | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    aug_generator: torch.Generator
+    nonfinite: NonFiniteCounter
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+    def state_dict(self, rngs) -> dict:
+        """The checkpoint payload (``rngs``: this rank's RNG state, or every rank's in rank order)."""
+        out = {name: (obj.state_dict() if obj is not None else None) for name in _STATEFUL
+               for obj in [self._module(name)]}
+        out.update(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                   nonfinite_total=int(self.nonfinite.total.item()), rng=rngs)
+        return out
+
+    def load_state_dict(self, saved: dict, rank: int, device: torch.device, skip: tuple[str, ...] = ()) -> None:
+        """Restore what ``state_dict`` saved (``skip`` names objects a resume must rebuild instead)."""
+        for name in _STATEFUL:
+            obj = self._module(name)
+            if obj is not None and name not in skip and saved.get(name):  # {}: a disabled loss scaler
+                obj.load_state_dict(saved[name])
+        self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        self.nonfinite.reset(int(saved.get("nonfinite_total", 0)))
+        rngs = saved["rng"]
+        set_rng_state(rngs[rank] if isinstance(rngs, list) else rngs, self.aug_generator, device)
+
+    def _module(self, name: str):
+        return self.momentum.module if name == "momentum" and self.momentum is not None else getattr(self, name)

@@ -1,0 +1,144 @@
+"""One training step, the whole method in one place:
+
+    uint8 batch -> k views (on the device) -> embeddings -> objective -> guarded update
+
+No value is read back to the host inside a step: the NaN/Inf guard is a device-side flag that masks
+the optimiser update (``optimizer.found_inf``, see :mod:`mmcr.train.optim`), and the trainer reads the
+step's numbers only every ``train.log_every_steps`` steps. Two exceptions synchronise by design: fp16
+loss scaling (torch's GradScaler decides on the host) and optimisers without an on-device skip (SGD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmcr.distributed import DistInfo
+from mmcr.train.optim import skips_on_device
+from mmcr.train.state import TrainState
+
+
+@dataclass
+class StepResult:
+    """Device tensors of one step (nothing has been read back): loss, whether the update was applied,
+    and the gradient norm (before clipping)."""
+
+    loss: torch.Tensor
+    ok: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+@dataclass
+class StepContext:
+    """What every step needs besides the changing state: built once by the trainer."""
+
+    forward: nn.Module  # the encoder as called (DDP- and compile-wrapped when asked)
+    augment: object  # MultiViewAugment
+    objective: nn.Module
+    dist_info: DistInfo
+    global_batch: int
+    total_steps: int
+    param_dtype: torch.dtype
+    amp_dtype: torch.dtype | None
+    grad_clip: float | None
+    channels_last: bool
+
+
+def train_step(ctx: StepContext, state: TrainState, images: torch.Tensor) -> StepResult:
+    views = augment_shard(ctx.augment, images, ctx.global_batch, ctx.dist_info, state.aug_generator)
+    z, z_m, finite = embed(ctx, state, views)
+    loss = ctx.objective(z, z_m) if z_m is not None else ctx.objective(z)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    ok, grad_norm = guarded_update(ctx, state, loss, finite)
+    state.scheduler.step()
+    if state.momentum is not None:
+        state.momentum.update(state.model, state.step, ctx.total_steps)
+    state.step += 1
+    state.batch_in_epoch += 1
+    return StepResult(loss.detach(), ok, grad_norm)
+
+
+def embed(ctx: StepContext, state: TrainState, views: torch.Tensor):
+    """Embeddings (B, k, d) of the views (B, k, 3, h, w) under autocast, in the objective's precision,
+    with non-finite values replaced by zeros (the step is then skipped, see :func:`guarded_update`)."""
+    b, k = views.shape[:2]
+    x = views.flatten(0, 1).to(ctx.param_dtype)
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(x.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
+    with autocast:
+        z = ctx.forward(x).view(b, k, -1)
+        z_m = state.momentum(x).view(b, k, -1) if state.momentum is not None else None
+    dtype = torch.float64 if ctx.param_dtype == torch.float64 else torch.float32
+    finite = torch.isfinite(z).all()
+    z = torch.nan_to_num(z.to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    if z_m is not None:
+        finite = finite & torch.isfinite(z_m).all()
+        z_m = torch.nan_to_num(z_m.to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    return z, z_m, finite
+
+
+def guarded_update(ctx: StepContext, state: TrainState, loss: torch.Tensor, finite: torch.Tensor):
+    """Clip, then apply the optimiser step only when the embeddings, the loss and the gradient norm are
+    finite on every rank; otherwise the step is skipped (weights and optimiser state unchanged) and
+    counted. Returns (applied flag, gradient norm) as device tensors."""
+    opt, scaler = state.optimizer, state.scaler
+    if scaler.is_enabled():
+        scaler.unscale_(opt)
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = gradient_norm(params, ctx.grad_clip)
+    ok = finite & torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+    if ctx.dist_info.enabled:  # one rank's bad embeddings skip the step everywhere
+        flag = ok.to(torch.float32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        ok = flag > 0
+    if scaler.is_enabled():  # fp16: the scaler decides on the host (and adapts its scale either way)
+        if bool(ok):
+            scaler.step(opt)
+        scaler.update()
+    elif skips_on_device(opt):
+        opt.found_inf, opt.grad_scale = (~ok).to(torch.float32), None
+        opt.step()
+        opt.found_inf = None
+    elif bool(ok):  # optimisers without an on-device skip
+        opt.step()
+    state.nonfinite.record(ok)
+    return ok, grad_norm
+
+
+def gradient_norm(params: list[torch.Tensor], clip: float | None) -> torch.Tensor:
+    """The total L2 norm of the gradients (clipping them to ``clip`` when set), as a device tensor."""
+    if not params:
+        return torch.zeros(())
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+    norms = torch._foreach_norm([p.grad for p in params])  # one fused pass, as clip_grad_norm_ does
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].dtype) for n in norms]))
+
+
+def _select_views(params, view_idx: torch.Tensor):
+    """The rows ``view_idx`` of every per-view parameter tensor."""
+    return type(params)(**{f.name: getattr(params, f.name)[view_idx] for f in dataclasses.fields(params)})
+
+
+def augment_shard(aug, images: torch.Tensor, global_batch: int, dist_info: DistInfo,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Views of this rank's images, identical to the views those images get in a one-process run.
+
+    Every rank draws the parameters of all ``global_batch * k`` views from the same generator state
+    (on the host, so no device value is read) and keeps its own rows. The loader gives rank r the
+    global-batch positions r, r + W, r + 2W, ... (interleaved shares, see mmcr.data.loader), so the
+    views do not depend on the number of ranks.
+    """
+    b, _, h, w = images.shape
+    params = aug.sample_params(global_batch, h, w, gen)
+    if dist_info.world_size > 1:
+        pos = torch.arange(b) * dist_info.world_size + dist_info.rank
+        view_idx = (pos[:, None] * aug.views + torch.arange(aug.views)).flatten()
+        params = _select_views(params, view_idx)
+    return aug.apply(images, params)
