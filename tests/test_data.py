@@ -187,7 +187,10 @@ def test_lazy_folder_with_workers(tmp_path):
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.uint8 and y.dtype == torch.int64
     inline = make_loader(ds, batch_size=4, seed=3)
     inline.set_epoch(0)
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, inline))
+    inline_batches = list(inline)
+    assert len(inline_batches) == len(batches)
+    for (xw, yw), (xi, yi) in zip(batches, inline_batches):  # worker decoding = inline decoding, pixel for pixel
+        assert torch.equal(yw, yi) and torch.equal(xw, xi)
     with pytest.raises(DatasetError, match="cannot decode"):
         LazyImageFolder(ds.files, ds.labels.tolist(), ds.classes, 16, on_error="raise")[ds.files.index(
             str(root / "train" / "b" / "bad.jpg"))]

@@ -1,5 +1,6 @@
-"""A run killed mid-way (SIGKILL) and resumed ends with the same weights, bit for bit, as an
-uninterrupted run; and the trainer's guards (existing run directory, NaN losses) behave."""
+"""A run interrupted mid-way (Ctrl-C, then SIGKILL) and resumed each time ends with the same weights,
+bit for bit, as an uninterrupted run; and the trainer's guards (existing run directory, NaN losses)
+behave."""
 
 import os
 import signal
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmcr.run import layout
 from mmcr.train import load_config, train
+from mmcr.train.monitor import read_metrics
 
 ARGS = [
     "train.epochs=4",
@@ -35,26 +38,43 @@ def _final_model(run_dir: Path) -> dict:
     return torch.load(ckpts[-1], weights_only=False)
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    train(load_config("digits", ARGS + [f"out={ref_dir}"]))
-    cmd = [sys.executable, "-m", "mmcr.cli", "pretrain", "digits", "--out", str(killed_dir)]
-    for a in ARGS:
+def _start(out: Path, resume: bool) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mmcr.cli", "pretrain", "digits", "--out", str(out)]
+    for a in ARGS + (["train.resume=auto"] if resume else []):
         cmd += ["--set", a]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, ready) -> None:
     deadline = time.time() + 120
-    # kill as soon as a mid-epoch checkpoint exists (step 8 of ~40 per epoch)
-    while time.time() < deadline and proc.poll() is None:
-        if any((killed_dir / "checkpoints").glob("ckpt_0000000[8-9].pt")):
-            break
+    while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.02)
-    assert proc.poll() is None, f"run finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.poll() is None, f"run finished before it could be interrupted: {proc.stderr.read()[-2000:]}"
+
+
+def test_interrupt_then_kill_then_resume_is_bitwise_identical(tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    train(load_config("digits", ARGS + [f"out={ref_dir}"]))
+    # Ctrl-C after step 5: the run writes a checkpoint of the last finished step (not a multiple of
+    # checkpoint_every_steps) and exits with 130, saying where it stopped
+    proc = _start(run_dir, resume=False)
+    _wait_for(proc, lambda: sum(1 for r in read_metrics(run_dir) if "loss" in r) >= 5)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    line = [ln for ln in err.splitlines() if "interrupted at step" in ln][-1]
+    step = int(line.split("interrupted at step ")[1].split(";")[0])
+    assert f"ckpt_{step:08d}.pt" in line and layout.checkpoint_path(run_dir, step).exists()
+    # resumed, then SIGKILLed as soon as a later mid-epoch checkpoint exists
+    proc = _start(run_dir, resume=True)
+    _wait_for(proc, lambda: any(s >= step + 4 for s, _ in layout.list_checkpoints(run_dir)))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    steps_before = sorted(p.name for p in (killed_dir / "checkpoints").glob("*.pt"))
-    assert steps_before and "ckpt_00000160.pt" not in steps_before
-    summary = train(load_config("digits", ARGS + [f"out={killed_dir}", "train.resume=auto"]))
+    steps_before = [s for s, _ in layout.list_checkpoints(run_dir)]
+    assert steps_before and 160 not in steps_before
+    summary = train(load_config("digits", ARGS + [f"out={run_dir}", "train.resume=auto"]))
+    killed_dir = run_dir
     assert summary["steps"] == 160
     ref, res = _final_model(ref_dir), _final_model(killed_dir)
     assert ref["step"] == res["step"] == 160
@@ -64,8 +84,6 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
         for k in a:
             assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k]))
     # the metrics log of the resumed run equals the uninterrupted one, step for step
-    from mmcr.train.monitor import read_metrics
-
     losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d) if "loss" in r]  # noqa: E731
     assert losses(ref_dir) == losses(killed_dir)
 

@@ -46,7 +46,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, random bytes, a data file given by mistake, ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:160]}); give an mmcr checkpoint "
                               "or run directory") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

@@ -11,6 +11,7 @@ loss scaling (torch's GradScaler decides on the host) and optimisers without an 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -50,17 +51,35 @@ class StepContext:
 
 def train_step(ctx: StepContext, state: TrainState, images: torch.Tensor) -> StepResult:
     views = augment_shard(ctx.augment, images, ctx.global_batch, ctx.dist_info, state.aug_generator)
+    buffers = BufferSnapshot(state.model)  # a skipped step must not leave its BatchNorm statistics behind
     z, z_m, finite = embed(ctx, state, views)
     loss = ctx.objective(z, z_m) if z_m is not None else ctx.objective(z)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     ok, grad_norm = guarded_update(ctx, state, loss, finite)
-    state.scheduler.step()
+    buffers.keep_where(ok)
+    with warnings.catch_warnings():  # a skipped step still advances the schedule (it is indexed by step)
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        state.scheduler.step()
     if state.momentum is not None:
         state.momentum.update(state.model, state.step, ctx.total_steps)
     state.step += 1
     state.batch_in_epoch += 1
     return StepResult(loss.detach(), ok, grad_norm)
+
+
+class BufferSnapshot:
+    """The model's buffers (BatchNorm running statistics) before a step, put back on the device when
+    the step is skipped (``keep_where(ok)``), so a NaN forward cannot poison them. No host read."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = [b for b in model.buffers() if b.numel()]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def keep_where(self, ok: torch.Tensor) -> None:
+        with torch.no_grad():
+            for b, old in zip(self.buffers, self.saved):
+                b.copy_(torch.where(ok, b, old))
 
 
 def embed(ctx: StepContext, state: TrainState, views: torch.Tensor):
