@@ -38,11 +38,11 @@ def features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.
 def run_features(source: str, archive: str, n: int, n_test: int):
     """Backbone features of a pretrained model on the archive's train/test splits (eval preprocessing)."""
     from mmcr.data import load_dataset
-    from mmcr.evaluate import eval_transform, extract_features
+    from mmcr.evaluate import eval_transform_for, extract_features
     from mmcr.models import load_pretrained
 
-    backbone, info = load_pretrained(source)
-    tf = eval_transform(info)
+    backbone, src = load_pretrained(source)
+    tf = eval_transform_for(src)
     out = []
     for split, m in (("train", n), ("test", n_test)):
         ds = load_dataset("archive", root=archive, split=split)

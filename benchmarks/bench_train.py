@@ -21,12 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mmcr.train.config import load_config  # noqa: E402
-
 from mmcr.augment import MultiViewAugment  # noqa: E402
 from mmcr.data import load_dataset, make_loader  # noqa: E402
 from mmcr.models import build_encoder  # noqa: E402
 from mmcr.objectives import build_objective  # noqa: E402
+from mmcr.run.config import load_config  # noqa: E402
 from mmcr.train.optim import build_optimizer  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10_jpeg.tar.gz"
@@ -57,16 +56,16 @@ def bench(preset: str, backbone: str | None, device: torch.device, steps: int, w
         ds = ImageDataset(torch.randint(0, 256, (5000, 3, 32, 32), dtype=torch.uint8, generator=g),
                           torch.randint(0, 10, (5000,), generator=g), [str(i) for i in range(10)])
         source = "random uint8 images"
-    B, k = cfg["train"]["batch_size"], cfg["augment"]["views"]
+    B, k = cfg.train.batch_size, cfg.augment.views
     loader = make_loader(ds, batch_size=B, shuffle=True, drop_last=True, seed=0)
     loader.set_epoch(0)
-    aug = MultiViewAugment(cfg["augment"]["preset"], views=k, **cfg["augment"]["overrides"])
+    aug = MultiViewAugment.from_config(cfg.augment)
     torch.manual_seed(0)
-    model = build_encoder(cfg["model"]).to(device)
+    model = build_encoder(cfg.model).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(cfg["objective"]["name"], **cfg["objective"]["kwargs"])
-    opt = build_optimizer(model, cfg["optim"], B)
+    objective = build_objective(cfg.objective.name, **cfg.objective.kwargs)
+    opt = build_optimizer(model, cfg.optim, B)
     gen = torch.Generator(device=device).manual_seed(0)
     it = iter(loader)
     times = {"data": [], "augment": [], "forward_backward": [], "objective": []}
@@ -109,7 +108,7 @@ def bench(preset: str, backbone: str | None, device: torch.device, steps: int, w
     step = sum(med.values())
     return {
         "preset": preset,
-        "backbone": cfg["model"]["backbone"],
+        "backbone": cfg.model.backbone,
         "views": k,
         "batch": B,
         "source": source,

@@ -39,7 +39,7 @@ def parse_methods(text: str) -> list[tuple[str, int]]:
 
 def train_config(args, method: str, views: int, run_dir: Path) -> dict:
     """The shared recipe with only the objective and the view count changed."""
-    from mmcr.train import load_config
+    from mmcr.run.config import load_config
 
     overrides = [
         f"name=compare-{method}-{views}",
@@ -77,11 +77,10 @@ def train_config(args, method: str, views: int, run_dir: Path) -> dict:
     return load_config(None, overrides)
 
 
-def evaluate(backbone, info, train, test, args, device) -> dict:
-    """kNN and linear probe of a frozen backbone on the test split."""
-    from mmcr.evaluate import eval_transform, extract_features, knn_accuracy, linear_probe
+def evaluate(backbone, tf, train, test, args, device) -> dict:
+    """kNN and linear probe of a frozen backbone on the test split (``tf``: the eval view)."""
+    from mmcr.evaluate import extract_features, knn_accuracy, linear_probe
 
-    tf = eval_transform(info)
     n = len(train.labels) if args.eval_train is None else min(args.eval_train, len(train.labels))
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.sort(torch.randperm(len(train.labels), generator=g)[:n]).values
@@ -138,8 +137,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from mmcr.augment import MultiViewAugment
     from mmcr.data import load_dataset
-    from mmcr.evaluate.features import resolve_device
+    from mmcr.distributed import resolve_device
+    from mmcr.evaluate import eval_transform_for
     from mmcr.models import load_pretrained
     from mmcr.train import train
 
@@ -157,8 +158,8 @@ def main() -> None:
         run_dir = args.out / f"{method}-{views}"
         print(f"== {method} ({views} views): training for {args.budget_min:g} min -> {run_dir}")
         summary = train(train_config(args, method, views, run_dir))
-        backbone, info = load_pretrained(run_dir)
-        res = evaluate(backbone, info, train_ds, test_ds, args, device)
+        backbone, src = load_pretrained(run_dir)
+        res = evaluate(backbone, eval_transform_for(src), train_ds, test_ds, args, device)
         row = {
             "method": method,
             "views": views,
@@ -170,9 +171,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
     if not args.no_random_baseline:
-        backbone, info = load_pretrained(f"random:{args.backbone}")
-        info["config"] = {"augment": {"preset": "cifar"}}
-        res = evaluate(backbone, info, train_ds, test_ds, args, device)
+        backbone, _ = load_pretrained(f"random:{args.backbone}")
+        res = evaluate(backbone, MultiViewAugment("cifar").eval_transform(), train_ds, test_ds, args, device)
         rows.append({"method": "random init", "views": "-", "steps": 0, "images_seen": 0, "train_seconds": 0, **res})
     md = table(rows)
     meta = {

@@ -27,6 +27,8 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:<index> or mps (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--help-config", action="store_true",
+                   help="list every config key with its default, meaning and valid values, then exit")
     p.set_defaults(func=_pretrain)
 
 
@@ -45,6 +47,12 @@ def _pretrain(args) -> int:
         overrides.append(f"train.device={args.device}")
     if args.no_progress:
         overrides.append("train.progress=false")
+    if args.help_config:
+        from mmcr.run.config import describe_fields
+
+        for path, default, doc in describe_fields():
+            print(f"{path} = {default!r}" + (f"    # {doc}" if doc else ""))
+        return 0
     cfg = load_config(args.preset, overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -107,7 +107,9 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
         enc.load_state_dict(state["model"])
     except RuntimeError as e:
         raise ValueError(f"{ckpt_path}: the weights do not match the model its config describes ({e})") from e
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
-    info = ModelSource(arch=cfg.model.backbone, cifar_stem=enc.backbone.cifar_stem, source=str(ckpt_path),
-                       config=cfg, step=state.get("step"), run_dir=run_dir)
-    return enc.backbone.eval(), info
+    from mmcr.run.layout import CHECKPOINT_DIR
+
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == CHECKPOINT_DIR else None
+    src = ModelSource(arch=cfg.model.backbone, cifar_stem=enc.backbone.cifar_stem, source=str(ckpt_path),
+                      config=cfg, step=state.get("step"), run_dir=run_dir)
+    return enc.backbone.eval(), src

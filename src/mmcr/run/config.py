@@ -54,11 +54,16 @@ class Range:
         return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
 
     def describe(self) -> str:
+        lo, hi = _num(self.lo), _num(self.hi)
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            return f"{'>' if self.lo_open else '>='} {lo}"
         if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'<' if self.hi_open else '<='} {hi}"
+        return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 POSITIVE = Range(0, None, lo_open=True)
@@ -176,7 +181,9 @@ class MomentumConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = _field("resnet_tiny", validate=_check_backbone, resume="fixed")
+    backbone: str = _field("resnet_tiny", validate=_check_backbone, resume="fixed",
+                           doc="backbone (mmcr.models registry): resnet18..152, wide/resnext, resnet_tiny/small/mini, "
+                               "timm:<name>")
     cifar_stem: bool = _field(True, resume="fixed", doc="3x3 stride-1 conv1 without max-pool")
     zero_init_residual: bool = _field(False, resume="fixed")
     projector: ProjectorConfig = _section(ProjectorConfig)
@@ -210,7 +217,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = _field(10, check=AT_LEAST_1, resume="free")
     batch_size: int = _field(32, check=AT_LEAST_1, resume="fixed", doc="global batch in images")
-    device: str = _field("auto", validate=_check_device, resume="free")
+    device: str = _field("auto", validate=_check_device, resume="free", doc="auto, cpu, cuda, cuda:<index> or mps")
     precision: str = _field("auto", choices=lambda: list(PRECISIONS))
     compile: bool = _field(False, resume="free")
     max_steps: int | None = _field(None, check=AT_LEAST_1, resume="free")
@@ -486,7 +493,9 @@ def read_run_config(path: str | Path) -> RunConfig:
     """The config of a run directory (``config.yaml``) or a config file."""
     path = Path(path)
     if path.is_dir():
-        path = path / "config.yaml"
+        from mmcr.run.layout import CONFIG_FILE
+
+        path = path / CONFIG_FILE
     return RunConfig.from_dict(read_yaml(path))
 
 
