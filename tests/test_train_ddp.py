@@ -68,6 +68,17 @@ def test_two_processes_match_one_process(tmp_path, extra):
         assert b == pytest.approx(a, rel=1e-6), (one, two)
 
 
+def test_view_chunks_under_ddp_match_one_process(tmp_path):
+    """Two-pass chunked backprop under DDP (gradients all-reduced once, the objective's gather once): with
+    synchronised BatchNorm, chunks of one view of every image have the same statistics in both runs."""
+    common = ["optim.name=adam", "train.max_steps=4", "train.precision=fp64"]
+    one = _run(tmp_path / "one", 1, common + ["train.view_chunk=32"])
+    two = _run(tmp_path / "two", 2, common + ["train.view_chunk=16"])
+    assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-6), (one, two)
+
+
 def test_first_float32_step_matches(tmp_path):
     extra = ["optim.name=adam", "train.max_steps=1"]
     (s1, a), = _run(tmp_path / "one", 1, extra)

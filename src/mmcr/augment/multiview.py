@@ -228,6 +228,19 @@ class MultiViewAugment:
         return cls(augment_cfg.preset, views=augment_cfg.views if views is None else views, seed=seed,
                    **augment_cfg.overrides)
 
+    @classmethod
+    def small_crops_from_config(cls, augment_cfg, seed: int | None = None) -> MultiViewAugment | None:
+        """The low-resolution crops of a run (``augment.small_views`` > 0; multi-crop): the same preset
+        and overrides, at ``augment.small_size`` (default half the views' side) and crop areas
+        ``augment.small_scale``. None when the run has none."""
+        if not augment_cfg.small_views:
+            return None
+        full = cls.from_config(augment_cfg, views=1, seed=0)
+        size = augment_cfg.small_size or max(1, min(full.size) // 2)
+        over = {**augment_cfg.overrides, "size": size, "scale": tuple(augment_cfg.small_scale)}
+        over.pop("blur_kernel_size", None)  # sized for the full views; the small ones get their own
+        return cls(augment_cfg.preset, views=augment_cfg.small_views, seed=seed, **over)
+
     def eval_transform(self, size=None, resize: int | None = None) -> EvalTransform:
         """The matching deterministic view (same output size, interpolation and normalisation)."""
         return EvalTransform(size=self.size if size is None else size, resize=resize, mean=self.mean, std=self.std,

@@ -122,6 +122,12 @@ def _check_backbone(name: str) -> str | None:
     return f"choose one of {', '.join(available_backbones())}"
 
 
+def _check_view_chunk(value) -> str | None:
+    if value == "auto" or (isinstance(value, int) and value >= 1):
+        return None
+    return "use a positive number of views per chunk, 'auto' (from train.max_activation_gb) or null (all at once)"
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -162,8 +168,13 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     preset: str = _field("cifar", choices=_choices(_augment_presets), doc="training augmentation preset")
-    views: int = _field(8, check=AT_LEAST_1, doc="views per image")
+    views: int = _field(8, check=AT_LEAST_1, doc="views per image at full resolution")
     overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment")
+    small_views: int = _field(0, check=NON_NEGATIVE,
+                              doc="extra low-resolution crops per image (multi-crop); each counts once in the centroid")
+    small_size: int | None = _field(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
+    small_scale: list[float] = _field([0.05, 0.4], check=Range(0, 1, lo_open=True),
+                                      doc="area fraction range of the small crops")
 
 
 @dataclass
@@ -232,6 +243,10 @@ class TrainConfig:
     progress: bool = _field(True, resume="free")
     tensorboard: bool = _field(True, resume="free")
     threads: int | None = _field(None, check=AT_LEAST_1, resume="free")
+    view_chunk: int | str | None = _field(None, validate=lambda v: _check_view_chunk(v),
+                                         doc="views per chunk (per process) of the two-pass backprop: memory stays "
+                                             "fixed as views grow; 'auto' from max_activation_gb; null = all at once")
+    max_activation_gb: float = _field(8.0, check=POSITIVE, doc="activation memory budget of view_chunk=auto")
 
 
 @dataclass
@@ -309,7 +324,7 @@ def _optional(typ) -> tuple[Any, bool]:
     args = typing.get_args(typ)
     if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return rest[0], True
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
     return typ, False
 
 
@@ -330,7 +345,15 @@ def _check_field(path: str, typ, meta, value: Any) -> Any:
             return None
         raise ConfigError(f"{path} cannot be null")
     origin = typing.get_origin(base)
-    if base is bool:
+    if origin in (typing.Union, types.UnionType):  # int | str: a number of something, or a keyword
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{path} must be an integer or a keyword, got {value!r}")
+        out = value
+    elif base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be true or false, got {value!r}")
         out = value
@@ -382,6 +405,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers like [0.9, 0.999], got {cfg.optim.betas}")
+    lo, hi = (cfg.augment.small_scale + [None, None])[:2]
+    if len(cfg.augment.small_scale) != 2 or lo > hi:
+        raise ConfigError(f"augment.small_scale must be an increasing pair like [0.05, 0.4], got {cfg.augment.small_scale}")
 
 
 # ------------------------------------------------------------------------------------ YAML + CLI

@@ -1,6 +1,9 @@
 """One training step, the whole method in one place:
 
-    uint8 batch -> k views (on the device) -> embeddings -> objective -> guarded update
+    uint8 batch -> k views (+ m small crops) on the device -> embeddings -> objective -> guarded update
+
+With ``train.view_chunk`` the embeddings and their backward go chunk by chunk in two passes (see
+:mod:`mmcr.train.chunked`): memory stays fixed as the views grow.
 
 No value is read back to the host inside a step: the NaN/Inf guard is a device-side flag that masks
 the optimiser update (``optimizer.found_inf``, see :mod:`mmcr.train.optim`), and the trainer reads the
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from mmcr.distributed import DistInfo
+from mmcr.train.chunked import chunked_forward_backward
 from mmcr.train.optim import skips_on_device
 from mmcr.train.state import TrainState
 
@@ -38,7 +42,8 @@ class StepContext:
     """What every step needs besides the changing state: built once by the trainer."""
 
     forward: nn.Module  # the encoder as called (DDP- and compile-wrapped when asked)
-    augment: object  # MultiViewAugment
+    augment: object  # MultiViewAugment of the full-resolution views
+    small_augment: object | None  # MultiViewAugment of the small crops (multi-crop), or None
     objective: nn.Module
     dist_info: DistInfo
     global_batch: int
@@ -47,15 +52,18 @@ class StepContext:
     amp_dtype: torch.dtype | None
     grad_clip: float | None
     channels_last: bool
+    view_chunk: int | None = None  # views per chunk of the two-pass backprop (None: all at once)
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper (its no_sync for chunks)
 
 
 def train_step(ctx: StepContext, state: TrainState, images: torch.Tensor) -> StepResult:
-    views = augment_shard(ctx.augment, images, ctx.global_batch, ctx.dist_info, state.aug_generator)
+    groups = make_views(ctx, state, images)  # [(B, k, 3, h, w)] (+ small crops)
     buffers = BufferSnapshot(state.model)  # a skipped step must not leave its BatchNorm statistics behind
-    z, z_m, finite = embed(ctx, state, views)
-    loss = ctx.objective(z, z_m) if z_m is not None else ctx.objective(z)
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    if ctx.view_chunk is None:
+        loss, finite = forward_backward(ctx, state, groups)
+    else:
+        loss, finite = chunked_forward_backward(ctx, state, groups, ctx.view_chunk)
     ok, grad_norm = guarded_update(ctx, state, loss, finite)
     buffers.keep_where(ok)
     with warnings.catch_warnings():  # a skipped step still advances the schedule (it is indexed by step)
@@ -82,17 +90,26 @@ class BufferSnapshot:
                 b.copy_(torch.where(ok, b, old))
 
 
-def embed(ctx: StepContext, state: TrainState, views: torch.Tensor):
-    """Embeddings (B, k, d) of the views (B, k, 3, h, w) under autocast, in the objective's precision,
-    with non-finite values replaced by zeros (the step is then skipped, see :func:`guarded_update`)."""
-    b, k = views.shape[:2]
-    x = views.flatten(0, 1).to(ctx.param_dtype)
-    if ctx.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(x.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
-    with autocast:
-        z = ctx.forward(x).view(b, k, -1)
-        z_m = state.momentum(x).view(b, k, -1) if state.momentum is not None else None
+def make_views(ctx: StepContext, state: TrainState, images: torch.Tensor) -> list[torch.Tensor]:
+    """This rank's views: the full-resolution group and, with multi-crop, the small crops."""
+    groups = [augment_shard(ctx.augment, images, ctx.global_batch, ctx.dist_info, state.aug_generator)]
+    if ctx.small_augment is not None:
+        groups.append(augment_shard(ctx.small_augment, images, ctx.global_batch, ctx.dist_info, state.aug_generator))
+    return groups
+
+
+def autocast_for(ctx: StepContext):
+    return torch.autocast(ctx.dist_info.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
+
+
+def to_input(ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
+    x = x.to(ctx.param_dtype)
+    return x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x
+
+
+def finite_and_clean(ctx: StepContext, z: torch.Tensor, z_m: torch.Tensor | None):
+    """Embeddings in the objective's precision with non-finite values replaced by zeros, and whether
+    they were all finite (else the step is skipped, see :func:`guarded_update`)."""
     dtype = torch.float64 if ctx.param_dtype == torch.float64 else torch.float32
     finite = torch.isfinite(z).all()
     z = torch.nan_to_num(z.to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
@@ -100,6 +117,24 @@ def embed(ctx: StepContext, state: TrainState, views: torch.Tensor):
         finite = finite & torch.isfinite(z_m).all()
         z_m = torch.nan_to_num(z_m.to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
     return z, z_m, finite
+
+
+def forward_backward(ctx: StepContext, state: TrainState, groups: list[torch.Tensor]):
+    """Embed every group in one pass each (B, k_g, d), concatenate the views (each counts once in the
+    centroids), then the objective and its backward. Returns (loss, finite flag)."""
+    zs, zms = [], []
+    with autocast_for(ctx):
+        for g in groups:
+            b, k = g.shape[:2]
+            x = to_input(ctx, g.flatten(0, 1))
+            zs.append(ctx.forward(x).view(b, k, -1))
+            zms.append(state.momentum(x).view(b, k, -1) if state.momentum is not None else None)
+    z = torch.cat(zs, dim=1) if len(zs) > 1 else zs[0]
+    z_m = None if zms[0] is None else (torch.cat(zms, dim=1) if len(zms) > 1 else zms[0])
+    z, z_m, finite = finite_and_clean(ctx, z, z_m)
+    loss = ctx.objective(z, z_m) if z_m is not None else ctx.objective(z)
+    state.scaler.scale(loss).backward()
+    return loss, finite
 
 
 def guarded_update(ctx: StepContext, state: TrainState, loss: torch.Tensor, finite: torch.Tensor):

@@ -27,6 +27,7 @@ from mmcr.run import checkpoint as ckpt
 from mmcr.run import layout
 from mmcr.run.config import ConfigError, RunConfig, dump_config
 from mmcr.train import resume as R
+from mmcr.train.chunked import resolve_view_chunk
 from mmcr.train.hooks import Interrupted, NonFiniteLossError, StepLogger, StopRule, StopSignals
 from mmcr.train.monitor import MetricsLog, ProgressDisplay
 from mmcr.train.optim import base_lr, build_optimizer, build_scheduler
@@ -92,6 +93,7 @@ def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run
     total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.epochs * steps_per_epoch,
                                                                                  tc.max_steps)
     augment = MultiViewAugment.from_config(cfg.augment, seed=cfg.seed)
+    small_augment = MultiViewAugment.small_crops_from_config(cfg.augment, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_encoder(cfg.model)
     try:
@@ -116,13 +118,18 @@ def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run
         aug_generator=torch.Generator().manual_seed(cfg.seed + 12345),
         nonfinite=NonFiniteCounter(device),
     )
+    local_views = global_batch // dist_info.world_size * cfg.augment.views
+    probe = torch.zeros(2, 3, *augment.size, device=device, dtype=param_dtype)
+    view_chunk = resolve_view_chunk(tc.view_chunk, model, probe, amp, tc.max_activation_gb, local_views)
     net: nn.Module = model
+    ddp = None
     if dist_info.enabled:
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        net = ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     ctx = StepContext(
-        forward=torch.compile(net) if tc.compile else net, augment=augment, objective=objective,
-        dist_info=dist_info, global_batch=global_batch, total_steps=total_steps, param_dtype=param_dtype,
-        amp_dtype=amp, grad_clip=cfg.optim.grad_clip, channels_last=cfg.model.channels_last,
+        forward=torch.compile(net) if tc.compile else net, augment=augment, small_augment=small_augment,
+        objective=objective, dist_info=dist_info, global_batch=global_batch, total_steps=total_steps,
+        param_dtype=param_dtype, amp_dtype=amp, grad_clip=cfg.optim.grad_clip,
+        channels_last=cfg.model.channels_last, view_chunk=view_chunk, ddp=ddp,
     )
     run = Run(cfg, run_dir, dist_info, train_ds, val_ds, loader, steps_per_epoch, total_steps, ctx)
     return run, state
@@ -217,10 +224,12 @@ def _train(cfg: RunConfig, dist_info: D.DistInfo) -> dict:
         log.event("start", step=state.step, world_size=dist_info.world_size, device=str(dist_info.device),
                   steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
                   base_lr=base_lr(cfg.optim, cfg.train.batch_size), resumed=found is not None,
+                  view_chunk=run.ctx.view_chunk,
                   resumed_from=str(found[1]) if found else None, config_changes=changes)
     progress = ProgressDisplay(run.total_steps, enabled=tc.progress, initial=state.step, main=run.is_main)
     logger = StepLogger(log, progress, run.ctx.objective, tc.log_every_steps, tc.max_nonfinite_steps,
-                        tc.batch_size, tc.batch_size * cfg.augment.views, run.steps_per_epoch)
+                        tc.batch_size, tc.batch_size * (cfg.augment.views + cfg.augment.small_views),
+                        run.steps_per_epoch)
     with StopSignals() as signals:
         stop = StopRule(run.total_steps, tc.time_budget_s, tc.log_every_steps, signals, dist_info)
         try:
