@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import operator
 import re
 import types
 import typing
@@ -324,7 +326,7 @@ def _optional(typ) -> tuple[Any, bool]:
     args = typing.get_args(typ)
     if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        return (rest[0] if len(rest) == 1 else functools.reduce(operator.or_, rest)), True
     return typ, False
 
 
@@ -405,9 +407,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers like [0.9, 0.999], got {cfg.optim.betas}")
-    lo, hi = (cfg.augment.small_scale + [None, None])[:2]
-    if len(cfg.augment.small_scale) != 2 or lo > hi:
-        raise ConfigError(f"augment.small_scale must be an increasing pair like [0.05, 0.4], got {cfg.augment.small_scale}")
+    scale = cfg.augment.small_scale
+    if len(scale) != 2 or scale[0] > scale[1]:
+        raise ConfigError(f"augment.small_scale must be an increasing pair like [0.05, 0.4], got {scale}")
 
 
 # ------------------------------------------------------------------------------------ YAML + CLI
