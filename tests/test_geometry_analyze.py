@@ -44,3 +44,27 @@ def test_feature_taps_reject_unknown_layers():
     assert default_layers(model)[-1] == "output"
     with pytest.raises(ValueError, match="unknown layer"):
         FeatureTaps(model, ["nope"])
+
+
+def test_analyze_uses_the_runs_own_augmentation_and_normalisation(tmp_path):
+    """A run trained with other statistics than CIFAR's (and a 12 px crop) is analysed with its own."""
+    import torch
+
+    from mmcr.geometry.analyze import run_analysis
+    from mmcr.models import build_encoder
+    from mmcr.run import CHECKPOINT_FORMAT
+    from mmcr.run.config import load_config
+
+    cfg = load_config("digits", ["augment.overrides.size=12", "augment.overrides.mean=[0.3, 0.2, 0.1]",
+                                 "augment.overrides.std=[0.7, 0.6, 0.5]", "model.projector.hidden=[16]"])
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": build_encoder(cfg.model).state_dict(),
+                "step": 3}, run / "checkpoints" / "ckpt_00000003.pt")
+    res = run_analysis(str(run), None, tmp_path / "geo", n_images=4, n_views=3, n_classes=3, n_per_class=4,
+                       n_t=10, fit_range=(2, 10), layers=["output"], progress=False)
+    s = res["settings"]
+    assert res["dataset"] == "digits"  # the run's own data (its options: 16 px digits)
+    assert s["views"]["mean"] == [0.3, 0.2, 0.1] and s["views"]["std"] == [0.7, 0.6, 0.5]
+    assert s["views"]["size"] == [12, 12] and s["views"]["scale"] == [0.4, 1.0]  # the run's crops, not cifar's
+    assert s["clean_view"]["mean"] == [0.3, 0.2, 0.1] and s["clean_view"]["size"] == [12, 12]

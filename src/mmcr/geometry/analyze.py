@@ -261,6 +261,8 @@ def run_analysis(
             n_per_class=n_per_class,
             max_features=max_features,
             augment_preset=augment_preset,
+            views=aug.config,
+            clean_view=clean.config,
             seed=seed,
             fit_range=list(fit_range),
         ),
