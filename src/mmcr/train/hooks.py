@@ -60,8 +60,8 @@ class StopSignals:
 
 
 class StopRule:
-    """Decides, at decision points, whether training stops and why: ``max_steps`` (host counter),
-    ``time_budget`` (host clock) or ``interrupt`` (a signal); agreed across ranks."""
+    """Decides, at decision points, whether training stops: the last step (host counter), or why it stops
+    early: ``time_budget`` (host clock) or ``interrupt`` (a signal); agreed across ranks."""
 
     def __init__(self, total_steps: int, time_budget_s: float | None, log_every: int, signals: StopSignals,
                  dist_info: DistInfo):
@@ -78,7 +78,6 @@ class StopRule:
 
     def check(self, step: int) -> bool:
         if step >= self.total_steps:
-            self.reason = self.reason or "max_steps"
             return True
         if self.dist_info.enabled and step % self.log_every:
             return False  # ranks agree only at logging steps (one collective there)

@@ -251,7 +251,7 @@ def _train(cfg: RunConfig, dist_info: D.DistInfo) -> dict:
         "epochs_completed": state.epoch,
         "train_seconds": stop.elapsed(),
         "nonfinite_steps": int(state.nonfinite.total.item()),
-        "stopped_by": stop.reason or "epochs",
+        "stopped_by": stop.reason or ("max_steps" if run.total_steps < tc.epochs * run.steps_per_epoch else "epochs"),
     }
     if cfg.eval.final:
         summary.update(_final_evaluation(run, state))
