@@ -275,7 +275,9 @@ def test_c4_layout_of_resnet50():
     assert model.transform.min_size == tuple(range(480, 801, 32)) and model.test_min_size == 800
 
     frozen_cfg = load_detection_config(None, ["model.norm=frozen"])
-    frozen = build_c4_detector(load_pretrained("random:resnet50")[0], frozen_cfg["model"], frozen_cfg["input"])
+    frozen = build_c4_detector(load_pretrained("random:resnet18")[0], frozen_cfg["model"], frozen_cfg["input"])
+    assert frozen.backbone.out_channels == 256 and frozen.backbone.stride == 16
+    assert frozen.roi_heads.box_head.out_channels == 512
     kinds = {type(m).__name__ for m in frozen.modules()}
     assert "BatchNorm2d" not in kinds and "FrozenBatchNorm2d" in kinds
     assert all(p.requires_grad for p in frozen.parameters())

@@ -123,7 +123,7 @@ def load_detection_config(
 
     with open(preset_path("voc-c4")) as f:
         cfg = yaml.safe_load(f)
-    if config is not None and str(config) != "voc-c4":
+    if config is not None and str(config) not in DETECTION_PRESETS[:1]:
         path = Path(config)
         if not path.is_file():
             if str(config) in DETECTION_PRESETS:
@@ -142,9 +142,30 @@ def load_detection_config(
         _merge(cfg, parse_override(text))
     for name, p in cfg["protocols"].items():
         _check_protocol(name, p)
-    s, i = cfg["solver"], cfg["input"]
-    if s["batch_size"] < 1 or s["lr"] <= 0 or s["test_batch_per_rank"] < 1:
-        raise ConfigError("solver.batch_size and solver.test_batch_per_rank must be >= 1 and solver.lr > 0")
+    s, i, m = cfg["solver"], cfg["input"], cfg["model"]
+    lows = {"solver.batch_size": 1, "solver.test_batch_per_rank": 1, "solver.log_every": 1, "model.roi_resolution": 1}
+    lows.update(
+        {
+            f"solver.{k}": 0
+            for k in (
+                "warmup_iters",
+                "precise_bn_iters",
+                "checkpoint_every",
+                "num_workers",
+                "weight_decay",
+                "weight_decay_norm",
+                "momentum",
+            )
+        }
+    )
+    for key, low in lows.items():
+        sec, name = key.split(".")
+        if cfg[sec][name] < low:
+            raise ConfigError(f"{key} must be >= {low}, got {cfg[sec][name]}")
+    if s["lr"] <= 0 or not 0 < s["warmup_factor"] <= 1 or not 0 < s["gamma"] <= 1:
+        raise ConfigError("solver.lr must be > 0 and solver.warmup_factor and solver.gamma lie in (0, 1]")
+    if not m["anchor_sizes"] or not m["aspect_ratios"] or min(m["anchor_sizes"] + m["aspect_ratios"]) <= 0:
+        raise ConfigError("model.anchor_sizes and model.aspect_ratios must be non-empty lists of positive numbers")
     if not i["min_size_train"] or any(not isinstance(v, int) or v < 1 for v in i["min_size_train"]):
         raise ConfigError(f"input.min_size_train must be a list of positive integers, got {i['min_size_train']!r}")
     return cfg
@@ -152,7 +173,7 @@ def load_detection_config(
 
 def protocol_schedule(cfg: dict, protocol: str, iterations: int | None = None) -> dict:
     """The protocol's entry, with ``iterations`` overriding its length: the decay steps keep their
-    fractions of the schedule and the warmup is cut to the schedule when longer."""
+    fractions of the schedule (the warmup keeps its ``solver.warmup_iters``)."""
     if protocol not in cfg["protocols"]:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(cfg['protocols'])}")
     p = copy.deepcopy(cfg["protocols"][protocol])
