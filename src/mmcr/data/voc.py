@@ -125,7 +125,7 @@ def parse_annotation(xml_path: str | Path, classes=VOC_CLASSES) -> tuple[int, in
             raise VOCFormatError(f"{xml}: object {i} ({name}) has no <bndbox>")
         xmin, ymin, xmax, ymax = (_number(bb, t, xml) for t in ("xmin", "ymin", "xmax", "ymax"))
         # 1-based inclusive pixel indexes; a 0 is tolerated (some tools write 0-based) and clamped.
-        if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
+        if xmin < 0 or ymin < 0 or xmax > width or ymax > height or xmax < 1 or ymax < 1:
             raise VOCFormatError(
                 f"{xml}: object {i} ({name}) box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside the "
                 f"{width:g} x {height:g} image; fix the coordinates (1-based pixel indexes)"
