@@ -173,6 +173,7 @@ def learn(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     sub = p.add_subparsers(dest="mode", required=True)
     f = sub.add_parser("flops")
     f.add_argument("--repeats", type=int, default=1)
@@ -194,7 +195,8 @@ def main() -> None:
     ln.add_argument("--seeds", type=int, nargs="+", default=[0])
     ln.add_argument("--data-seed", type=int, default=0)
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     {"flops": flops, "timing": timing, "learn": learn}[args.mode](args)
 
 

@@ -113,6 +113,16 @@ def voc(tmp_path_factory) -> Path:
     return make_voc(tmp_path_factory.mktemp("voc"))
 
 
+@pytest.fixture
+def one_thread():
+    # The small detector runs thousands of tiny ops per step; with two intra-op threads on a busy
+    # 2-core machine every op waits for both (40 iterations: 25 s with 2 threads, 4.5 s with 1, at load 7).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------------------------------ reader
 
 
@@ -250,7 +260,7 @@ def test_stream_is_resumable_and_split_across_ranks():
 # ------------------------------------------------------------------------------------- C4 assembly
 
 
-def test_c4_layout_of_resnet50():
+def test_c4_layout_of_resnet50(one_thread):
     backbone, _ = load_pretrained("random:resnet50")
     cfg = load_detection_config()
     model = build_c4_detector(backbone, cfg["model"], cfg["input"])
@@ -283,7 +293,7 @@ def test_c4_layout_of_resnet50():
     assert all(p.requires_grad for p in frozen.parameters())
 
 
-def test_every_part_of_the_small_detector_learns(voc):
+def test_every_part_of_the_small_detector_learns(voc, one_thread):
     backbone, _ = load_pretrained("random:resnet_tiny")
     cfg = load_detection_config(None, SMALL)
     model = build_c4_detector(backbone, cfg["model"], cfg["input"])
@@ -443,7 +453,7 @@ def test_ap_matches_an_independent_reference(seed):
 # ---------------------------------------------------------------------------------- end to end
 
 
-def test_learns_to_find_shapes_and_records_the_result(voc, tmp_path, capsys):
+def test_learns_to_find_shapes_and_records_the_result(voc, tmp_path, capsys, one_thread):
     """200 CPU iterations of a random-init resnet_tiny: AP50 clearly above the untrained detector's."""
     args = ["eval", "detection", "random:resnet_tiny", "--root", str(voc), "--protocol", "voc07", "--no-progress",
             "--iterations", "0", "--out", str(tmp_path / "untrained")]
@@ -467,7 +477,7 @@ def test_learns_to_find_shapes_and_records_the_result(voc, tmp_path, capsys):
     assert [m["iteration"] for m in metrics] == list(range(25, 201, 25))
 
 
-def test_an_interrupted_run_resumes_exactly(voc, tmp_path):
+def test_an_interrupted_run_resumes_exactly(voc, tmp_path, one_thread):
     ov = [*SMALL, "solver.checkpoint_every=3", "solver.batch_size=2", "solver.precise_bn_iters=0"]
     kw = dict(protocol="voc07", overrides=ov, iterations=6, out=tmp_path, progress=False)
     first = run_detection("random:resnet_tiny", voc, **kw)
@@ -487,7 +497,7 @@ def test_an_interrupted_run_resumes_exactly(voc, tmp_path):
         run_detection("random:resnet_tiny", voc, **{**kw, "overrides": [*ov, "solver.lr=0.01"]})
 
 
-def test_two_cpu_processes_agree_with_one(tmp_path):
+def test_two_cpu_processes_agree_with_one(tmp_path, one_thread):
     """torchrun with 2 gloo ranks (synchronised BatchNorm, gathered detections) evaluates like one process."""
     root = make_voc(tmp_path / "voc", n_trainval=8, n_test=6, seed=1)
     ov = [*SMALL, "solver.precise_bn_iters=0", "solver.test_batch_per_rank=1"]
