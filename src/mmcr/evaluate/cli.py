@@ -1,4 +1,4 @@
-"""argparse wiring for ``mmcr eval knn|linear|semi|transfer`` and ``mmcr export``.
+"""argparse wiring for ``mmcr eval knn|linear|semi|transfer|detection`` and ``mmcr export``.
 
 ``add_eval_parser(subparsers)`` and ``add_export_parser(subparsers)`` register the subcommands; each
 leaf parser sets ``func`` to a handler taking the parsed arguments and returning the exit status (0);
@@ -144,6 +144,29 @@ def _transfer(args) -> int:
     return 0
 
 
+def _detection(args) -> int:
+    from mmcr.evaluate.detection import run_detection
+
+    res = run_detection(
+        args.source,
+        args.root,
+        protocol=args.protocol,
+        config=args.config,
+        overrides=args.overrides,
+        iterations=args.iterations,
+        norm=args.norm,
+        seed=args.seed,
+        workers=args.workers,
+        restart=args.restart,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    if "json" in res:  # rank 0 under torchrun
+        print("detection: " + json.dumps({k: round(res[k], 2) for k in ("AP", "AP50", "AP75")} | {"json": res["json"]}))
+    return 0
+
+
 def _export(args) -> int:
     from mmcr.evaluate.api import run_export
 
@@ -154,7 +177,7 @@ def _export(args) -> int:
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``eval`` with the subcommands ``knn``, ``linear``, ``semi`` and ``transfer``."""
-    ev = subparsers.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear, semi, transfer)")
+    ev = subparsers.add_parser("eval", help="evaluate a pretrained backbone (kNN, linear, semi, transfer, detection)")
     sub = ev.add_subparsers(dest="eval_command", required=True)
 
     p = sub.add_parser("knn", help="weighted kNN on L2-normalised features (top-1/top-5)")
@@ -199,6 +222,25 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_transfer)
+
+    p = sub.add_parser(
+        "detection", help="fine-tune a Faster R-CNN R50-C4 on PASCAL VOC (AP, AP50, AP75); torchrun for GPUs"
+    )
+    p.add_argument("source", help=SOURCE_HELP)
+    p.add_argument("--root", required=True, help="folder holding VOCdevkit/VOC2007 (and VOC2012), or VOCdevkit")
+    p.add_argument("--protocol", default="voc07+12", help="voc07+12 (default: 07+12 trainval -> 07 test) or voc07")
+    p.add_argument("--config", default=None, help="YAML with preset fields to change (default: the voc-c4 preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a preset field, e.g. --set solver.lr=0.01 (repeatable)")
+    p.add_argument("--iterations", type=int, default=None, help="schedule length; lr steps keep their fractions")
+    p.add_argument("--norm", choices=("sync", "frozen"), default=None, help="BatchNorm: sync (default) or frozen")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding workers per rank (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="discard this run's detection checkpoints and start over")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun picks cuda:LOCAL_RANK)")
+    p.add_argument("--out", default=None, help="output directory or .json file (default: the run directory)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_detection)
     return ev
 
 
