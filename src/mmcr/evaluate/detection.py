@@ -43,8 +43,8 @@ from torchvision.models.resnet import ResNet
 from torchvision.ops import MultiScaleRoIAlign, RoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from mmcr.data.voc import VOC_CLASSES, VOCDetectionData, VOCFormatError, load_voc_split
 from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
+from mmcr.data.voc import VOC_CLASSES, VOCDetectionData, VOCFormatError, load_voc_split
 from mmcr.evaluate.features import eval_transform_for, progress_bar
 from mmcr.evaluate.results import output_dir, record_result
 
@@ -673,8 +673,8 @@ def run_detection(
     resumes from the newest checkpoint there (``restart=True`` discards them). The result is recorded
     like every evaluation (``eval/detection_<protocol>.json`` and a report line).
     """
-    from mmcr.models import load_pretrained
     from mmcr.distributed import cleanup, convert_sync_batchnorm, setup
+    from mmcr.models import load_pretrained
     from mmcr.run import layout
     from mmcr.run.checkpoint import load_latest, save_checkpoint
 
