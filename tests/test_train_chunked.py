@@ -13,7 +13,12 @@ from torch import nn
 
 from mmcr.distributed import DistInfo
 from mmcr.objectives import build_objective
-from mmcr.train.chunked import chunked_forward_backward, view_major_chunks
+from mmcr.train.chunked import (
+    activation_bytes_per_view,
+    chunked_forward_backward,
+    resolve_view_chunk,
+    view_major_chunks,
+)
 from mmcr.train.state import NonFiniteCounter, TrainState
 from mmcr.train.step import StepContext, forward_backward
 
@@ -134,3 +139,16 @@ def test_chunked_training_resumes_bit_for_bit(tmp_path):
     for key in ("model", "momentum"):
         for name, t in ref[key].items():
             assert torch.equal(t, cut[key][name]), f"{key}.{name}"
+
+
+def test_auto_chunk_from_an_activation_budget():
+    model = _net(bn=True).train()
+    before = [b.clone() for b in model.buffers()]
+    x2, x8 = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.randn(8, 3, 8, 8, dtype=torch.float64)
+    per_view = activation_bytes_per_view(model, x2, None)
+    assert per_view > 0 and activation_bytes_per_view(model, x8, None) == pytest.approx(per_view, rel=0.3)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))  # the probe leaves no trace
+    assert resolve_view_chunk("auto", model, x2, None, per_view * 10 / 2**30, total_views=100) == 10
+    assert resolve_view_chunk("auto", model, x2, None, 1.0, total_views=100) is None  # all fit: no chunking
+    assert resolve_view_chunk(32, model, x2, None, None, total_views=100) == 32
+    assert resolve_view_chunk(None, model, x2, None, None, total_views=100) is None

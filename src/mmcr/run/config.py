@@ -248,7 +248,9 @@ class TrainConfig:
     view_chunk: int | str | None = _field(None, validate=lambda v: _check_view_chunk(v),
                                          doc="views per chunk (per process) of the two-pass backprop: memory stays "
                                              "fixed as views grow; 'auto' from max_activation_gb; null = all at once")
-    max_activation_gb: float = _field(8.0, check=POSITIVE, doc="activation memory budget of view_chunk=auto")
+    max_activation_gb: float | None = _field(None, check=POSITIVE,
+                                             doc="activation budget of view_chunk=auto (null: half the free "
+                                                 "memory of the device, or of the machine on a CPU)")
 
 
 @dataclass

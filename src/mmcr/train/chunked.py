@@ -23,6 +23,7 @@ the last chunk's backward.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
@@ -72,15 +73,31 @@ def activation_bytes_per_view(model: nn.Module, x: torch.Tensor, amp_dtype: torc
     return total / x.shape[0]
 
 
-def resolve_view_chunk(setting, model: nn.Module, probe: torch.Tensor, amp_dtype, budget_gb: float,
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of the accelerator, or the memory the OS can still give this process on a CPU
+    (``MemAvailable`` of /proc/meminfo where there is one, else free pages)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def resolve_view_chunk(setting, model: nn.Module, probe: torch.Tensor, amp_dtype, budget_gb: float | None,
                        total_views: int) -> int | None:
-    """The number of views per chunk: an int as given, ``auto`` from the activation budget, or None
-    (no chunking) when everything fits in one chunk."""
+    """The number of views per chunk: an int as given, ``auto`` from the activation budget (``budget_gb``,
+    or half the free memory of the device), or None (no chunking) when everything fits in one chunk."""
     if setting is None:
         return None
     if setting == "auto":
+        budget = budget_gb * 2**30 if budget_gb is not None else free_memory_bytes(probe.device) / 2
         per_view = activation_bytes_per_view(model, probe, amp_dtype)
-        setting = max(1, int(budget_gb * 2**30 // max(per_view, 1.0)))
+        setting = max(1, int(budget // max(per_view, 1.0)))
     return None if setting >= total_views else int(setting)
 
 
