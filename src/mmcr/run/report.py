@@ -95,7 +95,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     recs = read_metrics(run_dir)
     loss = [(r["step"], r["loss"]) for r in recs if "loss" in r]
-    knn = [(r["step"], r["knn_val_top1"]) for r in recs if "knn_val_top1" in r]
+    knn = sorted((r["step"], r["knn_val_top1"]) for r in recs if "knn_val_top1" in r)  # checkpoints come later
     lines = [f"# Pretraining report: {run_dir.name}", ""]
     summary_path = run_dir / layout.SUMMARY_FILE
     if summary_path.exists():
