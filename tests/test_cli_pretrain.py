@@ -3,6 +3,7 @@ import json
 import pytest
 
 from mmcr.cli import main
+from mmcr.run.config import read_run_config
 
 
 def test_pretrain_cli_writes_summary_and_report(tmp_path, capsys):
@@ -20,19 +21,19 @@ def test_pretrain_cli_writes_summary_and_report(tmp_path, capsys):
     # the same question gets the same answer: `mmcr eval knn` on the run (its own k and T) repeats the
     # pretraining summary's learned-encoder figure, in the same unit (percent)
     assert main(["eval", "knn", str(out), "--no-progress"]) == 0
-    res = json.loads((out / "eval" / "knn_digits.json").read_text())
+    cfg = read_run_config(out)
+    assert cfg.data.name == "mnist5k"  # the offline default
+    res = json.loads((out / "eval" / f"knn_{cfg.data.name}.json").read_text())
     assert (res["k"], res["temperature"]) == (summary["knn_k"], summary["knn_temperature"])
     assert res["top1"] == pytest.approx(summary["knn_top1_learned"])
     # raw pixels: the kNN of the run's eval view of the images themselves, computed independently
     from mmcr.augment import MultiViewAugment
     from mmcr.data import load_dataset
     from mmcr.evaluate import knn_accuracy
-    from mmcr.run.config import read_run_config
 
-    cfg = read_run_config(out)
     tf = MultiViewAugment.from_config(cfg.augment).eval_transform()
-    tr = load_dataset("digits", split="train", **cfg.data.options)
-    te = load_dataset("digits", split="test", **cfg.data.options)
+    tr = load_dataset(cfg.data.name, split="train", **cfg.data.options)
+    te = load_dataset(cfg.data.name, split="test", **cfg.data.options)
     pix = knn_accuracy(tf(tr.images).flatten(1), tr.labels, tf(te.images).flatten(1), te.labels,
                        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)["top1"]
     assert summary["knn_top1_raw_pixels"] == pytest.approx(pix) and pix > 90.0

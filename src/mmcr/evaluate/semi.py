@@ -1,5 +1,13 @@
-"""Semi-supervised evaluation: fine-tune the whole network (backbone + a new linear head) on a small
+"""Semi-supervised evaluation: fine-tune the whole network (backbone + a linear head) on a small
 labelled subset (1 % or 10 % of the training labels) and report once on the test split.
+
+Two choices keep fine-tuning from ending below what the frozen features already give:
+
+- the head starts from the linear probe fitted on the same subset's frozen features (LP-FT, Kumar
+  et al. 2022): fine-tuning then begins at the probe's solution instead of distorting the features
+  under a random head; the probe's own test accuracy is reported beside the fine-tuned one;
+- the schedule has a floor of optimiser steps (``min_steps``), because a fixed number of epochs over
+  a tiny subset is only a handful of steps (142 images at batch 256: one step per epoch).
 
 Subsets are class-balanced draws from a seed, or read from a file (ImageNet's standard ``1percent.txt``
 / ``10percent.txt`` lists of file names, or one index per line). Hyperparameters are fixed in advance
@@ -59,12 +67,17 @@ def read_subset_file(path: str | Path, names: Sequence[str] | None = None) -> to
 
 class FinetuneAugment(nn.Module):
     """The usual supervised fine-tuning augmentation, batched: random crop after reflect-padding by
-    size/8, horizontal flip, normalisation (after resizing to ``size`` when given, as eval does).
-    Lighter than the SSL views on purpose: labels are scarce here, not invariances."""
+    size/8, horizontal flip with probability ``flip_p``, normalisation (after resizing to ``size`` when
+    given, as eval does). Lighter than the SSL views on purpose: labels are scarce here, not
+    invariances. A run trained without flips (digits) should be fine-tuned without them too."""
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_fraction: float = 0.125, size=None):
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_fraction: float = 0.125, size=None,
+                 flip_p: float = 0.5):
         super().__init__()
+        if not 0.0 <= float(flip_p) <= 1.0:
+            raise ValueError(f"flip_p must lie in [0, 1], got {flip_p}")
         self.pad_fraction = pad_fraction
+        self.flip_p = float(flip_p)
         self.size = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -86,9 +99,48 @@ class FinetuneAugment(nn.Module):
             rows,
             cols,
         ]
-        flip = (torch.rand(B, generator=generator) < 0.5).to(dev)
+        flip = (torch.rand(B, generator=generator) < self.flip_p).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return (x / 255.0 - self.mean.to(dev)) / self.std.to(dev)
+
+
+MIN_STEPS = 500  # the floor of optimiser steps; fixed in advance (see the module docstring)
+HEAD_INITS = ("linear", "random")
+
+
+def _probe_head(
+    backbone: nn.Module,
+    eval_tf: Callable,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    weight_decays,
+    seed: int,
+    batch_size: int,
+    dev: torch.device,
+) -> tuple[nn.Linear, dict]:
+    """The linear probe on the subset's frozen features as an ``nn.Linear`` (its standardisation folded
+    into the weights, so the head gives the probe's scores on raw features) and its test accuracy."""
+    from mmcr.evaluate.features import extract_features
+    from mmcr.evaluate.linear import fit_logistic, linear_probe
+
+    ftr, _ = extract_features(backbone, train_images, transform=eval_tf, batch_size=batch_size, device=dev)
+    fte, _ = extract_features(backbone, test_images, transform=eval_tf, batch_size=batch_size, device=dev)
+    # weight decay chosen on a split carved from the labelled subset (the probe's own protocol)...
+    chosen = linear_probe(ftr, train_labels, fte, test_labels, weight_decays=weight_decays, seed=seed,
+                          num_classes=num_classes, device=dev)
+    # ...then one fit on the whole subset, started from zero: the head fine-tuning starts from
+    probe = fit_logistic(ftr, train_labels, chosen["weight_decay"], num_classes, device=dev)
+    acc = topk_accuracy(probe.scores(fte), test_labels.to(probe.weight.device))
+    head = nn.Linear(ftr.shape[1], num_classes)
+    with torch.no_grad():
+        w = probe.weight / probe.std
+        head.weight.copy_(w)
+        head.bias.copy_(probe.bias - w @ probe.mean)
+    return head, {"linear_top1": acc["top1"], "linear_top5": acc["top5"],
+                  "linear_weight_decay": chosen["weight_decay"]}
 
 
 def finetune(
@@ -99,30 +151,46 @@ def finetune(
     test_labels: torch.Tensor,
     num_classes: int | None = None,
     epochs: int = 30,
+    min_steps: int = MIN_STEPS,
     batch_size: int = 256,
     lr: float = 0.01,
     head_lr: float = 0.1,
     weight_decay: float = 0.0,
+    head_init: str = "linear",
+    grad_clip: float | None = 1.0,
+    probe_weight_decays=None,
     train_transform: Callable | None = None,
     eval_transform: Callable | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> dict:
-    """Fine-tune ``backbone`` (modified in place) with a new linear head by SGD (momentum 0.9, Nesterov)
-    and a cosine schedule over ``epochs``; ``lr`` for the backbone, ``head_lr`` for the head.
+    """Fine-tune ``backbone`` (modified in place) with a linear head by SGD (momentum 0.9, Nesterov) and
+    a cosine schedule; ``lr`` for the backbone, ``head_lr`` for the head.
+
+    The schedule runs ``epochs`` epochs, or more when that is fewer than ``min_steps`` optimiser steps
+    (then as many whole epochs as reach ``min_steps``). ``head_init="linear"`` starts the head from the
+    linear probe on the same subset's frozen features (weight decay chosen among ``probe_weight_decays``
+    on a split of the subset) and reports that probe's test accuracy as ``linear_top1``;
+    ``"random"`` starts from PyTorch's default initialisation (no probe is fitted).
 
     Images are uint8 (N, 3, H, W). ``train_transform(images, generator)`` defaults to
     :class:`FinetuneAugment`, ``eval_transform(images)`` to :class:`mmcr.augment.EvalTransform`'s default.
-    Returns test top-1/top-5 (percent), the
-    final training loss and sizes.
+    Returns test top-1/top-5 (percent), the linear probe's beside them, the final training loss, the
+    number of steps and sizes.
     """
     from mmcr.augment import EvalTransform
+    from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
 
     if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
         raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if epochs < 1 or batch_size < 1 or min_steps < 0:
+        raise ValueError(f"epochs and batch_size must be >= 1 and min_steps >= 0, got {epochs}, {batch_size} "
+                         f"and {min_steps}")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip}")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
     t0 = time.perf_counter()
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -130,11 +198,16 @@ def finetune(
     C = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
     train_transform = train_transform if train_transform is not None else FinetuneAugment().to(dev)
     eval_tf = eval_transform if eval_transform is not None else EvalTransform()
-    with torch.no_grad():
-        was = backbone.training
-        dim = backbone.eval()(eval_tf(train_images[:2])).shape[1]
-        backbone.train(was)
-    head = nn.Linear(dim, C)
+    was = backbone.training
+    probe: dict = {}
+    if head_init == "linear":
+        head, probe = _probe_head(backbone, eval_tf, train_images, train_labels, test_images, test_labels, C,
+                                  probe_weight_decays or DEFAULT_WEIGHT_DECAYS, seed, batch_size, dev)
+    else:
+        with torch.no_grad():
+            dim = backbone.eval()(eval_tf(train_images[:2].to(dev))).shape[1]
+        head = nn.Linear(dim, C)
+    backbone.train(was)
     model = nn.Sequential(backbone, head).to(dev)
     opt = torch.optim.SGD(
         [{"params": backbone.parameters(), "lr": lr}, {"params": head.parameters(), "lr": head_lr}],
@@ -144,11 +217,13 @@ def finetune(
     )
     N = train_images.shape[0]
     bs = min(batch_size, N)
-    steps_per_epoch = math.ceil(N / bs)
+    steps_per_epoch = N // bs + (N % bs >= 2)  # a straggler batch of one image is skipped (see below)
+    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     y_all = train_labels.to(torch.int64)
     last_loss = float("nan")
+    steps = 0
     model.train()
     with progress_bar(total, "fine-tune", enabled=progress) as advance:
         for _ in range(epochs):
@@ -161,10 +236,13 @@ def finetune(
                 loss = F.cross_entropy(model(x), y_all[idx].to(dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 opt.step()
                 sched.step()
-                last_loss = loss.item()
+                steps += 1
                 advance()
+            last_loss = loss.item()
     model.eval()
     scores = []
     with torch.no_grad():
@@ -174,9 +252,14 @@ def finetune(
     return {
         "top1": acc["top1"],
         "top5": acc["top5"],
+        **probe,
+        "head_init": head_init,
         "n_labelled": int(N),
         "n_test": int(test_images.shape[0]),
         "epochs": epochs,
+        "steps": steps,
+        "min_steps": min_steps,
+        "batch_size": bs,
         "lr": lr,
         "head_lr": head_lr,
         "weight_decay": weight_decay,

@@ -13,7 +13,8 @@ from mmcr.run import layout
 _EVAL_MARK = " · eval "  # what makes a report line an evaluation line (written and recognised only here)
 
 
-def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: str | None = None) -> None:
+def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: str | None = None,
+          xlabel: str = "step") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,12 +22,49 @@ def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: st
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(*zip(*points), marker=marker)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def knn_training_time(recs: list[dict]) -> list[tuple[float, float, int]]:
+    """``(training seconds, kNN val top-1, step)`` of every kNN-on-validation record of a metrics log.
+
+    Training seconds are wall-clock since the run started, without the time spent in the online kNN
+    evaluations themselves and without the gaps between a killed run and its resume (each ``start``
+    event opens a segment that continues from the last time reached before it). A kNN record of step
+    s is taken to start when step s ended: the last step record's time, plus its ``step_time_s`` for
+    each step it lies behind s (the log is written every few steps); before the first step record of
+    a segment the evaluation's own time cannot be told apart and stays in. A record carrying
+    ``train_time_s`` (a checkpoint evaluated after training) gives its time itself.
+    """
+    out: list[tuple[float, float, int]] = []
+    offset = 0.0  # training seconds reached before the current segment
+    seg_start = None  # wall time of the current segment's start event
+    monitoring = 0.0  # kNN evaluation seconds inside the current segment
+    last = None  # the current segment's latest step record
+    last_t = 0.0
+    for r in recs:
+        wall = r.get("wall_time")
+        if "knn_val_top1" in r and "train_time_s" in r:
+            out.append((float(r["train_time_s"]), r["knn_val_top1"], r.get("step", 0)))
+        elif r.get("event") == "start" and wall is not None:
+            offset, seg_start, monitoring, last = last_t, wall, 0.0, None
+        elif seg_start is None or wall is None or "step" not in r:
+            continue
+        elif "knn_val_top1" in r:
+            if last is not None:  # (with no step record yet, the evaluation's own time stays in)
+                step_end = last["wall_time"] + max(0, r["step"] - last["step"]) * last.get("step_time_s", 0.0)
+                monitoring += max(0.0, wall - step_end)
+            last_t = offset + wall - seg_start - monitoring
+            out.append((last_t, r["knn_val_top1"], r["step"]))
+        elif "loss" in r:
+            last = r
+            last_t = offset + wall - seg_start - monitoring
+    return sorted(out)
 
 
 def _fmt(v: Any) -> str:
@@ -57,7 +95,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     recs = read_metrics(run_dir)
     loss = [(r["step"], r["loss"]) for r in recs if "loss" in r]
-    knn = [(r["step"], r["knn_val_top1"]) for r in recs if "knn_val_top1" in r]
+    knn = sorted((r["step"], r["knn_val_top1"]) for r in recs if "knn_val_top1" in r)  # checkpoints come later
     lines = [f"# Pretraining report: {run_dir.name}", ""]
     summary_path = run_dir / layout.SUMMARY_FILE
     if summary_path.exists():
@@ -72,6 +110,11 @@ def write_report(run_dir: str | Path) -> Path:
     if knn:
         _plot(knn, "kNN top-1 on validation split (%)", run_dir / "knn.png", marker="o")
         lines += ["## Online kNN (validation split carved from the training set)", "", "![knn](knn.png)", ""]
+        timed = knn_training_time(recs)
+        if timed:
+            _plot([(t, a) for t, a, _ in timed], "kNN top-1 on validation split (%)", run_dir / "knn_time.png",
+                  marker="o", xlabel="training time (s, without the kNN evaluations)")
+            lines += ["![knn against training time](knn_time.png)", ""]
         lines += [f"Last: {knn[-1][1]:.2f}% at step {knn[-1][0]}.", ""]
     path = run_dir / layout.REPORT_FILE
     evals = [ln for ln in path.read_text().splitlines() if _EVAL_MARK in ln] if path.exists() else []
