@@ -138,3 +138,32 @@ def test_cholesky_append_and_givens_delete_keep_the_factor():
             K = st_.L.shape[1]
             assert torch.equal(st_.L[i, k:, k:], torch.eye(K - k, dtype=torch.float64))
     assert st_.k.tolist() == [5, 5, 5, 5, 6]
+
+
+def test_passive_solves_mixing_common_and_rare_support_sizes():
+    """Common support sizes get batches of their own, rare ones share padded batches; in size order the
+    two interleave (rare 1, common 2, rare 3, common 5, rare 6...). Every solve and gradient is exact."""
+    rng = np.random.default_rng(4)
+    P, m = 3, 12
+    A = rng.standard_normal((P, m + 3, m))
+    G = torch.from_numpy(A.transpose(0, 2, 1) @ A)
+    counts = {1: 3, 2: 40, 3: 5, 5: 40, 6: 2, 9: 1, 12: 33}
+    F = torch.zeros(sum(counts.values()), m, dtype=torch.bool)
+    i = 0
+    for k, c in counts.items():
+        for _ in range(c):
+            F[i, torch.from_numpy(rng.permutation(m)[:k])] = True
+            i += 1
+    perm = torch.from_numpy(rng.permutation(len(F)))
+    F = F[perm]
+    b = torch.from_numpy(rng.standard_normal((len(F), m)))
+    owner = torch.from_numpy(rng.integers(0, P, len(F)))
+    x, w, ok = nn_mod._passive_solve(G, b, owner, F)
+    assert ok.all()
+    for j in range(len(F)):
+        f = F[j]
+        Gp = G[owner[j]]
+        ref = torch.zeros(m, dtype=torch.float64)
+        ref[f] = torch.linalg.solve(Gp[f][:, f], b[j][f])
+        np.testing.assert_allclose(x[j].numpy(), ref.numpy(), atol=1e-9)
+        np.testing.assert_allclose(w[j].numpy(), (b[j] - Gp @ ref).numpy(), atol=1e-9)

@@ -41,6 +41,9 @@ BPP_MAX_ITER = 12
 DEPENDENCE_EPS = 1e-12
 #: Elements of the gathered (problems x support x variables) rows per batched solve; bounds memory.
 CHUNK_ELEMENTS = 1 << 21
+#: Support sizes shared by at least this many problems get a batched solve of their own (no padding);
+#: rarer sizes are padded into shared batches, which saves per-call overhead.
+EXACT_GROUP_MIN = 32
 
 
 def nnls_gram(
@@ -384,10 +387,11 @@ def _block_pivoting(gram, b, owner, thresh, F):
 
 def _passive_solve(gram, b, owner, F):
     """Minimiser on each passive set ``F`` (zeros elsewhere), the gradient ``b - G x``, and whether the
-    passive block was safely positive definite. Problems are sorted by support size and solved in
-    groups of equal size, so each batched Cholesky works on exactly the blocks it needs (no padding)."""
+    passive block was safely positive definite. Problems are sorted by support size; sizes shared by
+    many problems are solved in groups of exactly that size (no padding), the few problems of rare
+    sizes together in one padded batch (fewer, larger batched calls)."""
     n, m = b.shape
-    dev, dt = b.device, b.dtype
+    dev = b.device
     k = F.sum(1)
     order = torch.argsort(k)
     sizes, counts = torch.unique_consecutive(k[order], return_counts=True)
@@ -397,28 +401,59 @@ def _passive_solve(gram, b, owner, F):
     x_s = torch.zeros_like(b_s)
     w_s = b_s.clone()
     ok_s = torch.ones(n, dtype=torch.bool, device=dev)
+    run: list[int] = []  # [start, end, smallest, largest size] of a run of rare sizes, padded to the largest
     start = 0
     for K, cnt in zip(sizes.tolist(), counts.tolist()):
-        if K == 0:  # empty support: x = 0, w = b
-            start += cnt
-            continue
-        step = max(1, CHUNK_ELEMENTS // (K * m))
-        for c0 in range(start, start + cnt, step):
-            sl = slice(c0, min(c0 + step, start + cnt))
-            pos = torch.nonzero(F_s[sl])[:, 1].view(-1, K)
-            g = pos.shape[0]
-            rows = flat.index_select(0, (rowbase[sl, None] + pos).view(-1)).view(g, K, m)
-            sub = rows.gather(2, pos[:, None, :].expand(g, K, K))
-            L, info = torch.linalg.cholesky_ex(sub)
-            piv = L.diagonal(dim1=1, dim2=2) ** 2
-            good = (info == 0) & (piv >= DEPENDENCE_EPS * sub.diagonal(dim1=1, dim2=2)).all(1)
-            if not bool(good.all()):
-                L = torch.where(good[:, None, None], L, torch.eye(K, device=dev, dtype=dt))
-            sol = torch.cholesky_solve(b_s[sl].gather(1, pos)[..., None], L)[..., 0]
-            x_s[sl].scatter_(1, pos, sol)
-            w_s[sl] -= torch.bmm(sol[:, None, :], rows)[:, 0]
-            ok_s[sl] = good & torch.isfinite(sol).all(1)
-        start += cnt
+        end = start + cnt
+        if K > 0 and cnt < EXACT_GROUP_MIN:
+            if run and (K > 2 * run[2] + 2 or (end - run[0]) * K * m > CHUNK_ELEMENTS):
+                _solve_chunk(flat, rowbase, b_s, F_s, x_s, w_s, ok_s, slice(run[0], run[1]), run[3], True)
+                run = []
+            run = [start, end, K, K] if not run else [run[0], end, run[2], K]
+        elif K > 0:
+            if run:  # runs are contiguous: solve the pending one first
+                _solve_chunk(flat, rowbase, b_s, F_s, x_s, w_s, ok_s, slice(run[0], run[1]), run[3], True)
+                run = []
+            step = max(1, CHUNK_ELEMENTS // (K * m))
+            for c0 in range(start, end, step):
+                _solve_chunk(flat, rowbase, b_s, F_s, x_s, w_s, ok_s, slice(c0, min(c0 + step, end)), K, False)
+        start = end
+    if run:
+        _solve_chunk(flat, rowbase, b_s, F_s, x_s, w_s, ok_s, slice(run[0], run[1]), run[3], True)
     inv = torch.empty_like(order)
     inv[order] = torch.arange(n, device=dev)
     return x_s[inv], w_s[inv], ok_s[inv]
+
+
+def _solve_chunk(flat, rowbase, b_s, F_s, x_s, w_s, ok_s, sl, K, padded):
+    """One batched Cholesky solve for the problems ``sl`` (supports of exactly ``K`` variables, or of at
+    most ``K`` when ``padded``: the blocks are then completed with the identity), written into the
+    ``*_s`` outputs."""
+    m = flat.shape[1]
+    dev, dt = flat.device, flat.dtype
+    Fc = F_s[sl]
+    if padded:
+        pos = Fc.to(torch.int8).topk(K, dim=1, sorted=False).indices
+        valid = Fc.gather(1, pos)
+    else:
+        pos = torch.nonzero(Fc)[:, 1].view(-1, K)
+    g = pos.shape[0]
+    rows = flat.index_select(0, (rowbase[sl, None] + pos).view(-1)).view(g, K, m)
+    sub = rows.gather(2, pos[:, None, :].expand(g, K, K))
+    eye = torch.eye(K, device=dev, dtype=dt)
+    if padded:
+        sub = torch.where(valid[:, :, None] & valid[:, None, :], sub, eye)
+    L, info = torch.linalg.cholesky_ex(sub)
+    piv = L.diagonal(dim1=1, dim2=2) ** 2
+    good = (info == 0) & (piv >= DEPENDENCE_EPS * sub.diagonal(dim1=1, dim2=2)).all(1)
+    if not bool(good.all()):
+        L = torch.where(good[:, None, None], L, eye)
+    rhs = b_s[sl].gather(1, pos)
+    if padded:
+        rhs = torch.where(valid, rhs, 0.0)
+    sol = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    if padded:
+        sol = torch.where(valid, sol, 0.0)
+    x_s[sl].scatter_(1, pos, sol)
+    w_s[sl] = b_s[sl] - torch.bmm(sol[:, None, :], rows)[:, 0]
+    ok_s[sl] = good & torch.isfinite(sol).all(1)
