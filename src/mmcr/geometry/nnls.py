@@ -9,10 +9,11 @@ tracks its own path:
 1. A few Lawson-Hanson steps (one variable enters per step) with the Cholesky factor of the passive
    block extended by one row per entering variable (a triangular solve) and downdated by Givens
    rotations when a variable leaves. Problems with small supports finish here.
-2. The rest switch to block principal pivoting (Kim & Park 2011, Judice & Pires' rule): all violating
-   variables swap sides at once, so a support of 25 variables is found in two or three exchanges
-   instead of 25 single steps. Each exchange factorises the new passive blocks (grouped by size so
-   that batches carry little padding). Warm starts (e.g. the solution for a neighbouring margin) enter
+2. The rest switch to block principal pivoting (Kim & Park 2011): all violating variables swap sides
+   at once, so a support of 25 variables is found in two or three exchanges instead of 25 single
+   steps. Each exchange factorises the new passive blocks (grouped by size so that batches carry
+   little padding). Where Kim & Park fall back to one swap per step (no progress for three exchanges),
+   the problem goes to step 3 instead. Warm starts (e.g. the solution at a neighbouring margin) enter
    here directly.
 3. Problems where block pivoting stops improving, or meets a singular passive block (duplicated
    points, fewer features than points), continue the Lawson-Hanson iteration of step 1, which
@@ -30,8 +31,9 @@ import torch
 #: Lawson-Hanson steps before the switch to block pivoting (supports this small finish in step 1).
 LH_WARMUP_STEPS = 3
 #: Candidates (variables that would enter) after a Lawson-Hanson step from which a problem switches to
-#: block pivoting at once: the count predicts the support size (correlation 0.97 on wide Gaussian
-#: manifolds, where it is ~24 of 50; below 1 on compact ones, which finish in a few steps).
+#: block pivoting at once: the count predicts the support size (measured correlation 0.97 on wide
+#: Gaussian manifolds, where it is ~24 of 50; below 1 on average on compact ones, which finish in a few
+#: Lawson-Hanson steps).
 BPP_SWITCH = 4
 #: Cap on block-pivoting exchanges before the problem goes back to Lawson-Hanson.
 BPP_MAX_ITER = 12
