@@ -29,8 +29,8 @@ from mmcr.geometry.nnls import nnls_gram
 
 #: Below this norm of ``v* - t`` the reference treats t as interior and uses the max-projection point.
 INTERIOR_EPS = 1e-8
-#: A centre closer than this (relative to its points' distances from the global mean) to the global
-#: mean is taken to coincide with it: the radius would exceed ~1e12, i.e. it is rounding noise.
+#: A centre closer than this (relative to the size of the raw coordinates) to the global mean is taken
+#: to coincide with it: the distance is rounding noise.
 CENTRE_EPS = 1e-12
 
 
@@ -179,7 +179,7 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
         groups.setdefault(m.shape[0], []).append(i)
     for M, idx in groups.items():
         X = stacked if isinstance(stacked, torch.Tensor) else torch.stack([ms[i] for i in idx])
-        A = _anchored(X, origin, V, householder=tv is not None)
+        A = _anchored(X, origin, V, householder=tv is not None, centers=centers[idx])
         D = A.shape[1] - 1
         if tv is not None:
             t = torch.stack([tv[i] for i in idx]).to(dev)
@@ -221,7 +221,13 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
 ANCHOR_CHUNK_VALUES = 1 << 22
 
 
-def _anchored(X: torch.Tensor, origin: torch.Tensor, V: torch.Tensor | None, householder: bool = True) -> torch.Tensor:
+def _anchored(
+    X: torch.Tensor,
+    origin: torch.Tensor,
+    V: torch.Tensor | None,
+    householder: bool = True,
+    centers: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(G, M, N) manifolds -> (G, D+1, M) centred, centre-normalised, reduced points with a row of ones.
 
     For N > M the points are written in an M-dimensional orthonormal basis of their span. With
@@ -229,7 +235,8 @@ def _anchored(X: torch.Tensor, origin: torch.Tensor, V: torch.Tensor | None, hou
     t-vectors); otherwise any orthonormal basis will do, since the analysis is invariant under rotations
     applied to points and (isotropic) t-vectors alike, and the coordinates come from a Cholesky factor
     of the M x M Gram matrix: one matrix product instead of a QR, 3x faster for N >> M. Manifolds whose
-    Gram matrix is numerically singular (fewer independent directions than points) take the QR."""
+    Gram matrix is numerically singular (fewer independent directions than points) take the QR.
+    ``centers`` (G, N): the manifolds' means when already known (without ``V``)."""
     G, M, N = X.shape
     parts = []
     step = max(1, ANCHOR_CHUNK_VALUES // (M * N))
@@ -242,19 +249,20 @@ def _anchored(X: torch.Tensor, origin: torch.Tensor, V: torch.Tensor | None, hou
             cn = torch.linalg.norm(c, dim=2, keepdim=True)
         else:
             x = Xc
-            c = Xc.mean(1, keepdim=True)
+            c = Xc.mean(1, keepdim=True) if centers is None else centers[g0 : g0 + step, None]
             cn = torch.linalg.norm(c - origin, dim=2, keepdim=True)
         S = (x - c).mT  # (g, N, M), columns are points
-        # A centre within rounding of the global mean (relative to the points' own distances from it)
-        # leaves the radius undefined: e.g. identical manifolds, or two manifolds sharing a centre.
-        reach = torch.linalg.vector_norm(x - (origin if V is None else 0), dim=2).amax(1)[:, None, None]
-        if bool((cn <= CENTRE_EPS * reach).any()):
+        if N > M:
+            S = _span_coordinates(S, householder)
+        # A centre within rounding of the global mean leaves the radius undefined (identical manifolds, two
+        # manifolds sharing a centre): rounding is relative to the raw coordinates' size.
+        size = torch.linalg.norm(c, dim=2, keepdim=True) + torch.linalg.norm(origin)
+        size = size + torch.linalg.vector_norm(S, dim=1, keepdim=True).amax(2, keepdim=True)
+        if bool((cn <= CENTRE_EPS * size).any()):
             raise ValueError(
                 "a manifold's centre coincides with the global mean of all points, so its radius and capacity "
                 "are undefined (identical manifolds, or 2 manifolds with the same centre); drop or merge them"
             )
-        if N > M:
-            S = _span_coordinates(S, householder)
         parts.append(S / cn)
     S = torch.cat(parts)
     return torch.cat([S, torch.ones(G, 1, M, dtype=S.dtype, device=S.device)], 1)
