@@ -129,7 +129,7 @@ def headline(args) -> None:
     import torch
     from scipy.optimize import linprog
 
-    from mmcr.geometry import manifold_capacity, simulated_capacity
+    from mmcr.geometry import capacity_vs_margin, manifold_capacity, simulated_capacity
 
     dev = args.device
 
@@ -164,6 +164,17 @@ def headline(args) -> None:
         base = {"p50": (cb, vb), "readme": (cb2, vb2)}
     t_corr, c_corr, r_corr = _median_time(cap(Xd, n_t=200, seed=0, correlated=True), max(1, args.repeats // 2 + 1))
     t_sim, c_sim, r_sim = _median_time(lambda: simulated_capacity(X, n_rep=20, seed=0), max(1, args.repeats // 2))
+    sweeps = {}
+    for key, data in (("p50", Xd), ("readme", G)):
+        # Six margins: one warm-started sweep against six separate analyses (same t-vectors, interleaved).
+        (_, c_sw, _), (_, c_sep, _) = _interleaved(
+            [
+                lambda data=data: capacity_vs_margin(data, KAPPAS, n_t=200, seed=0),
+                lambda data=data: [manifold_capacity(data, kappa=k, n_t=200, seed=0) for k in KAPPAS],
+            ],
+            max(1, args.repeats // 2),
+        )
+        sweeps[key] = (c_sw, c_sep)
     rows += [
         ("P=50 M=50 N=512: mean-field capacity", t_cap, c_cap, REFERENCE_S["p50"], 0.075,
          f"capacity {r_cap.capacity:.4f}, R {r_cap.radius:.4f}, D {r_cap.dimension:.3f}"),
@@ -199,6 +210,20 @@ def headline(args) -> None:
             ours = c_cap if key == "p50" else c_rd
             print(f"in-process baseline ({label}), scipy nnls per sample, interleaved: {cb_:.3f} s cpu "
                   f"(ours {cb_ / ours:.1f}x faster; capacity {vb_:.4f} with its own t-vectors)")  # fmt: skip
+    for key, label in (("p50", "P=50 M=50 N=512"), ("readme", "README case")):
+        c_sw, c_sep = sweeps[key]
+        print(
+            f"margin sweep ({label}, kappa {KAPPAS[0]}..{KAPPAS[-1]}, {len(KAPPAS)} values): warm-started "
+            f"capacity_vs_margin {c_sw:.3f} s cpu, separate calls {c_sep:.3f} s ({c_sep / c_sw:.2f}x)"
+        )
+    if args.previous:
+        for key, label, ours in (
+            ("p50", "P=50 M=50 N=512", c_cap),
+            ("readme", "README case", c_rd),
+            ("simcap", "P=50 simulated", c_sim),
+        ):
+            prev = _previous_time(args.previous, key, max(1, args.repeats // 2))
+            print(f"previous version ({args.previous}), {label}: {prev:.3f} s cpu (ours {prev / ours:.1f}x faster)")
     if not args.skip_baseline:
         n = int(round(r_sim.n_critical))
         rng = np.random.default_rng(0)
@@ -215,6 +240,43 @@ def headline(args) -> None:
         checks = len(r_sim.n_values) * 20
         print(f"in-process baseline, one HiGHS LP per separability check at n={n}: {np.median(t_lp):.3f} s cpu/check "
               f"(x{checks} checks ~ {np.median(t_lp) * checks:.1f} s for the same bisection)")  # fmt: skip
+
+
+KAPPAS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+_PREVIOUS_SNIPPET = """
+import sys, time, torch
+from threadpoolctl import threadpool_limits
+sys.path.insert(0, {bench!r})
+torch.set_num_threads(1)
+threadpool_limits(1)
+import bench_geometry as bg
+from mmcr.geometry import manifold_capacity, simulated_capacity
+key, reps = {key!r}, {reps}
+if key == "p50":
+    X = torch.from_numpy(bg.make_data())
+    fn = lambda: manifold_capacity(X, n_t=200, seed=0)
+elif key == "readme":
+    X = torch.from_numpy(bg.gaussian_manifolds())
+    fn = lambda: manifold_capacity(X, n_t=200, seed=0)
+else:
+    X = bg.make_data()
+    fn = lambda: simulated_capacity(X, n_rep=20, seed=0)
+if key != "simcap":
+    fn()
+print(bg._median_time(fn, reps)[1])
+"""
+
+
+def _previous_time(src: str, key: str, reps: int) -> float:
+    """Median CPU time of a headline case with an earlier mmcr (its ``src`` folder, e.g. from
+    ``git archive <commit> src``), in a fresh one-thread process."""
+    import subprocess
+
+    code = _PREVIOUS_SNIPPET.format(bench=str(Path(__file__).resolve().parent), key=key, reps=reps)
+    env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _load() -> str:
@@ -332,6 +394,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-baseline", action="store_true", help="no scipy / HiGHS in-process baselines")
     ap.add_argument("--scaling", action="store_true", help="the scaling sweeps instead of the headline cases")
     ap.add_argument("--plot", default="benchmarks/geometry_scaling.png", help="log-log plot of the sweeps")
+    ap.add_argument("--previous", default=None, help="src folder of an earlier mmcr to time the headline cases with")
     args = ap.parse_args(argv)
     _set_threads(args.threads)
     import torch
