@@ -198,12 +198,12 @@ def headline(args) -> None:
         rows.append((f"test vectors {case} (P={P} M={M} N={N})", t, c, float(d["nolowrank_runtime_s"]), None,
                      f"capacity {r.capacity:.6f} (reference rel. error {err:.1e})"))  # fmt: skip
     print(f"threads={args.threads}, device={dev}, torch {torch.__version__}, load average {_load()}")
-    print(f"{'case':46s} {'wall (s)':>8s} {'cpu (s)':>8s} {'reference (s)':>13s} {'speed-up':>9s} "
+    print(f"{'case':52s} {'wall (s)':>8s} {'cpu (s)':>8s} {'reference (s)':>13s} {'speed-up':>9s} "
           f"{'target (s)':>10s}  result")  # fmt: skip
     for name, t, c, ref, target, note in rows:
         flag = "" if target is None else ("ok" if c <= target else "MISSED")
         tgt = "" if target is None else f"{target:.3f}"
-        print(f"{name:46s} {t:8.3f} {c:8.3f} {ref:13.2f} {ref / c:8.1f}x {tgt:>10s} {flag:6s} {note}")
+        print(f"{name:52s} {t:8.3f} {c:8.3f} {ref:13.2f} {ref / c:8.1f}x {tgt:>10s} {flag:6s} {note}")
     for key, label in (("p50", "P=50 M=50 N=512"), ("readme", "README case")):
         if key in base:
             cb_, vb_ = base[key]
