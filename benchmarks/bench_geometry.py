@@ -361,6 +361,7 @@ def _plot(rows, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
@@ -377,6 +378,8 @@ def _plot(rows, path: Path) -> None:
         others = ", ".join(f"{k}={v}" for k, v in README_CASE.items() if k != key)
         ax.set_title(f"time vs {key} ({others})", fontsize=9)
         ax.set_xlabel(key)
+        ax.set_xticks(x, [str(int(v)) for v in x])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("seconds")
     axes[0].legend(fontsize=7)
