@@ -193,7 +193,9 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
             t = torch.randn(len(idx), D + 1, int(n_t), generator=gen, dtype=A.dtype, device=dev)
         # Batches of manifolds with a bounded number of NNLS problems keep the solver's working set
         # cache-sized, so that the time per problem does not grow with P.
-        step = max(1, (BATCH_PROBLEMS if dev.type == "cpu" else BATCH_PROBLEMS_ACCELERATOR) // t.shape[2])
+        cap = BATCH_PROBLEMS if dev.type == "cpu" else BATCH_PROBLEMS_ACCELERATOR
+        n_batches = max(1, round(len(idx) * t.shape[2] / cap))
+        step = -(-len(idx) // n_batches)  # equal batches of about ``cap``: each pays the fixed cost once
         for g0 in range(0, len(idx), step):
             sub, ids = slice(g0, g0 + step), idx[g0 : g0 + step]
             support = None
@@ -222,9 +224,11 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
     ]
 
 
-#: NNLS problems (manifolds x t-vectors) solved per batch on a CPU: measured flat time per problem
-#: (21 us at M=50, N=5000) from P=30 to 300, where one batch of all problems grew from 21 to 27 us.
-BATCH_PROBLEMS = 4096
+#: NNLS problems (manifolds x t-vectors) solved per batch on a CPU (about). One batch of all 60,000
+#: problems at P=300, M=50, N=5000 took 1.61 s, batches of <= 8192 1.36 s (flat time per problem in P);
+#: smaller batches pay the solver's fixed per-call cost more often (P=50, N=512: 0.064 s in one batch,
+#: 0.076 s in three).
+BATCH_PROBLEMS = 8192
 #: The same on an accelerator, whose kernels want large batches (not measured: no device was lent).
 BATCH_PROBLEMS_ACCELERATOR = 1 << 18
 #: Manifold points (values) centred per batch in :func:`_anchored`: bounds the temporary copies.
