@@ -37,6 +37,8 @@ LH_WARMUP_STEPS = 3
 BPP_SWITCH = 4
 #: Cap on block-pivoting exchanges before the problem goes back to Lawson-Hanson.
 BPP_MAX_ITER = 12
+#: Exchanges without fewer violated conditions that block pivoting tolerates (Kim & Park use 3).
+BPP_TRIES = 3
 #: A variable whose squared Cholesky pivot is below this fraction of its Gram diagonal is treated as
 #: linearly dependent on the passive ones (it cannot enter; a passive block this close to singular
 #: sends a block-pivoting problem to Lawson-Hanson).
@@ -365,7 +367,7 @@ def _block_pivoting(gram, b, owner, thresh, F):
     x = torch.zeros_like(b)
     ok = torch.zeros(n, dtype=torch.bool, device=dev)
     act = torch.arange(n, device=dev)
-    tries = torch.full((n,), 3, device=dev)
+    tries = torch.full((n,), BPP_TRIES, device=dev)
     best = torch.full((n,), m + 1, device=dev)
     F = F.clone()
     for _ in range(BPP_MAX_ITER):
@@ -379,7 +381,7 @@ def _block_pivoting(gram, b, owner, thresh, F):
         x[act[conv]] = xa[conv]
         ok[act[conv]] = True
         better = nv < best[act]
-        tries[act] = torch.where(better, 3, tries[act] - 1)
+        tries[act] = torch.where(better, BPP_TRIES, tries[act] - 1)
         best[act] = torch.minimum(best[act], nv)
         go = solved & ~conv & (tries[act] >= 0)
         act, viol = act[go], viol[go]
