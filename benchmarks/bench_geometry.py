@@ -20,7 +20,11 @@ N in 50..10,000 and n_t in 50..800 (one varied at a time), prints the table with
 (time / (P n_t)) and writes a log-log plot (``--plot``). The GPU column is measured with
 ``--device cuda``; otherwise it reads "unmeasured".
 
-    python benchmarks/bench_geometry.py [--repeats 5] [--threads 1] [--skip-baseline]
+``--previous DIR`` also times the headline cases with an earlier mmcr's ``src`` folder (e.g. from
+``git archive <commit> src``) in a separate process. Warm-started margin sweeps (``capacity_vs_margin``)
+are timed against separate analyses.
+
+    python benchmarks/bench_geometry.py [--repeats 5] [--threads 1] [--skip-baseline] [--previous DIR]
     python benchmarks/bench_geometry.py --scaling [--plot benchmarks/geometry_scaling.png] [--device cuda]
 """
 
