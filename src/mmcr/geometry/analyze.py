@@ -208,7 +208,8 @@ def run_analysis(
     backbone = backbone.to(dev).eval()
     ds = load_dataset(dataset, root=data_root, split=split)
     size = int(ds.images.shape[-1])
-    norm = {k: v for k, v in eval_settings(info).items() if k in ("mean", "std")}  # the run's own
+    # The normalisation of the run's own training augmentation (as evaluation uses), else ImageNet's.
+    norm = {k: v for k, v in eval_settings(info).items() if k in ("mean", "std")}
     layer_names = layers or default_layers(backbone)
     taps = FeatureTaps(backbone, layer_names, max_features=max_features, seed=seed)
     rng = np.random.default_rng(seed)
