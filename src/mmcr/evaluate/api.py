@@ -19,6 +19,7 @@ from mmcr.evaluate.transfer import transfer_probe
 
 if TYPE_CHECKING:
     from mmcr.models import ModelSource
+    from mmcr.run.config import RunConfig
 
 
 def _load_model(source: str | Path, device=None):
@@ -27,9 +28,9 @@ def _load_model(source: str | Path, device=None):
     return load_pretrained(source)
 
 
-def dataset_spec(model_src: ModelSource, dataset: str | None, root: str | None):
+def dataset_spec(run_cfg: RunConfig | None, dataset: str | None, root: str | None):
     """``(name, root, options, cache_dir)``: the arguments, else the run config's ``data`` section."""
-    data = model_src.config.data if model_src.config is not None else None
+    data = run_cfg.data if run_cfg is not None else None
     name = dataset or (data.name if data else None)
     if not name:
         raise ValueError("no dataset: pass --dataset (and --root), or evaluate a run directory of ours")
@@ -45,7 +46,7 @@ def load_split_pair(model_src: ModelSource, dataset: str | None, root: str | Non
     """The training and test splits through :func:`mmcr.data.load_dataset`."""
     from mmcr.data import load_dataset
 
-    name, root, options, cache_dir = dataset_spec(model_src, dataset, root)
+    name, root, options, cache_dir = dataset_spec(model_src.config, dataset, root)
     train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
     test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
     if name in ("archive", "imagefolder", "npz") and root:  # name results after the data, not its format

@@ -26,6 +26,15 @@ from torch import nn
 from mmcr.geometry.alignment import centroid_similarity, subspace_alignment
 from mmcr.geometry.capacity import manifold_capacity
 from mmcr.geometry.elliptical import elliptical_geometry
+from mmcr.geometry.report import (
+    finite_sample_plot,
+    fmt,
+    geometry_sections,
+    json_safe,
+    overlay_plot,
+    settings_line,
+)
+from mmcr.geometry.sampling import capacity_vs_points
 from mmcr.geometry.simcap import simulated_capacity
 from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
 
@@ -124,6 +133,15 @@ def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict
     res["centroid_similarity"] = cs.to_dict()
     res["subspace_alignment"] = sa.to_dict()
     res["_hist"] = (cs.same, cs.different)
+    if opts["finite_sample_repeats"] and manifolds.shape[1] >= 2:
+        res["finite_sample"] = capacity_vs_points(
+            manifolds,
+            repeats=opts["finite_sample_repeats"],
+            kappa=opts["kappa"],
+            n_t=opts["n_t"],
+            seed=seed,
+            correlated=opts["correlated"],
+        ).to_dict()
     return res
 
 
@@ -153,13 +171,23 @@ def run_analysis(
     seed: int = 0,
     gradient_objective: str | None = None,
     gradient_images: int = 16,
+    finite_sample_repeats: int = 5,
     progress: bool = True,
+    reference=None,
 ) -> dict[str, Any]:
     """Analyse ``model`` (any :func:`mmcr.models.load_pretrained` source) on ``dataset`` and write
     ``results.json``, ``plots/*.png`` and ``report.md`` into ``out_dir``. Returns the results dict.
 
     ``gradient_objective`` (e.g. "mmcr") adds the gradient coherence of that objective on the model's
-    output for the first ``gradient_images`` augmentation manifolds, over the last ~2M parameters."""
+    output for the first ``gradient_images`` augmentation manifolds, over the last ~2M parameters.
+    ``finite_sample_repeats`` (0: off) repeats of :func:`mmcr.geometry.capacity_vs_points` per subsample
+    size show whether the points per manifold suffice.
+
+    Views and data follow the model's run (its own augmentation, normalisation and data set); a model
+    without a run uses ``augment_preset`` at the images' size. ``reference`` (a ``RunConfig``; used by
+    comparisons) fixes the data set and the views' geometry and colour for every model, so that all
+    see the same images and views; each model keeps its own normalisation (a random-init model takes
+    the reference's)."""
     from mmcr.augment import MultiViewAugment
     from mmcr.data import load_dataset
     from mmcr.evaluate.api import dataset_spec
@@ -173,6 +201,10 @@ def run_analysis(
     ):
         if int(v) < 2:
             raise ValueError(f"{name} must be at least 2, got {v}")
+    if int(finite_sample_repeats) != finite_sample_repeats or finite_sample_repeats < 0:
+        raise ValueError(
+            f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"
+        )
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -181,14 +213,25 @@ def run_analysis(
         torch.manual_seed(seed)  # random-init baselines ("random:<arch>") are reproducible too
         backbone, model_src = load_pretrained(model, map_location=dev)
     backbone = backbone.to(dev).eval()
-    if dataset is None and model_src.config is None:
+    own = model_src.config
+    data_src = own if reference is None else reference
+    if dataset is None and data_src is None:
         dataset = "digits"
-    name, root, options, cache_dir = dataset_spec(model_src, dataset, data_root)
+    name, root, options, cache_dir = dataset_spec(data_src, dataset, data_root)
     ds = load_dataset(name, root=root, split=split, cache_dir=cache_dir, **options)
     size = int(ds.images.shape[-1])
-    if model_src.config is not None:  # the run's own augmentation and normalisation
-        aug = MultiViewAugment.from_config(model_src.config.augment, views=n_views, seed=seed)
-        augment_preset = model_src.config.augment.preset
+    views_cfg = reference.augment if reference is not None else (own.augment if own is not None else None)
+    if views_cfg is not None:  # a run's augmentation (the model's own, or the comparison's reference)
+        over = dict(views_cfg.overrides)
+        if reference is not None and own is not None:  # each model sees the views in its own statistics
+            own_aug = MultiViewAugment.from_config(own.augment, views=1, seed=0)
+            over.update(mean=list(own_aug.mean), std=list(own_aug.std))
+        elif reference is not None and not model.startswith("random:"):  # torchvision/timm weights
+            from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
+
+            over.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+        aug = MultiViewAugment(views_cfg.preset, views=n_views, seed=seed, **over)
+        augment_preset = views_cfg.preset
     else:  # a model without a run: the preset at the images' size
         augment_preset = augment_preset or "cifar"
         aug = MultiViewAugment(augment_preset, views=n_views, seed=seed, size=size)
@@ -204,6 +247,7 @@ def run_analysis(
         simcap_reps=simcap_reps,
         fit_range=fit_range,
         n_components=n_components,
+        finite_sample_repeats=int(finite_sample_repeats),
     )
 
     # Augmentation manifolds: P images x M views.
@@ -286,7 +330,7 @@ def run_analysis(
         )
     results["elapsed_s"] = time.time() - t0
     plots = _plots(results, extras, out / "plots")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     (out / "report.md").write_text(_report(results, plots))
     return results
 
@@ -317,16 +361,6 @@ def _gradient_coherence(model: nn.Module, objective: str, views: torch.Tensor, l
     return dict(gc.to_dict(), objective=objective, parameters=len(names), n_values=int(n_params))
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
     import matplotlib
 
@@ -334,19 +368,11 @@ def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     layers = results["layers"]
-    files = []
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for kind, marker in (("augmentation", "o"), ("class", "s")):
-        r = results[kind]
-        for ax, key, label in zip(axes, ("capacity", "radius", "dimension"), ("capacity", "radius", "dimension")):
-            ax.plot(range(len(layers)), [r[n]["capacity"][key] for n in layers], marker=marker, label=kind)
-            ax.set_title(f"mean-field {label}")
-            ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(folder / "geometry_per_layer.png", dpi=110)
-    plt.close(fig)
-    files.append("plots/geometry_per_layer.png")
+    entries = [(None, results)]
+    overlay_plot(entries, folder / "geometry_per_layer.png")
+    files = ["plots/geometry_per_layer.png"]
+    if finite_sample_plot(entries, folder / "finite_sample.png"):
+        files.append("plots/finite_sample.png")
     for n in layers:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", n)
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -378,45 +404,21 @@ def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
 
 
 def _report(results: dict, plots: list[str]) -> str:
-    s = results["settings"]
     lines = [
         f"# Manifold geometry: {results['model']} on {results['dataset']} ({results['split']})",
         "",
-        f"Augmentation manifolds: {s['n_images']} images x {s['n_views']} views ({s['augment_preset']} preset); "
-        f"class manifolds: {len(s['classes'])} classes x {s['n_per_class']} images. kappa={s['kappa']}, "
-        f"n_t={s['n_t']}, correlated={s['correlated']}, seed={s['seed']}. Took {results['elapsed_s']:.1f} s.",
+        settings_line(results) + f" Took {results['elapsed_s']:.1f} s.",
         "",
     ]
-    for kind in ("augmentation", "class"):
-        lines += [
-            f"## {kind.capitalize()} manifolds",
-            "",
-            "| layer | capacity | radius | dimension | centre corr. | ellip. R | ellip. D | PR | power-law alpha (R2) |"
-            " centroid cos same/diff | subspace align same/diff |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for n in results["layers"]:
-            r = results[kind][n]
-            c, e, sp = r["capacity"], r["elliptical"], r["spectrum"]
-            pl = sp["power_law"]
-            pls = f"{pl['alpha']:.3f} ({pl['r2']:.2f})" if "alpha" in pl else "n/a"
-            cs, sa = r["centroid_similarity"], r["subspace_alignment"]
-            sim = "" if "simulated_capacity" not in r else f" (sim. {r['simulated_capacity']['capacity']:.3f})"
-            lines.append(
-                f"| {n} | {c['capacity']:.4f}{sim} | {c['radius']:.4f} | {c['dimension']:.3f} | "
-                f"{c['center_correlation']:.3f} | {e['radius']:.4f} | {e['dimension']:.3f} | "
-                f"{sp['participation_ratio']:.2f} | {pls} | {cs['same_mean']:.3f} / {cs['different_mean']:.3f} | "
-                f"{sa['same_mean']:.3f} / {sa['different_mean']:.3f} |"
-            )
-        lines.append("")
+    lines += geometry_sections([(None, results)])
     if "gradient_coherence" in results:
         g = results["gradient_coherence"]
         lines += [
             "## Gradient coherence",
             "",
             f"Objective {g['objective']} on the model output, {g['n_values']} parameters (last {g['parameters']} "
-            f"tensors): mean cosine of per-example gradients, same class {g['same_mean']:.3f}, different class "
-            f"{g['different_mean']:.3f}.",
+            f"tensors): mean cosine of per-example gradients, same class {fmt(g['same_mean'], '.3f')}, "
+            f"different class {fmt(g['different_mean'], '.3f')}.",
             "",
         ]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]

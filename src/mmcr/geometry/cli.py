@@ -13,12 +13,19 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="manifold geometry (capacity, radius, dimension, spectra, alignment) of a model's layers",
         description="Extract features at chosen layers for augmentation manifolds (images x views) and class "
         "manifolds (classes x images), compute the geometry per layer and write results.json, plots and "
-        "report.md into --out.",
+        "report.md into --out. With several models, each is analysed on the same images and views into "
+        "--out/<label>/ and --out/report.md overlays them layer by layer.",
     )
-    p.add_argument("model", help="run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="model",
+        help="run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>; several to compare",
+    )
+    p.add_argument("--labels", default=None, help="comma-separated names of the models in the comparison")
     p.add_argument("--dataset", default=None,
                    help="data set name for mmcr.data.load_dataset (default: the run's own, else digits)")
-    p.add_argument("--data-root", default=None, help="data set root / archive path")
+    p.add_argument("--root", default=None, help="data set root / archive path (default: the run's data.root)")
     p.add_argument("--split", default="test", help="split to analyse (default test)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--layers", default=None, help="comma-separated module names ('output' = final features)")
@@ -44,7 +51,13 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="also measure gradient coherence of this objective (e.g. mmcr) on the model output",
     )
     p.add_argument("--gradient-images", type=int, default=16, help="augmentation manifolds for gradient coherence")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--finite-sample-repeats",
+        type=int,
+        default=5,
+        help="finite-sample check: repeats per subsample size of the points per manifold (0: off)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_analyze)
     return p
 
@@ -52,6 +65,7 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 def run_analyze(args: argparse.Namespace) -> int:
     """Handler of ``mmcr analyze``; returns the exit status."""
     from mmcr.geometry.analyze import run_analysis
+    from mmcr.geometry.compare import compare_models
 
     try:
         lo, hi = (int(v) for v in str(args.fit_range).split(","))
@@ -60,11 +74,11 @@ def run_analyze(args: argparse.Namespace) -> int:
     if not 1 <= lo < hi:
         raise ValueError(f"--fit-range needs 1 <= first < last rank, got {lo},{hi}; e.g. --fit-range 11,500")
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
-    res = run_analysis(
-        args.model,
-        args.dataset,
-        args.out,
-        data_root=args.data_root,
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    if labels is not None and len(args.models) == 1:
+        raise ValueError("--labels names the models of a comparison; give it with two or more models")
+    kwargs = dict(
+        data_root=args.root,
         split=args.split,
         layers=layers,
         n_images=args.n_images,
@@ -83,8 +97,22 @@ def run_analyze(args: argparse.Namespace) -> int:
         seed=args.seed,
         gradient_objective=args.gradient_coherence,
         gradient_images=args.gradient_images,
-        progress=not args.quiet,
+        finite_sample_repeats=args.finite_sample_repeats,
+        progress=not args.no_progress,
     )
-    summary = {n: round(res["augmentation"][n]["capacity"]["capacity"], 4) for n in res["layers"]}
+    if len(args.models) == 1:
+        res = run_analysis(args.models[0], args.dataset, args.out, **kwargs)
+        summary = {n: round(res["augmentation"][n]["capacity"]["capacity"], 4) for n in res["layers"]}
+        print(json.dumps({"out": str(args.out), "augmentation_capacity": summary}))
+        return 0
+    comp = compare_models(args.models, args.dataset, args.out, labels=labels, **kwargs)
+    summary = {
+        m["label"]: {
+            layer: round(v[m["label"]]["capacity"], 4)
+            for layer, v in comp["summary"]["augmentation"].items()
+            if v[m["label"]] is not None
+        }
+        for m in comp["models"]
+    }
     print(json.dumps({"out": str(args.out), "augmentation_capacity": summary}))
     return 0

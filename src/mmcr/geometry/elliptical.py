@@ -63,7 +63,8 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
             centre norms measure distances from the data's middle rather than from the origin.
 
     Returns:
-        :class:`EllipticalGeometry`; capacity is the harmonic mean of per-manifold estimates.
+        :class:`EllipticalGeometry`; capacity is the harmonic mean of per-manifold estimates (infinite
+        for manifolds of zero radius, such as single points, where the large-D formula does not apply).
     """
     ms = manifold_list(manifolds)
     origin = torch.cat(ms).mean(0) if center else torch.zeros_like(ms[0][0])
@@ -72,8 +73,11 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
         x = m - origin
         c = x.mean(0)
         cn = torch.linalg.norm(c)
-        if cn == 0:
-            raise ValueError("a manifold's centre coincides with the origin; its relative radius is undefined")
+        if cn <= 1e-12 * torch.linalg.vector_norm(x, dim=1).max():
+            raise ValueError(
+                "a manifold's centre coincides with the origin (the global mean when center=True), so its "
+                "relative radius is undefined (identical manifolds, or 2 with the same centre); drop or merge them"
+            )
         s = _singular_values(x - c)
         r2 = (s / (np.sqrt(x.shape[0]) * cn)) ** 2
         tot = r2.sum()
@@ -94,7 +98,13 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
         nuclear_norms=np.array(nucs),
         radius=float(np.mean(radii)),
         dimension=float(np.mean(dims)),
-        capacity=float(1.0 / np.mean(1.0 / caps_a)),
+        capacity=_harmonic_mean(caps_a),
         centroid_nuclear_norm=float(to_numpy(torch.linalg.svdvals(C).sum())),
         mean_manifold_nuclear_norm=float(np.mean(raw_nucs)),
     )
+
+
+def _harmonic_mean(v: np.ndarray) -> float:
+    """1 / mean(1 / v); infinite estimates (manifolds of zero radius, e.g. single points) count as 1/inf = 0."""
+    with np.errstate(divide="ignore"):
+        return float(1.0 / np.mean(1.0 / v))

@@ -23,6 +23,11 @@ def center_correlation(centers: Any) -> float:
     if c.ndim != 2 or c.shape[0] < 2:
         raise ValueError(f"centers must be (P >= 2, N), got shape {c.shape}")
     x = c - c.mean(0, keepdims=True)
+    if np.linalg.norm(x, axis=1).min() <= 1e-12 * max(np.linalg.norm(c, axis=1).max(), np.finfo(float).tiny):
+        raise ValueError(
+            "a manifold's centre coincides with the mean of all centres, so the centre correlation (and the "
+            "capacity) is undefined (identical manifolds, or 2 with the same centre); drop or merge them"
+        )
     return _mean_abs_corr(x)
 
 
@@ -162,6 +167,12 @@ def find_center_subspace(
     X = Xb @ q
     r = X.shape[1]
     sv = np.linalg.svd(Xb, compute_uv=False)
+    rank = int((sv > 1e-12 * sv[0]).sum()) if sv.size and sv[0] > 0 else 0
+    if rank < 2:
+        raise ValueError(
+            f"the centre-subspace search needs centres spanning at least 2 dimensions, got {rank}; "
+            "with so few centre directions there is no shared structure to remove: use correlated=False"
+        )
     frac = np.cumsum(sv**2) / np.sum(sv**2)
     default_k = int(np.argmax(np.where(frac < 0.95, frac, 0.0))) + 11
     k_max = max_rank if max_rank is not None else default_k

@@ -61,6 +61,17 @@ def is_separable(points: np.ndarray, labels: np.ndarray) -> bool:
 
 
 def _separable_rows(A: np.ndarray) -> bool:
+    return _decide(A)[0]
+
+
+#: Least-separated points (in units of the dimension) in the first working set of a separability check;
+#: with a warm start (the certificate's points from a neighbouring dimension) fewer are needed.
+WORK_COLD, WORK_WARM = 8, 2
+
+
+def _decide(A: np.ndarray, hint: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
+    """Exact separability of the rows of A, and the points (row indices) of the certificate that decided
+    it, which seed the working set of the same dichotomy at the next dimension (``hint``)."""
     A = A / np.linalg.norm(A, axis=1, keepdims=True)
     n_pts, d = A.shape
     # Cheap certificate first: a least-squares classifier that already separates.
@@ -69,45 +80,50 @@ def _separable_rows(A: np.ndarray) -> bool:
     w = np.linalg.solve(gram, A.sum(0))
     margins = A @ w
     if margins.min() > 0:
-        return True
+        return True, None
     # Constraint generation: decide on the least-separated points; a hull containing 0 on a subset
     # proves non-separability, a direction separating every point proves separability.
-    work = np.argsort(margins)[: min(n_pts, 8 * d)]
+    first = (WORK_COLD if hint is None else WORK_WARM) * d
+    work = np.argsort(margins)[: min(n_pts, first)]
+    if hint is not None:
+        work = np.union1d(work, hint)
     for _ in range(8):
-        verdict, direction = _hull_test(A[work])
+        verdict, direction, used = _hull_test(A[work])
         if verdict is False:
-            return False
+            return False, work[used]
         if verdict is None:
             break
         margins = A @ direction
         if margins.min() > 0:
-            return True
+            return True, work[used]
         if len(work) == n_pts:
             break
         viol = np.flatnonzero(margins <= 0)
         extra = viol[np.argsort(margins[viol])[: 4 * d]]
         work = np.union1d(work, extra)
-    verdict, direction = _hull_test(A)
+    verdict, direction, used = _hull_test(A)
     if verdict is not None:
-        return bool(verdict)
+        return bool(verdict), used
     out = linprog(np.zeros(d), A_ub=-A, b_ub=-np.full(n_pts, 1e-9), bounds=(None, None), method="highs")
-    return out.status == 0
+    return out.status == 0, None
 
 
-def _hull_test(A: np.ndarray) -> tuple[bool | None, np.ndarray | None]:
-    """(True, w) if w separates the rows of A; (False, None) if 0 is in their hull; (None, None) if unclear."""
+def _hull_test(A: np.ndarray) -> tuple[bool | None, np.ndarray | None, np.ndarray]:
+    """(True, w, .) if w separates the rows of A; (False, None, .) if 0 is in their hull; (None, None, .)
+    if unclear. The last item indexes the rows the NNLS solution uses (its support)."""
     n_pts, d = A.shape
     B = np.vstack([A.T, np.ones(n_pts)])
     e = np.zeros(d + 1)
     e[-1] = 1.0
     mu, _ = nnls(B, e, maxiter=50 * (d + n_pts))
+    used = np.flatnonzero(mu > 0)
     rho = e - B @ mu
     direction = -rho[:-1]
     if (A @ direction).min() > 1e-12:
-        return True, direction
+        return True, direction, used
     if mu.sum() > 0.5 and np.linalg.norm(A.T @ mu) <= 1e-10 * mu.sum():
-        return False, None
-    return None, None
+        return False, None, used
+    return None, None, used
 
 
 def simulated_capacity(
@@ -135,8 +151,8 @@ def simulated_capacity(
     if n_rep < 1:
         raise ValueError(f"n_rep must be >= 1, got {n_rep}")
     n_max = N if max_dim is None else int(max_dim)
-    if not 2 <= n_max <= N:
-        raise ValueError(f"max_dim must be between 2 and the feature count {N}, got {max_dim}")
+    if not 1 <= n_max <= N:
+        raise ValueError(f"max_dim must be between 1 and the feature count {N}, got {max_dim}")
     X = np.concatenate(ms)
     owner = np.concatenate([np.full(len(m), i) for i, m in enumerate(ms)])
     rng = np.random.default_rng(seed)
@@ -151,8 +167,9 @@ def simulated_capacity(
     proj: list[np.ndarray] = [np.empty((len(X), 0)) for _ in range(n_rep)]
     gens = [np.random.default_rng(int(s)) for s in seeds]
     sep_at: list[int] = [n_max + 1] * n_rep  # smallest n known separable
-    nonsep_at: list[int] = [1] * n_rep  # largest n known non-separable
+    nonsep_at: list[int] = [0] * n_rep  # largest n known non-separable (n = 0: both labels occur)
     tried: dict[int, float] = {}
+    hints: list[np.ndarray | None] = [None] * n_rep  # certificate points from the last dimension tried
 
     def frac(n: int) -> float:
         if n in tried:
@@ -171,7 +188,10 @@ def simulated_capacity(
                 cols[r] = np.hstack([cols[r], W])
                 proj[r] = np.hstack([proj[r], X @ W])
             A = np.hstack([proj[r][:, :n], np.ones((len(X), 1))]) * labels[r][:, None]
-            if _separable_rows(A):
+            verdict, used = _decide(A, hints[r])
+            if used is not None:
+                hints[r] = used
+            if verdict:
                 count += 1
                 sep_at[r] = n
             else:
@@ -181,8 +201,8 @@ def simulated_capacity(
 
     # Bracket from n = P/2 (where random points, the easiest manifolds, reach half separability) by
     # halving or growing by 25%, then bisect.
-    lo, hi = 1, None
-    n = int(min(max(2, P // 2), n_max))
+    lo, hi = 0, None
+    n = int(min(max(1, P // 2), n_max))
     going_up = None
     while True:
         p = frac(n)
@@ -191,10 +211,10 @@ def simulated_capacity(
             break
         if p > 0.5:
             hi = n
-            if going_up or n <= 2:
+            if going_up or n <= 1:
                 break
             going_up = False
-            n = max(2, n // 2)
+            n = max(1, n // 2)
         else:
             lo = n
             if going_up is False or n == n_max:
@@ -205,8 +225,13 @@ def simulated_capacity(
             n = min(max(n + 1, int(round(n * 1.25))), n_max)
     if hi is None:
         raise ValueError(
-            f"fewer than half of the dichotomies are separable even with {n_max} dimensions; "
+            f"fewer than half of the dichotomies are separable even with {n_max} dimension(s); "
             "the manifolds are too entangled for a simulated capacity (capacity < P/N)"
+        )
+    if hi == 1 and lo == 0 and tried[1] > 0.5 + tol + 1e-12:
+        raise ValueError(
+            f"{tried[1]:.0%} of the dichotomies are separable already in 1 dimension, so the critical dimension "
+            f"is below the simulation's resolution (capacity > P = {P}); this needs more manifolds"
         )
     while hi - lo > 1:
         mid = (lo + hi) // 2
