@@ -7,7 +7,7 @@ from torch import nn
 
 from mmcr.objectives._checks import check_embeddings, check_same_shape, compute_dtype, raise_if_non_finite
 from mmcr.objectives.distributed import all_gather_with_grad, all_reduce_mean, is_distributed
-from mmcr.objectives.nuclear import nuclear_norm, nuclear_norm_with_singular_values
+from mmcr.objectives.nuclear import _nuclear, _singular_values_for
 
 
 class _NormalizedMean(torch.autograd.Function):
@@ -99,7 +99,11 @@ class MMCRLoss(nn.Module):
     were the whole batch).
 
     ``method`` and ``dtype`` are passed to :func:`mmcr.objectives.nuclear_norm`; numerics run in float32 (or
-    float64 on request) also under autocast and for float16/bfloat16 embeddings.
+    float64 on request) also under autocast and for float16/bfloat16 embeddings. The normalised views and
+    centroids are formed in float64 (a few passes over z): the gradient of an ill-conditioned C is as
+    sensitive to a float32 rounding of C as to anything else (relative error ~eps32 * sigma_max / sigma_min,
+    1e-3 for the trained-encoder centroids of benchmarks/bench_objectives.py), and the nuclear norm then reads
+    C unrounded where it computes in float64.
 
     After each forward ``last_components`` holds detached scalars, all derived from quantities the loss
     computes anyway: ``loss``, ``global_nuclear_norm``, ``mean_centroid_norm``, ``effective_rank_C`` and, when
@@ -123,7 +127,21 @@ class MMCRLoss(nn.Module):
         self.dtype = dtype
         self.gather = gather
         self.track_local = (lmbda > 0) if track_local is None else bool(track_local)
-        self.last_components: dict[str, torch.Tensor] = {}
+        self.last_components = {}
+
+    @property
+    def last_components(self) -> dict[str, torch.Tensor]:
+        # With the matmul-only method the singular values behind ``effective_rank_C`` need an extra eigvalsh;
+        # it runs when the components are read (at logging steps), not in every training step.
+        if self._pending_sigma is not None:
+            sigma, self._pending_sigma = self._pending_sigma(), None
+            self._components["effective_rank_C"] = effective_rank(sigma)
+        return self._components
+
+    @last_components.setter
+    def last_components(self, value: dict[str, torch.Tensor]) -> None:
+        self._components = value
+        self._pending_sigma = None
 
     def extra_repr(self) -> str:
         return f"lmbda={self.lmbda}, method={self.method!r}, gather={self.gather}"
@@ -133,27 +151,28 @@ class MMCRLoss(nn.Module):
         if z_momentum is not None:
             check_same_shape(z, z_momentum, "z_momentum")
         cdtype = compute_dtype(z, self.dtype)
+        f64 = torch.float64
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zc = z.to(cdtype)
+            zc = z.to(f64)
             if self.track_local:
                 views, centroids = _NormalizeAndMean.apply(zc)
             else:
                 centroids = _NormalizedMean.apply(zc)
             if z_momentum is not None:
-                centroids = 0.5 * (centroids + _NormalizedMean.apply(z_momentum.to(cdtype)))
+                centroids = 0.5 * (centroids + _NormalizedMean.apply(z_momentum.to(f64)))
             inputs = {"z": z} if z_momentum is None else {"z": z, "z_momentum": z_momentum}
             # Normalised entries lie in [-1, 1], so this sum is finite unless an input held NaN or Inf.
             raise_if_non_finite(centroids.detach().sum(), **inputs)
             all_centroids = all_gather_with_grad(centroids) if self.gather else centroids
-            global_norm, sigma = nuclear_norm_with_singular_values(all_centroids, self.method, dtype=cdtype)
+            global_norm, sigma = _nuclear(all_centroids, self.method, cdtype, want_sigma=False, exact_input=True)
             loss = -global_norm
             comps = {"global_nuclear_norm": global_norm.detach()}
             if self.track_local:
                 if self.lmbda > 0:
-                    local_mean = nuclear_norm(views, self.method, dtype=cdtype).mean()
+                    local_mean = _nuclear(views, self.method, cdtype, want_sigma=False, exact_input=True)[0].mean()
                 else:
                     with torch.no_grad():
-                        local_mean = nuclear_norm(views, self.method, dtype=cdtype).mean()
+                        local_mean = _nuclear(views, self.method, cdtype, want_sigma=False, exact_input=True)[0].mean()
                 global_local_mean = all_reduce_mean(local_mean) if self.gather and is_distributed() else None
                 if self.lmbda > 0:
                     local_term = local_mean
@@ -163,8 +182,14 @@ class MMCRLoss(nn.Module):
                     loss = loss + self.lmbda * local_term
                 comps["local_nuclear_norm"] = (local_mean if global_local_mean is None else global_local_mean).detach()
             with torch.no_grad():
-                comps["mean_centroid_norm"] = torch.linalg.vector_norm(all_centroids, dim=-1).mean()
-                comps["effective_rank_C"] = effective_rank(sigma)
+                comps["mean_centroid_norm"] = torch.linalg.vector_norm(all_centroids, dim=-1).mean().to(cdtype)
+                if sigma is not None:
+                    comps["effective_rank_C"] = effective_rank(sigma)
+        pending = None
+        if sigma is None:
+            detached = all_centroids.detach()
+            pending = lambda: _singular_values_for(detached.unsqueeze(0))[0].to(cdtype)  # noqa: E731
         comps["loss"] = loss.detach()
         self.last_components = comps
+        self._pending_sigma = pending
         return loss
