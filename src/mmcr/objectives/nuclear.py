@@ -174,30 +174,33 @@ def _widest_window(sig: list[float], start: int, ratio: float, top_weight: float
 
 
 def _polar_bands(
-    x: torch.Tensor, x64: torch.Tensor, tall: bool, lam: torch.Tensor, u: torch.Tensor, floor: float
+    x: torch.Tensor | None, x64: torch.Tensor, tall: bool, lam: torch.Tensor, u: torch.Tensor, floor: float, cd
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One matrix: value, singular values (ascending) and polar factor (x's layout and dtype) from the float64
-    eigendecomposition (lam, u) of its Gram. See the module docstring for the three bands."""
-    cd = x.dtype
+    """One matrix: value, singular values (ascending) and polar factor (x's layout, dtype ``cd``) from the float64
+    eigendecomposition (lam, u) of its Gram. ``x`` is x64 in ``cd`` if the caller has it (else rounded here when
+    needed). See the module docstring for the three bands."""
     sig = lam.clamp_min(0).sqrt()
     sl = sig.tolist()
     smax = sl[-1]
     if not smax > 0:
-        return sig.sum(), sig, torch.zeros_like(x)
+        return sig.sum(), sig, torch.zeros_like(x64, dtype=cd)
     s = len(sl)
     lo, hi = _widest_window(sl, bisect.bisect_left(sl, _MID_MIN * smax), _MID_RATIO)
     parts = [sig[lo:]]
     polar = None
     residual = x
+    u_cd = u.to(cd)
     if hi < s:  # top band, exact in float64, then removed from A
         ut = u[:, hi:]
         wt = _lmul(ut.mT, x64, tall)
-        polar = _lmul(ut.to(cd), _scale_rows(wt, sig[hi:].reciprocal(), tall).to(cd), tall)
+        polar = _lmul(u_cd[:, hi:], _scale_rows(wt, sig[hi:].reciprocal(), tall).to(cd), tall)
         if hi > lo:
             residual = (x64 - _lmul(ut, wt, tall)).to(cd)
-    if hi > lo:  # middle band: one product in the computation dtype
-        um = u[:, lo:hi]
-        xm = ((um * sig[lo:hi].reciprocal()) @ um.mT).to(cd)
+    if hi > lo:  # middle band: one product in the computation dtype (X_M itself has no cancellation)
+        if residual is None:
+            residual = x64.to(cd)
+        um = u_cd[:, lo:hi]
+        xm = (um * sig[lo:hi].reciprocal().to(cd)) @ um.mT
         pm = _lmul(xm, residual, tall)
         polar = pm if polar is None else polar.add_(pm)
     if lo > 0:  # bottom band, on its own scale: W_L = U_L^T A rotated to orthogonal rows, whose norms are sigma
@@ -270,11 +273,14 @@ def _gram_method(x: torch.Tensor, cd: torch.dtype, want_polar: bool, bounded: bo
     else:
         lam, u = torch.linalg.eigh(g)
         if n_mat <= _BAND_MAX_BATCH and min(m, n) * max(m, n) >= _BAND_MIN_SIZE:
-            xc = x if (scale is None and x.dtype == cd) else x64.to(cd)
-            outs = [_polar_bands(xc[i], x64[i], tall, lam[i], u[i], floor) for i in range(n_mat)]
-            value = torch.stack([o[0] for o in outs])
-            sigma = torch.stack([o[1] for o in outs])
-            polar = torch.stack([o[2] for o in outs])
+            xc = x if (scale is None and x.dtype == cd) else None
+            outs = [
+                _polar_bands(None if xc is None else xc[i], x64[i], tall, lam[i], u[i], floor, cd)
+                for i in range(n_mat)
+            ]
+            value, sigma, polar = (
+                torch.stack([o[j] for o in outs]) if n_mat > 1 else outs[0][j].unsqueeze(0) for j in range(3)
+            )
         else:
             value, sigma, polar = _polar_rows(x64, tall, u, floor)
     if scale is not None:
