@@ -1,7 +1,7 @@
 """Objectives: exact fast nuclear norms, the MMCR loss (+ momentum form), SimCLR, Barlow Twins, VICReg.
 
 All take embeddings z of shape (B, k, d) = (batch, views, dim), return a scalar, expose ``last_components``
-(detached scalars for logging) and are distributed-correct (see ``mmcr.objectives.distributed``).
+(detached scalars for logging) and are distributed-correct (see ``mmcr.distributed``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 
 from mmcr.distributed import all_gather_with_grad, is_distributed, rank, world_size
 from mmcr.objectives.baselines import BarlowTwinsLoss, SimCLRLoss, VICRegLoss
-from mmcr.objectives.mmcr import MMCRLoss, effective_rank
+from mmcr.objectives.mmcr import MMCRLoss, effective_rank_from_singular_values
 from mmcr.objectives.nuclear import nuclear_norm, nuclear_norm_with_singular_values
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "VICRegLoss",
     "all_gather_with_grad",
     "build_objective",
-    "effective_rank",
+    "effective_rank_from_singular_values",
     "is_distributed",
     "nuclear_norm",
     "nuclear_norm_with_singular_values",

@@ -7,30 +7,46 @@ from torch import nn
 
 from mmcr.distributed import all_gather_with_grad, all_reduce_mean, is_distributed
 from mmcr.objectives._checks import check_embeddings, check_same_shape, compute_dtype, raise_if_non_finite
-from mmcr.objectives.nuclear import nuclear_norm, nuclear_norm_with_singular_values
+from mmcr.objectives.nuclear import _nuclear, _singular_values_for
+
+
+def _reciprocal_norms(z: torch.Tensor) -> torch.Tensor:
+    """1 / |z_v| (B, k, 1) in z's dtype, clamped like ``F.normalize``. Rounding these to float32 scales each
+    normalised view by 1 + O(eps32), which moves the polar factor of C by O(eps32) (measured: no change in the
+    gradient error of any benchmark family), unlike rounding C itself (1e-3 error on trained centroids)."""
+    return torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
 
 
 class _NormalizedMean(torch.autograd.Function):
-    """Mean over views of L2-normalised rows, z (B, k, d) -> (B, d), with a fused backward.
+    """Mean over views of L2-normalised rows, z (B, k, d) -> (B, d) in float64, with a fused backward.
 
     Equal to ``F.normalize(z, dim=-1).mean(1)`` (same eps); written by hand because autograd's version makes
-    about twice as many passes over z, which shows at d = 8192 next to the fast nuclear norm.
+    about twice as many passes over z, which shows at d = 8192 next to the fast nuclear norm. The products and
+    sums are float64 (see MMCRLoss); the backward, where rounding is not amplified, runs in z's dtype.
     """
 
     @staticmethod
     def forward(ctx, z):
         z = z.contiguous()
-        inv = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()  # (B, k, 1)
+        inv = _reciprocal_norms(z)
         ctx.save_for_backward(z, inv)
-        # sum_v inv_v z_v as one batched product: no (B, k, d) temporary.
-        return torch.bmm(inv.mT, z).squeeze(1) / z.shape[1]
+        k = z.shape[1]
+        if k > 8:
+            return torch.bmm(inv.double().mT, z.double()).squeeze(1) / k
+        # A few views: multiply-adds into one float64 (B, d) buffer, without a float64 copy of z (large fresh
+        # buffers are slow to allocate on some machines, 15 ms for 32 MB on the development VM).
+        inv64 = inv.double()
+        out = torch.mul(z[:, 0], inv64[:, 0])
+        for v in range(1, k):
+            out.addcmul_(z[:, v], inv64[:, v])
+        return out.div_(k)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         z, inv = ctx.saved_tensors
         k = z.shape[1]
-        g = grad.contiguous().unsqueeze(1)  # (B, 1, d); batched products are slow on strided input
+        g = grad.to(z.dtype).contiguous().unsqueeze(1)  # (B, 1, d); batched products are slow on strided input
         # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z|; rows clamped at eps have a constant
         # denominator, so no projection term there.
         beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
@@ -39,7 +55,7 @@ class _NormalizedMean(torch.autograd.Function):
 
 
 class _NormalizeAndMean(torch.autograd.Function):
-    """Normalised views u = z / |z| (B, k, d) and their means (B, d), with one fused backward for both.
+    """Normalised views u = z / |z| (B, k, d) and their means (B, d), both float64, with one fused backward.
 
     Used when the local term needs the views: the centroid gradient is folded into the same pass instead of
     being broadcast, added and pushed through autograd's normalise separately.
@@ -48,9 +64,9 @@ class _NormalizeAndMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z):
         z = z.contiguous()
-        inv = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
+        inv = _reciprocal_norms(z)
         ctx.save_for_backward(z, inv)
-        views = z * inv
+        views = z.double() * inv.double()
         return views, views.mean(dim=1)
 
     @staticmethod
@@ -60,11 +76,12 @@ class _NormalizeAndMean(torch.autograd.Function):
         k = z.shape[1]
         if grad_mean is None:
             grad_mean = z.new_zeros(z.shape[0], z.shape[2])
-        gc = grad_mean.contiguous().unsqueeze(1) / k  # (B, 1, d), the centroid gradient seen by each view
+        gc = grad_mean.to(z.dtype).contiguous().unsqueeze(1) / k  # (B, 1, d), the centroid gradient per view
         # Total upstream gradient per view is g = grad_views + gc; the result is (g - (u . g) u) / |z|.
         dots = torch.bmm(z, gc.mT)  # (B, k, 1)
         out = gc * inv  # (B, k, d)
         if grad_views is not None:
+            grad_views = grad_views.to(z.dtype)
             dots = dots + (z * grad_views).sum(-1, keepdim=True)
             out.addcmul_(grad_views, inv)
         beta = torch.where(inv < 1 / _NORM_EPS, dots * inv.pow(3), torch.zeros_like(dots))
@@ -74,8 +91,10 @@ class _NormalizeAndMean(torch.autograd.Function):
 _NORM_EPS = 1e-12
 
 
-def effective_rank(sigma: torch.Tensor) -> torch.Tensor:
-    """exp(entropy) of the normalised singular values (Roy & Vetterli 2007); 0 for an all-zero matrix."""
+def effective_rank_from_singular_values(sigma: torch.Tensor) -> torch.Tensor:
+    """Roy & Vetterli's effective rank, exp(entropy) of the normalised singular values, from singular values
+    already at hand (those of the centroid matrix for ``effective_rank_C``); 0 for an all-zero matrix. The
+    same quantity as :func:`mmcr.geometry.effective_rank`, which starts from features and centres them."""
     total = sigma.sum(-1, keepdim=True)
     p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
     entropy = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1)
@@ -94,17 +113,25 @@ class MMCRLoss(nn.Module):
     ranks, so the global term is the nuclear norm of the whole (W*B, d) centroid matrix and every rank returns
     the global-batch loss value. Rank r's own embeddings receive W times the gradient of the one-process loss
     on the concatenated batch; DDP's gradient averaging divides by W, so under DDP the parameter gradient is
-    exactly the global-batch gradient and the trainer uses the loss as is (see ``mmcr.objectives.distributed``).
+    exactly the global-batch gradient and the trainer uses the loss as is (see ``mmcr.distributed``).
     With ``gather=False`` each rank uses only its own centroids (a per-rank MMCR loss, as if each rank's batch
     were the whole batch).
 
     ``method`` and ``dtype`` are passed to :func:`mmcr.objectives.nuclear_norm`; numerics run in float32 (or
-    float64 on request) also under autocast and for float16/bfloat16 embeddings.
+    float64 on request) also under autocast and for float16/bfloat16 embeddings. The normalised views and
+    centroids are formed in float64 (a few passes over z): the gradient of an ill-conditioned C is as
+    sensitive to a float32 rounding of C as to anything else (relative error ~eps32 * sigma_max / sigma_min,
+    1e-3 for the trained-encoder centroids of benchmarks/bench_objectives.py), and the nuclear norm then reads
+    C unrounded where it computes in float64.
 
     After each forward ``last_components`` holds detached scalars, all derived from quantities the loss
     computes anyway: ``loss``, ``global_nuclear_norm``, ``mean_centroid_norm``, ``effective_rank_C`` and, when
     the local term is evaluated (lmbda > 0, or ``track_local=True``), ``local_nuclear_norm`` (mean over images).
     """
+
+    # Non-finite inputs raise a ValueError naming them, which reads one value back to the host per call. The
+    # trainer, whose step masks non-finite embeddings itself without a host read, turns the check off.
+    check_finite = True
 
     def __init__(
         self,
@@ -123,7 +150,22 @@ class MMCRLoss(nn.Module):
         self.dtype = dtype
         self.gather = gather
         self.track_local = (lmbda > 0) if track_local is None else bool(track_local)
-        self.last_components: dict[str, torch.Tensor] = {}
+        self.last_components = {}
+
+    @property
+    def last_components(self) -> dict[str, torch.Tensor]:
+        # The logging-only components (mean_centroid_norm, effective_rank_C) are derived when read, at logging
+        # steps, not in every training step: a dozen small ops (~0.1 ms, as much as the whole nuclear norm at
+        # the CIFAR shape) and, for the matmul-only method, an eigvalsh for the singular values.
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._components.update(pending())
+        return self._components
+
+    @last_components.setter
+    def last_components(self, value: dict[str, torch.Tensor]) -> None:
+        self._components = value
+        self._pending = None
 
     def extra_repr(self) -> str:
         return f"lmbda={self.lmbda}, method={self.method!r}, gather={self.gather}"
@@ -143,17 +185,18 @@ class MMCRLoss(nn.Module):
                 centroids = 0.5 * (centroids + _NormalizedMean.apply(z_momentum.to(cdtype)))
             inputs = {"z": z} if z_momentum is None else {"z": z, "z_momentum": z_momentum}
             # Normalised entries lie in [-1, 1], so this sum is finite unless an input held NaN or Inf.
-            raise_if_non_finite(centroids.detach().sum(), **inputs)
+            if self.check_finite:
+                raise_if_non_finite(centroids.detach().sum(), **inputs)
             all_centroids = all_gather_with_grad(centroids) if self.gather else centroids
-            global_norm, sigma = nuclear_norm_with_singular_values(all_centroids, self.method, dtype=cdtype)
+            global_norm, sigma = _nuclear(all_centroids, self.method, cdtype, want_sigma=False, exact_input=True)
             loss = -global_norm
             comps = {"global_nuclear_norm": global_norm.detach()}
             if self.track_local:
                 if self.lmbda > 0:
-                    local_mean = nuclear_norm(views, self.method, dtype=cdtype).mean()
+                    local_mean = _nuclear(views, self.method, cdtype, want_sigma=False, exact_input=True)[0].mean()
                 else:
                     with torch.no_grad():
-                        local_mean = nuclear_norm(views, self.method, dtype=cdtype).mean()
+                        local_mean = _nuclear(views, self.method, cdtype, want_sigma=False, exact_input=True)[0].mean()
                 global_local_mean = all_reduce_mean(local_mean) if self.gather and is_distributed() else None
                 if self.lmbda > 0:
                     local_term = local_mean
@@ -162,9 +205,14 @@ class MMCRLoss(nn.Module):
                         local_term = local_mean + (global_local_mean - local_mean).detach()
                     loss = loss + self.lmbda * local_term
                 comps["local_nuclear_norm"] = (local_mean if global_local_mean is None else global_local_mean).detach()
+        detached = all_centroids.detach()
+
+        def pending() -> dict[str, torch.Tensor]:
+            s = sigma if sigma is not None else _singular_values_for(detached.unsqueeze(0))[0].to(cdtype)
             with torch.no_grad():
-                comps["mean_centroid_norm"] = torch.linalg.vector_norm(all_centroids, dim=-1).mean()
-                comps["effective_rank_C"] = effective_rank(sigma)
+                mean_norm = torch.linalg.vector_norm(detached, dim=-1).mean().to(cdtype)
+                return {"mean_centroid_norm": mean_norm, "effective_rank_C": effective_rank_from_singular_values(s)}
         comps["loss"] = loss.detach()
         self.last_components = comps
+        self._pending = pending
         return loss
