@@ -44,7 +44,9 @@ def participation_ratio(features: Any) -> float:
 
 
 def effective_rank(features: Any) -> float:
-    """Roy & Vetterli's effective rank: exp of the entropy of the normalised singular values."""
+    """Roy & Vetterli's effective rank of centred features: exp of the entropy of their normalised singular
+    values (the objectives log the same quantity for the uncentred centroid matrix, from singular values they
+    already have: ``mmcr.objectives.effective_rank_from_singular_values``)."""
     lam = eigenspectrum(features)
     s = np.sqrt(np.clip(lam, 0, None))
     if s.sum() == 0:

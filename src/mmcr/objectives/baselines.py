@@ -1,12 +1,14 @@
 """Baseline SSL objectives on the same (B, k, d) input as MMCRLoss, for side-by-side comparisons.
 
-Each is distributed-correct with the convention of ``mmcr.objectives.distributed``: every rank returns the
+Each is distributed-correct with the convention of ``mmcr.distributed``: every rank returns the
 value of the one-process loss on the concatenated global batch, and rank r's own embeddings receive W times
 its gradient, which DDP's gradient averaging cancels. Pairwise losses are averaged over the k(k-1)/2 view
 pairs (for k = 2 each equals its paper's two-view loss). Numerics run in float32 (float64 on request).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +43,13 @@ def _offdiag_sq_sum_of_cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.T @ b).square().sum()
 
 
-def _global_batch(z: torch.Tensor, dtype: torch.dtype | None, gather: bool, owner: str) -> torch.Tensor:
-    """z in the compute dtype, checked finite and gathered over ranks (batch-statistics losses need
-    the global batch); call inside an autocast-disabled block."""
+def _global_batch(z: torch.Tensor, dtype: torch.dtype | None, gather: bool, owner: str,
+                  check_finite: bool = True) -> torch.Tensor:
+    """z in the compute dtype, checked finite (unless the caller has) and gathered over ranks
+    (batch-statistics losses need the global batch); call inside an autocast-disabled block."""
     zc = z.to(compute_dtype(z, dtype))
-    raise_if_non_finite(zc.detach().sum(), z=z)
+    if check_finite:
+        raise_if_non_finite(zc.detach().sum(), z=z)
     zc = all_gather_with_grad(zc) if gather else zc
     if zc.shape[0] < 2:
         raise ValueError(f"{owner} needs at least 2 images in the (global) batch, got shape {tuple(z.shape)}")
@@ -60,6 +64,8 @@ class SimCLRLoss(nn.Module):
     default (Chen et al. 2020); their CIFAR runs used 0.5. For k = 2 this is SimCLR's NT-Xent.
     """
 
+    check_finite = True  # see MMCRLoss.check_finite
+
     def __init__(self, temperature: float = 0.1, dtype: torch.dtype | None = None, gather: bool = True):
         super().__init__()
         self.temperature = _check_positive("temperature", temperature, "SimCLRLoss")
@@ -72,7 +78,8 @@ class SimCLRLoss(nn.Module):
         b, k, d = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
             zn = F.normalize(z.to(compute_dtype(z, self.dtype)), dim=-1)
-            raise_if_non_finite(zn.detach().sum(), z=z)
+            if self.check_finite:
+                raise_if_non_finite(zn.detach().sum(), z=z)
             distributed = self.gather and is_distributed()
             keys = all_gather_with_grad(zn) if distributed else zn
             offset = rank() * b if distributed else 0
@@ -107,6 +114,8 @@ class BarlowTwinsLoss(nn.Module):
     0.0051 as in the authors' code (paper: 5e-3).
     """
 
+    check_finite = True  # see MMCRLoss.check_finite
+
     def __init__(self, lambda_offdiag: float = 0.0051, dtype: torch.dtype | None = None, gather: bool = True):
         super().__init__()
         self.lambda_offdiag = _check_nonnegative("lambda_offdiag", lambda_offdiag, "BarlowTwinsLoss")
@@ -117,7 +126,7 @@ class BarlowTwinsLoss(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_embeddings(z, "z", min_views=2)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zc = _global_batch(z, self.dtype, self.gather, "BarlowTwinsLoss")
+            zc = _global_batch(z, self.dtype, self.gather, "BarlowTwinsLoss", self.check_finite)
             n, k, d = zc.shape
             mean = zc.mean(0, keepdim=True)
             var = zc.var(0, unbiased=False, keepdim=True)
@@ -132,7 +141,7 @@ class BarlowTwinsLoss(nn.Module):
                 grams = torch.einsum("nvd,mvd->vnm", h, h)
                 cross_sq = (grams.sum(0).square().sum() - grams.square().sum()) / 2 / n**2
             else:
-                cross_sq = sum((h[:, i].T @ h[:, j]).square().sum() for i, j in iu.T.tolist()) / n**2
+                cross_sq = sum((h[:, i].T @ h[:, j]).square().sum() for i, j in itertools.combinations(range(k), 2)) / n**2
             on_diag = (1 - diag).square().sum() / pairs
             off_diag = (cross_sq - diag.square().sum()) / pairs
             loss = on_diag + self.lambda_offdiag * off_diag
@@ -151,6 +160,8 @@ class VICRegLoss(nn.Module):
     mean(relu(1 - std_y))) / 2 with std = sqrt(var + 1e-4); covariance = (sum of squared off-diagonal
     covariances of x plus that of y) / d. Averaged over pairs; statistics over the global batch.
     """
+
+    check_finite = True  # see MMCRLoss.check_finite
 
     def __init__(
         self,
@@ -171,7 +182,7 @@ class VICRegLoss(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_embeddings(z, "z", min_views=2)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zc = _global_batch(z, self.dtype, self.gather, "VICRegLoss")
+            zc = _global_batch(z, self.dtype, self.gather, "VICRegLoss", self.check_finite)
             n, k, d = zc.shape
             # Sum over pairs of ||x_i - x_j||^2 = k sum_v ||x_v||^2 - ||sum_v x_v||^2, without a k^2 loop.
             pair_sq = k * zc.square().sum() - zc.sum(1).square().sum()

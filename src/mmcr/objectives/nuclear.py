@@ -26,6 +26,9 @@ split by singular value so that most of it runs in float32 (``_polar_bands``):
   sigma^2 carries an error of ~1e-16 sigma_max^2, i.e. 1.5 % at sigma = 2.6e-7 sigma_max, a value the
   trained encoder of the benchmark produces; the row norms are exact to float64 rounding instead.
 
+On the CPU the single-matrix float64 Gram and eigendecomposition run through scipy's dsyrk/dsyevd (see
+``_host_gram``): 11.6 + 30.8 ms instead of 19.3 + 39.0 ms through torch at 512 x 2048.
+
 Measured on one core of the 2-core development VM (AMD EPYC, MKL), s x l = 512 x 2048: float32 Gram
 10.5 ms, float64 Gram 22 ms (16.5 ms computing 3 of its 4 blocks), float32 eigh 19 ms, float64 eigh 39 ms,
 float32 svdvals of A 143 ms; a float64 product of the full U^T A costs 23 ms where the band split spends
@@ -76,8 +79,11 @@ _EPS64 = torch.finfo(torch.float64).eps
 # sigma_max^2) still give sigma to ~1e-6 relative or better. Measured at 2048 x 512 (relative gradient error,
 # ms): 1e-3 put the 460 small singular values of the power-law-2 family and the 511 of the near-collapsed one
 # in the float64 bottom band (185 / 207 ms, 2.5e-7 / 2.4e-7); 1e-5 keeps them in the middle band (91 / 83 ms,
-# 4.8e-7 / 2.8e-7); other families unchanged.
-_MID_RATIO = 32.0
+# 4.8e-7 / 2.8e-7); other families unchanged. The ratio trades float64 band work for float32 rounding; MMCRLoss
+# fwd+bwd at 2048 x 2 x 512 on the trained-encoder centroids (ms, gradient error): 32 98 / 9.9e-7, 64 88 /
+# 2.4e-6, 128 85 / 3.9e-6; at 256 x 2 x 512 64 keeps every family below the authors' float32 svdvals error
+# (trained: 2.5e-6 against 5.2e-6, where 128 gives 3.6e-6).
+_MID_RATIO = 64.0
 _MID_MIN = 1e-5
 # float64 computation: the Gram route (error ~eps64 * kappa^2) where lambda_min / lambda_max >= this.
 _F64_GRAM_MIN_EIG_RATIO = 1e-8
@@ -173,6 +179,51 @@ def _widest_window(sig: list[float], start: int, ratio: float, top_weight: float
     return lo, hi
 
 
+# The one-matrix float64 Gram and its eigendecomposition on the CPU go through scipy's BLAS/LAPACK (dsyrk,
+# dsyevd), which torch does not expose: dsyrk forms one triangle of the symmetric product (half the
+# multiply-adds of the general product torch would run), and dsyevd reads only that triangle. Measured on one
+# core of the development VM (AMD EPYC, torch's MKL against scipy's OpenBLAS) at s x l = 512 x 2048: Gram
+# 11.6 ms (dsyrk) against 19.3 ms (torch, transposed copy + 3 of 4 blocks), eigendecomposition 30.8 ms (dsyevd)
+# against 39.0 ms (torch.linalg.eigh). scipy's BLAS has its own thread pool, held to torch's thread count for
+# the call so that torch.set_num_threads governs the whole loss.
+_BLAS_POOL = None
+
+
+def _blas_pool():
+    global _BLAS_POOL
+    if _BLAS_POOL is None:
+        import scipy.linalg  # noqa: F401  (loads scipy's BLAS so that the controller finds it)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_POOL = ThreadpoolController().select(user_api="blas")
+    return _BLAS_POOL
+
+
+def _host_gram(x64: torch.Tensor, tall: bool) -> torch.Tensor:
+    """Float64 Gram A A^T of one CPU matrix (A = x, or x^T when x is tall); only its lower triangle is filled."""
+    from scipy.linalg import blas
+
+    xn = x64.numpy()
+    if not xn.flags.c_contiguous:
+        xn = xn.copy()
+    # xn.T is x^T in Fortran order without a copy; dsyrk forms a a^T (trans=0) or a^T a (trans=1) of its operand.
+    with _blas_pool().limit(limits=torch.get_num_threads()):
+        g = blas.dsyrk(1.0, xn.T, trans=0 if tall else 1, lower=1)
+    return torch.from_numpy(g)
+
+
+def _host_eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending eigenvalues and eigenvectors of a symmetric float64 CPU matrix from its lower triangle."""
+    from scipy.linalg import lapack
+
+    with _blas_pool().limit(limits=torch.get_num_threads()):
+        w, v, info = lapack.dsyevd(g.numpy(), compute_v=1, lower=1)
+    if info != 0:  # no convergence (not seen on finite input): torch's solver on the symmetrised matrix
+        full = torch.tril(g) + torch.tril(g, -1).mT
+        return torch.linalg.eigh(full)
+    return torch.from_numpy(w), torch.from_numpy(v)
+
+
 def _polar_bands(
     x: torch.Tensor | None, x64: torch.Tensor, tall: bool, lam: torch.Tensor, u: torch.Tensor, floor: float, cd
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -260,9 +311,13 @@ def _gram_method(x: torch.Tensor, cd: torch.dtype, want_polar: bool, bounded: bo
     if x.dtype == torch.float64 and not bounded:
         scale = _pow2_scale(x64)
         x64 = x64 * scale
-    # A tall x is copied transposed for its Gram: the blocked product of a row-major A runs faster than the
-    # transposed-operand product x^T x (19.3 ms with the copy instead of 24.8 at 2048 x 512).
-    g = _gram(x64.mT.contiguous(), False) if tall else _gram(x64, False)
+    bands = want_polar and cd != torch.float64 and n_mat <= _BAND_MAX_BATCH and min(m, n) * max(m, n) >= _BAND_MIN_SIZE
+    if bands and x.device.type == "cpu":
+        g = torch.stack([_host_gram(x64[i], tall) for i in range(n_mat)])
+    else:
+        # A tall x is copied transposed for its Gram: the blocked product of a row-major A runs faster than the
+        # transposed-operand product x^T x (19.3 ms with the copy instead of 24.8 at 2048 x 512).
+        g = _gram(x64.mT.contiguous(), False) if tall else _gram(x64, False)
     if not bounded and not bool(torch.isfinite(g.diagonal(dim1=-2, dim2=-1).sum())):
         _raise_non_finite(x)
     if cd == torch.float64:
@@ -271,8 +326,11 @@ def _gram_method(x: torch.Tensor, cd: torch.dtype, want_polar: bool, bounded: bo
         sigma = torch.linalg.eigvalsh(g).clamp_min(0).sqrt()
         value, polar = sigma.sum(-1), None
     else:
-        lam, u = torch.linalg.eigh(g)
-        if n_mat <= _BAND_MAX_BATCH and min(m, n) * max(m, n) >= _BAND_MIN_SIZE:
+        if bands and x.device.type == "cpu":
+            lam, u = (torch.stack(t) for t in zip(*(_host_eigh(g[i]) for i in range(n_mat))))
+        else:
+            lam, u = torch.linalg.eigh(g)
+        if bands:
             xc = x if (scale is None and x.dtype == cd) else None
             outs = [
                 _polar_bands(None if xc is None else xc[i], x64[i], tall, lam[i], u[i], floor, cd)

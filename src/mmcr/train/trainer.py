@@ -100,6 +100,7 @@ def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run
         objective = build_objective(cfg.objective.name, **cfg.objective.kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"objective.kwargs rejected by {cfg.objective.name}: {e}") from e
+    objective.check_finite = False  # the step replaces and counts non-finite embeddings without a host read
     if cfg.model.sync_bn and dist_info.enabled:
         model = D.convert_sync_batchnorm(model, device)
     param_dtype = torch.float64 if tc.precision == "fp64" else torch.float32  # fp64: numerical checks
