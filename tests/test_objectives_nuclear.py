@@ -155,6 +155,32 @@ def test_band_split_on_large_matrices(method, kind, shape):
     assert x.grad.stride() == x.stride()
 
 
+@pytest.mark.parametrize("kind", ["power_law_2", "near_collapsed", "near_floor"])
+@pytest.mark.parametrize("shape", [(64, 600), (700, 96)])
+def test_band_split_through_scipy_lapack_on_one_thread(monkeypatch, kind, shape):
+    """On one CPU thread the Gram and its eigendecomposition go through scipy (dsyrk/dsyevd): same exactness
+    as torch's routines, which serve the multi-threaded case."""
+    import mmcr.objectives.nuclear as nuclear
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grads = {}
+        for host in (True, False):
+            monkeypatch.setattr(nuclear, "_HOST_LAPACK", host)
+            x = make_matrix(kind, (), *shape, seed=11).requires_grad_(True)
+            assert nuclear._use_host_lapack(x) == host
+            value = nuclear_norm(x, method="gram")
+            value.backward()
+            ref_value, ref_grad = reference(x)
+            assert value_err(value, ref_value) <= 1e-6
+            assert frob_err(x.grad, ref_grad) <= 2e-6
+            grads[host] = x.grad
+        assert frob_err(grads[True], grads[False]) <= 2e-6
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_band_split_uses_all_three_bands():
     """Three large, a middle cluster and small singular values (down to 1e-6) plus exact zeros."""
     g = torch.Generator().manual_seed(3)

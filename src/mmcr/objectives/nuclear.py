@@ -26,8 +26,9 @@ split by singular value so that most of it runs in float32 (``_polar_bands``):
   sigma^2 carries an error of ~1e-16 sigma_max^2, i.e. 1.5 % at sigma = 2.6e-7 sigma_max, a value the
   trained encoder of the benchmark produces; the row norms are exact to float64 rounding instead.
 
-On the CPU the single-matrix float64 Gram and eigendecomposition run through scipy's dsyrk/dsyevd (see
-``_host_gram``): 11.6 + 30.8 ms instead of 19.3 + 39.0 ms through torch at 512 x 2048.
+On one CPU thread the single-matrix float64 Gram and eigendecomposition run through scipy's dsyrk/dsyevd (see
+``_host_gram``): 11.6 + 30.8 ms instead of 19.3 + 39.0 ms through torch at 512 x 2048. With more threads
+torch's own routines run them (two thread pools on the same cores slow each other down).
 
 Measured on one core of the 2-core development VM (AMD EPYC, MKL), s x l = 512 x 2048: float32 Gram
 10.5 ms, float64 Gram 22 ms (16.5 ms computing 3 of its 4 blocks), float32 eigh 19 ms, float64 eigh 39 ms,
@@ -184,8 +185,8 @@ def _widest_window(sig: list[float], start: int, ratio: float, top_weight: float
 # multiply-adds of the general product torch would run), and dsyevd reads only that triangle. Measured on one
 # core of the development VM (AMD EPYC, torch's MKL against scipy's OpenBLAS) at s x l = 512 x 2048: Gram
 # 11.6 ms (dsyrk) against 19.3 ms (torch, transposed copy + 3 of 4 blocks), eigendecomposition 30.8 ms (dsyevd)
-# against 39.0 ms (torch.linalg.eigh). scipy's BLAS has its own thread pool, held to torch's thread count for
-# the call so that torch.set_num_threads governs the whole loss.
+# against 39.0 ms (torch.linalg.eigh). scipy's BLAS has its own thread pool, held to torch's thread count (one, see
+# _use_host_lapack) for the call.
 _BLAS_POOL = None
 
 
@@ -197,6 +198,16 @@ def _blas_pool():
 
         _BLAS_POOL = ThreadpoolController().select(user_api="blas")
     return _BLAS_POOL
+
+
+def _use_host_lapack(x: torch.Tensor) -> bool:
+    # One thread only: with more, torch's OpenMP workers keep spinning while scipy's OpenBLAS threads run, and
+    # the two pools fight over the cores (2 threads on the 2-core VM, 256 x 2 x 512: 16 ms through scipy
+    # against 7.5 ms through torch; 2048 x 2 x 512: 71-82 against 50-54 ms).
+    return _HOST_LAPACK and x.device.type == "cpu" and torch.get_num_threads() == 1
+
+
+_HOST_LAPACK = True  # switch for measurements
 
 
 def _host_gram(x64: torch.Tensor, tall: bool) -> torch.Tensor:
@@ -317,7 +328,8 @@ def _gram_method(x: torch.Tensor, cd: torch.dtype, want_polar: bool, bounded: bo
         scale = _pow2_scale(x64)
         x64 = x64 * scale
     bands = want_polar and cd != torch.float64 and n_mat <= _BAND_MAX_BATCH and min(m, n) * max(m, n) >= _BAND_MIN_SIZE
-    if bands and x.device.type == "cpu":
+    host = bands and _use_host_lapack(x)
+    if host:
         g = _stack([_host_gram(x64[i], tall) for i in range(n_mat)])
     else:
         # A tall x is copied transposed for its Gram: the blocked product of a row-major A runs faster than the
@@ -331,7 +343,7 @@ def _gram_method(x: torch.Tensor, cd: torch.dtype, want_polar: bool, bounded: bo
         sigma = torch.linalg.eigvalsh(g).clamp_min(0).sqrt()
         value, polar = sigma.sum(-1), None
     else:
-        if bands and x.device.type == "cpu":
+        if host:
             lam, u = (_stack(list(t)) for t in zip(*(_host_eigh(g[i]) for i in range(n_mat))))
         else:
             lam, u = torch.linalg.eigh(g)
