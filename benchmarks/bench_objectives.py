@@ -1,7 +1,7 @@
 """Forward+backward time and exactness of MMCRLoss against the authors' formulation (normalise, centroids,
 torch.linalg.svdvals), on inputs that look like training next to Gaussian ones.
 
-Usage: python benchmarks/bench_objectives.py [--repeats N] [--quick] [--device cpu|cuda]
+Usage: python benchmarks/bench_objectives.py [--repeats N] [--quick] [--device cpu|cuda] [--threads N ...]
                                              [--families ...] [--encoder-cache DIR] [--methods]
 
 Input families (z of shape (B, k, d), float32):
@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--encoder-cache", default="runs/bench_objectives", help="run directories of trained encoders")
     parser.add_argument("--train-encoders", action="store_true", help="train missing encoders of the trained family")
     parser.add_argument("--methods", action="store_true", help="also time each nuclear_norm method alone")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="thread settings to measure (default: 1 and all threads)")
     args = parser.parse_args()
     for family in args.families:
         if family not in FAMILIES:
@@ -259,6 +261,10 @@ def main() -> None:
     repeats = 3 if args.quick else args.repeats
     all_threads = torch.get_num_threads()
     settings = [1] if args.quick else sorted({1, all_threads})
+    if args.threads:
+        if any(t < 1 for t in args.threads):
+            raise SystemExit(f"--threads needs positive counts, got {args.threads}")
+        settings = sorted(set(args.threads))
     if device.type == "cuda":
         settings = [all_threads]
         print(f"device: {torch.cuda.get_device_name(device)} (CPU time column = host time)")

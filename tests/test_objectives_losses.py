@@ -382,3 +382,23 @@ def test_single_process_helpers_and_no_grad_forward():
     with torch.no_grad():
         loss = loss_fn(torch.randn(5, 3, 4))
     assert not loss.requires_grad and set(loss_fn.last_components) >= {"global_nuclear_norm", "local_nuclear_norm"}
+
+
+@pytest.mark.parametrize("make", [lambda: MMCRLoss(), lambda: MMCRLoss(lmbda=0.005), lambda: SimCLRLoss()])
+@pytest.mark.parametrize("scale", [1e19, 1e30])
+def test_huge_embeddings_do_not_overflow_the_normalisation(make, scale):
+    """|z|^2 overflows float32 from ~1e19: such rows are scaled by a power of two first, so the loss is the
+    unit-scale loss (normalisation is scale-invariant) and the gradient is the unit-scale one divided by
+    the scale. Before, MMCRLoss returned -0.0 with a zero gradient."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 4, 24, generator=g)
+    ref = z.clone().requires_grad_(True)
+    ref_loss = make()(ref)
+    ref_loss.backward()
+    big = (z * scale).requires_grad_(True)
+    loss = make()(big)
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
+    rel = ((big.grad * scale) - ref.grad).norm() / ref.grad.norm()
+    assert rel <= 1e-5
+

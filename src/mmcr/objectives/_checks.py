@@ -1,4 +1,5 @@
-"""Input validation shared by the objectives: one actionable ValueError per kind of bad input."""
+"""Input validation shared by the objectives (one actionable ValueError per kind of bad input) and the
+row scaling that keeps normalisation finite for very large embeddings."""
 
 from __future__ import annotations
 
@@ -60,3 +61,16 @@ def compute_dtype(z: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"objectives compute in torch.float32 or torch.float64, got dtype={dtype}")
     return dtype
+
+
+def tame_large_rows(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z with every row whose largest entry exceeds 2^50 divided by a power of two that brings it to [0.5, 1),
+    and the factors (B, k, 1). The normalised views do not change (the scaling is exact and normalisation
+    undoes it), but |z|^2 no longer overflows: float32 rows from ~1e19 / sqrt(d) on would otherwise get an
+    infinite norm and silently become zero views. Other rows are multiplied by exactly 1 (bitwise unchanged,
+    the eps clamp of ``F.normalize`` included); the gradient w.r.t. the original rows is the factor times the
+    gradient w.r.t. the scaled ones."""
+    amax = torch.linalg.vector_norm(z, ord=float("inf"), dim=-1, keepdim=True)
+    _, exponent = torch.frexp(amax)
+    factor = torch.where(amax > 2.0**50, torch.ldexp(torch.ones_like(amax), -exponent), torch.ones_like(amax))
+    return z * factor, factor

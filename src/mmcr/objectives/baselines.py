@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcr.distributed import all_gather_with_grad, all_reduce_mean, is_distributed, rank
-from mmcr.objectives._checks import check_embeddings, compute_dtype, raise_if_non_finite
+from mmcr.objectives._checks import check_embeddings, compute_dtype, raise_if_non_finite, tame_large_rows
 
 
 def _check_positive(name: str, value: float, owner: str) -> float:
@@ -77,7 +77,8 @@ class SimCLRLoss(nn.Module):
         check_embeddings(z, "z", min_views=2)
         b, k, d = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zn = F.normalize(z.to(compute_dtype(z, self.dtype)), dim=-1)
+            # rows scaled first (exactly, by powers of two) so that |z|^2 cannot overflow: see tame_large_rows
+            zn = F.normalize(tame_large_rows(z.to(compute_dtype(z, self.dtype)))[0], dim=-1)
             if self.check_finite:
                 raise_if_non_finite(zn.detach().sum(), z=z)
             distributed = self.gather and is_distributed()
@@ -141,7 +142,8 @@ class BarlowTwinsLoss(nn.Module):
                 grams = torch.einsum("nvd,mvd->vnm", h, h)
                 cross_sq = (grams.sum(0).square().sum() - grams.square().sum()) / 2 / n**2
             else:
-                cross_sq = sum((h[:, i].T @ h[:, j]).square().sum() for i, j in itertools.combinations(range(k), 2)) / n**2
+                pairs_ij = itertools.combinations(range(k), 2)  # from Python: no device read
+                cross_sq = sum((h[:, i].T @ h[:, j]).square().sum() for i, j in pairs_ij) / n**2
             on_diag = (1 - diag).square().sum() / pairs
             off_diag = (cross_sq - diag.square().sum()) / pairs
             loss = on_diag + self.lambda_offdiag * off_diag

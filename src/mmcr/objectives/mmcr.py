@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from mmcr.distributed import all_gather_with_grad, all_reduce_mean, is_distributed
-from mmcr.objectives._checks import check_embeddings, check_same_shape, compute_dtype, raise_if_non_finite
+from mmcr.objectives._checks import (
+    check_embeddings,
+    check_same_shape,
+    compute_dtype,
+    raise_if_non_finite,
+    tame_large_rows,
+)
 from mmcr.objectives.nuclear import _nuclear, _singular_values_for
 
 
@@ -27,9 +33,9 @@ class _NormalizedMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
-        z = z.contiguous()
+        z, factor = tame_large_rows(z.contiguous())
         inv = _reciprocal_norms(z)
-        ctx.save_for_backward(z, inv)
+        ctx.save_for_backward(z, inv, factor)
         k = z.shape[1]
         if k > 8:
             return torch.bmm(inv.double().mT, z.double()).squeeze(1) / k
@@ -44,14 +50,14 @@ class _NormalizedMean(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        z, inv = ctx.saved_tensors
+        z, inv, factor = ctx.saved_tensors
         k = z.shape[1]
         g = grad.to(z.dtype).contiguous().unsqueeze(1)  # (B, 1, d); batched products are slow on strided input
         # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z|; rows clamped at eps have a constant
         # denominator, so no projection term there.
         beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
         beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
-        return (g * (inv / k)).addcmul_(z, beta, value=-1)
+        return (g * (inv / k)).addcmul_(z, beta, value=-1).mul_(factor)
 
 
 class _NormalizeAndMean(torch.autograd.Function):
@@ -63,16 +69,16 @@ class _NormalizeAndMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
-        z = z.contiguous()
+        z, factor = tame_large_rows(z.contiguous())
         inv = _reciprocal_norms(z)
-        ctx.save_for_backward(z, inv)
+        ctx.save_for_backward(z, inv, factor)
         views = z.double() * inv.double()
         return views, views.mean(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_views, grad_mean):
-        z, inv = ctx.saved_tensors
+        z, inv, factor = ctx.saved_tensors
         k = z.shape[1]
         if grad_mean is None:
             grad_mean = z.new_zeros(z.shape[0], z.shape[2])
@@ -85,7 +91,7 @@ class _NormalizeAndMean(torch.autograd.Function):
             dots = dots + (z * grad_views).sum(-1, keepdim=True)
             out.addcmul_(grad_views, inv)
         beta = torch.where(inv < 1 / _NORM_EPS, dots * inv.pow(3), torch.zeros_like(dots))
-        return out.addcmul_(z, beta, value=-1)
+        return out.addcmul_(z, beta, value=-1).mul_(factor)
 
 
 _NORM_EPS = 1e-12
