@@ -70,7 +70,9 @@ def tame_large_rows(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     infinite norm and silently become zero views. Other rows are multiplied by exactly 1 (bitwise unchanged,
     the eps clamp of ``F.normalize`` included); the gradient w.r.t. the original rows is the factor times the
     gradient w.r.t. the scaled ones."""
-    amax = torch.linalg.vector_norm(z, ord=float("inf"), dim=-1, keepdim=True)
+    # max |z| per row from two reductions: vector_norm(ord=inf) is ~17x slower on the CPU (517 us against 30 us
+    # at 32 x 40 x 128), z.abs().amax() needs a temporary as large as z.
+    amax = torch.maximum(z.amax(dim=-1, keepdim=True), z.amin(dim=-1, keepdim=True).neg())
     _, exponent = torch.frexp(amax)
     factor = torch.where(amax > 2.0**50, torch.ldexp(torch.ones_like(amax), -exponent), torch.ones_like(amax))
     return z * factor, factor
