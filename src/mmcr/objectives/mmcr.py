@@ -33,12 +33,18 @@ class _NormalizedMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
-        z, factor = tame_large_rows(z.contiguous())
+        z = z.contiguous()
+        k = z.shape[1]
+        if k > 8 and z.dtype != torch.float64:
+            # Many views: the float64 copy of z serves the norms too, where |z|^2 cannot overflow (no row
+            # scaling needed, ~0.1 ms less at 32 x 40 x 128 than tame_large_rows' dozen small ops).
+            z64 = z.double()
+            inv64 = torch.linalg.vector_norm(z64, dim=-1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
+            ctx.save_for_backward(z, inv64.to(z.dtype), None)
+            return torch.bmm(inv64.mT, z64).squeeze(1) / k
+        z, factor = tame_large_rows(z)
         inv = _reciprocal_norms(z)
         ctx.save_for_backward(z, inv, factor)
-        k = z.shape[1]
-        if k > 8:
-            return torch.bmm(inv.double().mT, z.double()).squeeze(1) / k
         # A few views: multiply-adds into one float64 (B, d) buffer, without a float64 copy of z (large fresh
         # buffers are slow to allocate on some machines, 15 ms for 32 MB on the development VM).
         inv64 = inv.double()
@@ -55,6 +61,11 @@ class _NormalizedMean(torch.autograd.Function):
         g = grad.to(z.dtype).contiguous().unsqueeze(1)  # (B, 1, d); batched products are slow on strided input
         # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z|; rows clamped at eps have a constant
         # denominator, so no projection term there.
+        if factor is None:  # unscaled rows, possibly huge: u formed first so that nothing underflows
+            u = z * inv
+            beta = torch.bmm(u, g.mT)  # (B, k, 1)
+            beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
+            return torch.addcmul(g, u, beta, value=-1).mul_(inv / k)
         beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
         beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
         return (g * (inv / k)).addcmul_(z, beta, value=-1).mul_(factor)
