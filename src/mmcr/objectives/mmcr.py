@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -59,16 +61,13 @@ class _NormalizedMean(torch.autograd.Function):
         z, inv, factor = ctx.saved_tensors
         k = z.shape[1]
         g = grad.to(z.dtype).contiguous().unsqueeze(1)  # (B, 1, d); batched products are slow on strided input
-        # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z|; rows clamped at eps have a constant
-        # denominator, so no projection term there.
-        if factor is None:  # unscaled rows, possibly huge: u formed first so that nothing underflows
-            u = z * inv
-            beta = torch.bmm(u, g.mT)  # (B, k, 1)
-            beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
-            return torch.addcmul(g, u, beta, value=-1).mul_(inv / k)
-        beta = torch.bmm(z, g.mT) * inv.pow(3) / k  # (B, k, 1)
+        # d(z / |z|)^T g = (g - (u . g) u) / |z| with u = z / |z| formed first, so that nothing underflows for
+        # huge rows (inv^3 would); rows clamped at eps have a constant denominator, so no projection term there.
+        u = z * inv
+        beta = torch.bmm(u, g.mT)  # (B, k, 1)
         beta = torch.where(inv < 1 / _NORM_EPS, beta, torch.zeros_like(beta))
-        return (g * (inv / k)).addcmul_(z, beta, value=-1).mul_(factor)
+        out = torch.addcmul(g, u, beta, value=-1).mul_(inv / k)
+        return out if factor is None else out.mul_(factor)
 
 
 class _NormalizeAndMean(torch.autograd.Function):
@@ -209,11 +208,8 @@ class MMCRLoss(nn.Module):
             loss = -global_norm
             comps = {"global_nuclear_norm": global_norm.detach()}
             if self.track_local:
-                if self.lmbda > 0:
+                with torch.no_grad() if self.lmbda == 0 else nullcontext():  # lmbda 0: tracked for logging only
                     local_mean = _nuclear(views, self.method, cdtype, want_sigma=False, exact_input=True)[0].mean()
-                else:
-                    with torch.no_grad():
-                        local_mean = _nuclear(views, self.method, cdtype, want_sigma=False, exact_input=True)[0].mean()
                 global_local_mean = all_reduce_mean(local_mean) if self.gather and is_distributed() else None
                 if self.lmbda > 0:
                     local_term = local_mean
