@@ -51,21 +51,24 @@ def test_feature_taps_reject_unknown_layers():
         FeatureTaps(model, ["nope"])
 
 
-def test_analyze_uses_the_runs_own_augmentation_and_normalisation(tmp_path):
-    """A run trained with other statistics than CIFAR's (and a 12 px crop) is analysed with its own."""
-    import torch
-
-    from mmcr.geometry.analyze import run_analysis
+def _run_with_own_statistics(run):
+    """A run directory whose checkpoint was made with other statistics than CIFAR's and a 12 px crop."""
     from mmcr.models import build_encoder
-    from mmcr.run import CHECKPOINT_FORMAT
+    from mmcr.run import save_checkpoint
     from mmcr.run.config import load_config
 
     cfg = load_config("digits", ["augment.overrides.size=12", "augment.overrides.mean=[0.3, 0.2, 0.1]",
                                  "augment.overrides.std=[0.7, 0.6, 0.5]", "model.projector.hidden=[16]"])
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": build_encoder(cfg.model).state_dict(),
-                "step": 3}, run / "checkpoints" / "ckpt_00000003.pt")
+    save_checkpoint({"config": cfg.to_dict(), "model": build_encoder(cfg.model).state_dict(), "step": 3}, run, 3,
+                    keep=0)
+    return run
+
+
+def test_analyze_uses_the_runs_own_augmentation_and_normalisation(tmp_path):
+    """A run trained with other statistics than CIFAR's (and a 12 px crop) is analysed with its own."""
+    from mmcr.geometry.analyze import run_analysis
+
+    run = _run_with_own_statistics(tmp_path / "run")
     res = run_analysis(str(run), None, tmp_path / "geo", n_images=4, n_views=3, n_classes=3, n_per_class=4,
                        n_t=10, fit_range=(2, 10), layers=["output"], progress=False)
     s = res["settings"]
@@ -119,19 +122,9 @@ def _no_nan(token):
 def test_a_comparison_shows_every_model_the_references_images_and_views(tmp_path):
     """A run next to its random-init twin: both analysed on the run's data set and views (the twin in the
     run's statistics, since it was never trained with any of its own)."""
-    import torch
-
     from mmcr.geometry.compare import compare_models
-    from mmcr.models import build_encoder
-    from mmcr.run import CHECKPOINT_FORMAT
-    from mmcr.run.config import load_config
 
-    cfg = load_config("digits", ["augment.overrides.size=12", "augment.overrides.mean=[0.3, 0.2, 0.1]",
-                                 "augment.overrides.std=[0.7, 0.6, 0.5]", "model.projector.hidden=[16]"])
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": build_encoder(cfg.model).state_dict(),
-                "step": 3}, run / "checkpoints" / "ckpt_00000003.pt")
+    run = _run_with_own_statistics(tmp_path / "run")
     comp = compare_models(["random:resnet_tiny", str(run)], None, tmp_path / "cmp", n_images=4, n_views=3,
                           n_classes=3, n_per_class=4, n_t=10, fit_range=(2, 10), layers=["output"],
                           finite_sample_repeats=0, progress=False)
