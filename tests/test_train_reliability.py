@@ -36,7 +36,7 @@ def _cfg(out: Path, *extra: str):
 
 
 def _ckpt(run: Path, step: int) -> dict:
-    return torch.load(layout.checkpoint_path(run, step), weights_only=False)
+    return torch.load(layout.checkpoint_path(run, step), weights_only=True)
 
 
 def _same(a: dict, b: dict) -> bool:

@@ -676,7 +676,7 @@ def run_detection(
     from mmcr.distributed import cleanup, convert_sync_batchnorm, setup
     from mmcr.models import load_pretrained
     from mmcr.run import layout
-    from mmcr.run.checkpoint import load_latest, save_checkpoint
+    from mmcr.run.checkpoint import DETECTION, load_latest, save_checkpoint
 
     t_start = time.perf_counter()
     extra = list(overrides or [])
@@ -702,6 +702,8 @@ def run_detection(
                 return torch.autocast("cuda", dtype=torch.bfloat16)
             return contextlib.nullcontext()
 
+        torch.manual_seed(seed)  # random:<arch> sources and the new layers start from the seed
+        backbone, model_src = load_pretrained(source)  # first: a refused source costs no data loading
         train_records, test_records = load_protocol_data(root, sched)
         tag = protocol
         base = Path(out).parent if out is not None and str(out).endswith(".json") else output_dir(source, out)
@@ -712,8 +714,6 @@ def run_detection(
         for k in ("num_workers", "log_every", "checkpoint_every", "test_batch_per_rank"):
             del same["config"]["solver"][k]
 
-        torch.manual_seed(seed)  # random:<arch> sources and the new layers start from the seed
-        backbone, model_src = load_pretrained(source)
         norm_stats = eval_transform_for(model_src)  # the normalisation the backbone was trained with
         model = build_c4_detector(backbone, cfg["model"], cfg["input"], mean=norm_stats.mean, std=norm_stats.std)
         if di.enabled and cfg["model"]["norm"] == "sync":
@@ -730,7 +730,7 @@ def run_detection(
                 f.unlink()
         if di.enabled:
             dist.barrier()
-        found = None if restart else load_latest(work, move_corrupt=di.is_main)
+        found = None if restart else load_latest(work, move_corrupt=di.is_main, require=DETECTION)
         if found is not None:
             state, path = found
             if state.get("kind") != "detection":
@@ -741,8 +741,12 @@ def run_detection(
                     f"{work} holds a detection run with other settings ({', '.join(diff[:4])} differ); "
                     "pass --restart to discard it, or --out to work elsewhere"
                 )
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise ValueError(f"{path} does not fit this detector ({' '.join(str(e).split())[:200]}); pass "
+                                 "--restart to discard it, or --out to work elsewhere") from e
             start = int(state["iteration"])
             if di.is_main:
                 print(f"detection: resuming {work} at iteration {start} of {sched['iterations']}")

@@ -83,7 +83,12 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
 
 
 def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing)."""
+    """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing).
+
+    Read as data only: ``.safetensors`` hold nothing else, ``.pt`` files load with ``weights_only=True``
+    and must hold a mapping of names to tensors (see :func:`mmcr.run.checkpoint.load_torch_data`)."""
+    from mmcr.run.checkpoint import InvalidCheckpointError, is_state_dict, load_torch_data
+
     path = Path(path)
     if not path.exists():
         raise ValueError(f"exported backbone {path} not found")
@@ -91,12 +96,24 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        return load_file(str(path)), {k: json.loads(v) for k, v in raw.items()}
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = f.metadata() or {}
+            sd, meta = load_file(str(path)), {k: json.loads(v) for k, v in raw.items()}
+        except Exception as e:  # a truncated or foreign file: safetensors' own error, in one line
+            raise InvalidCheckpointError(f"{path} is not a readable .safetensors file ({' '.join(str(e).split())[:160]}); "
+                                         "export it again with mmcr export") from e
+        return sd, meta
+    sd = load_torch_data(path, what="exported backbone")
+    if not is_state_dict(sd):
+        raise InvalidCheckpointError(f"{path} is not an exported backbone: it must hold a mapping of parameter names "
+                                     f"to tensors, got a {type(sd).__name__}; export it with mmcr export")
     side = path.with_name(path.name + ".json")
-    return sd, (json.loads(side.read_text()) if side.exists() else {})
+    try:
+        meta = json.loads(side.read_text()) if side.exists() else {}
+    except (OSError, ValueError) as e:
+        raise InvalidCheckpointError(f"cannot read the export metadata {side} ({e}); export the model again") from e
+    return sd, meta
 
 
 def build_plain_model(arch: str, cifar_stem: bool = False) -> nn.Module:
@@ -121,5 +138,8 @@ def load_exported(path: str | Path) -> nn.Module:
     if "arch" not in meta:
         raise ValueError(f"{path} has no metadata naming its architecture; build the model yourself and load it")
     model = build_plain_model(meta["arch"], bool(meta.get("cifar_stem", False)))
-    model.load_state_dict(sd, strict=True)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the weights do not fit a plain {meta['arch']} ({' '.join(str(e).split())[:200]})") from e
     return model.eval()

@@ -206,12 +206,12 @@ def run_analysis(
             f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"
         )
     out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # random-init baselines ("random:<arch>") are reproducible too
         backbone, model_src = load_pretrained(model, map_location=dev)
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # after the model: a refused source writes nothing
     backbone = backbone.to(dev).eval()
     own = model_src.config
     data_src = own if reference is None else reference

@@ -85,8 +85,9 @@ def compare_models(
             k += 1
         folders.append(f)
     out = Path(out_dir)
+    configs = [_run_config(s) for s in sources]  # every source read (and checked) before anything is written
+    reference = next((c for c in configs if c is not None), None)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    reference = next((c for c in map(_run_config, sources) if c is not None), None)
     entries = []
     for src, name, folder in zip(sources, names, folders):
         entries.append((name, run_analysis(str(src), dataset, out / folder, reference=reference, **kwargs)))

@@ -22,7 +22,8 @@ from mmcr.run.config import ConfigChange, ConfigError, RunConfig, config_changes
 
 
 def find_resume_checkpoint(cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple[dict, Path] | None:
-    """The checkpoint to resume from (``train.resume``: None, ``auto`` or a file), or None for a new run."""
+    """The checkpoint to resume from (``train.resume``: None, ``auto``, a checkpoint file or another run's
+    directory), or None for a new run."""
     resume = cfg.train.resume
     if resume is None:
         if layout.list_checkpoints(run_dir):
@@ -31,12 +32,14 @@ def find_resume_checkpoint(cfg: RunConfig, run_dir: Path, device: torch.device) 
             )
         return None
     if resume == "auto":
-        found = ckpt.load_latest(run_dir, map_location=device, move_corrupt=True)
+        found = ckpt.load_latest(run_dir, map_location=device, move_corrupt=True, require=ckpt.TRAINING)
         if found is None and (layout.checkpoint_dir(run_dir) / layout.CORRUPT_DIR).is_dir():
             warnings.warn(f"no readable checkpoint left in {layout.checkpoint_dir(run_dir)} (unreadable ones are in "
                           f"{layout.CORRUPT_DIR}/); starting this run from step 0", stacklevel=2)
         return found
-    state = ckpt.read_checkpoint(resume, map_location=device)
+    if Path(resume).is_dir():  # another run's directory: its newest readable checkpoint
+        return ckpt.find_checkpoint(resume, map_location=device, require=ckpt.TRAINING)
+    state = ckpt.read_checkpoint(resume, map_location=device, require=ckpt.TRAINING)
     return state, Path(resume)
 
 

@@ -168,7 +168,7 @@ def restore(run: Run, state: TrainState, found: tuple[dict, Path]) -> list:
         skip.append("optimizer")  # another optimiser's state cannot be loaded: it restarts (recorded)
     if _amp_dtype(old_cfg.train.precision, run.dist_info.device) != run.ctx.amp_dtype:
         skip.append("scaler")
-    state.load_state_dict(saved, run.dist_info.rank, run.dist_info.device, skip=tuple(skip))
+    state.load_state_dict(saved, run.dist_info.rank, run.dist_info.device, skip=tuple(skip), where=str(path))
     R.apply_optimizer_settings(state.optimizer, wanted, state.scheduler,
                                [base_lr(run.cfg.optim, run.ctx.global_batch)] * len(wanted))
     if run.cfg.train.resume not in (None, "auto"):
