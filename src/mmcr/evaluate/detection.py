@@ -46,7 +46,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
 from mmcr.data.voc import VOC_CLASSES, VOCDetectionData, VOCFormatError, load_voc_split
 from mmcr.evaluate.features import eval_transform_for, progress_bar
-from mmcr.evaluate.results import output_dir, record_result
+from mmcr.evaluate.results import destination, output_dir, record_result
 
 DETECTION_PRESETS = ("voc-c4",)
 CHOICES = {"model.norm": ("sync", "frozen")}
@@ -677,8 +677,10 @@ def run_detection(
     from mmcr.models import load_pretrained
     from mmcr.run import layout
     from mmcr.run.checkpoint import DETECTION, load_latest, save_checkpoint
+    from mmcr.run.files import open_append, write_text_atomic
 
     t_start = time.perf_counter()
+    destination("detection", source, out)  # a bad --out is refused before any work
     extra = list(overrides or [])
     if norm is not None:
         extra.append(f"model.norm={norm}")
@@ -752,7 +754,7 @@ def run_detection(
                 print(f"detection: resuming {work} at iteration {start} of {sched['iterations']}")
         if di.is_main:
             work.mkdir(parents=True, exist_ok=True)
-            (work / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+            write_text_atomic(work / "config.yaml", yaml.safe_dump(settings, sort_keys=False), what="detection config")
         net: nn.Module = model
         if di.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -769,7 +771,7 @@ def run_detection(
 
         t_train = time.perf_counter()
         last: dict[str, float] = {}
-        log = open(work / "metrics.jsonl", "a") if di.is_main and start < total else None
+        log = open_append(work / "metrics.jsonl", "the detection log") if di.is_main and start < total else None
 
         def after_step(step: int, losses: dict[str, torch.Tensor]) -> None:
             nonlocal last

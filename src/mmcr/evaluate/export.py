@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mmcr.models import apply_cifar_stem, build_backbone
-from mmcr.run.files import RunFileError, write_atomic, write_text_atomic
+from mmcr.run.files import RunFileError, check_output, write_atomic, write_text_atomic
 
 EXPORT_FORMAT = "mmcr-backbone-v1"
 
@@ -49,6 +49,20 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
+def check_export_path(out: str | Path, source: str | Path | None = None) -> Path:
+    """``out`` as an export path: a ``.pt``/``.pth``/``.safetensors`` file name that is not a folder, not a
+    run's checkpoint or record, and not the model source itself (an export must never replace them)."""
+    out = Path(out)
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise ValueError(f"export path must end in .pt, .pth or .safetensors, got {out.name!r}")
+    if out.exists() and out.is_dir():
+        raise RunFileError(f"export path {out} is a folder; give a file name ending in .pt or .safetensors")
+    check_output(out, source, what="the export")
+    if out.suffix != ".safetensors":
+        check_output(out.with_name(out.name + ".json"), source, what="the export metadata")
+    return out
+
+
 def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str, Any]:
     """Write ``backbone``'s state_dict to ``out`` (``.pt`` or ``.safetensors``, chosen by suffix).
 
@@ -57,9 +71,7 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
     ``model_src`` is the :class:`~mmcr.models.ModelSource` of the backbone (or None). Files are written
     atomically with the user's usual permissions. Returns the metadata.
     """
-    out = Path(out)
-    if out.suffix not in (".pt", ".pth", ".safetensors"):
-        raise ValueError(f"export path must end in .pt, .pth or .safetensors, got {out.name!r}")
+    out = check_export_path(out, model_src.source if model_src is not None else None)
     sd = backbone_state_dict(backbone)
     meta = {
         "format": EXPORT_FORMAT,
@@ -69,8 +81,6 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
         "source": model_src.source if model_src is not None else "",
         "step": model_src.step if model_src is not None else None,
     }
-    if out.exists() and out.is_dir():
-        raise RunFileError(f"export path {out} is a folder; give a file name ending in .pt or .safetensors")
     if out.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -101,8 +111,9 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
                 raw = f.metadata() or {}
             sd, meta = load_file(str(path)), {k: json.loads(v) for k, v in raw.items()}
         except Exception as e:  # a truncated or foreign file: safetensors' own error, in one line
-            raise InvalidCheckpointError(f"{path} is not a readable .safetensors file ({' '.join(str(e).split())[:160]}); "
-                                         "export it again with mmcr export") from e
+            reason = " ".join(str(e).split())[:160]
+            raise InvalidCheckpointError(f"{path} is not a readable .safetensors file ({reason}); export it again "
+                                         "with mmcr export") from e
         return sd, meta
     sd = load_torch_data(path, what="exported backbone")
     if not is_state_dict(sd):
@@ -141,5 +152,6 @@ def load_exported(path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: the weights do not fit a plain {meta['arch']} ({' '.join(str(e).split())[:200]})") from e
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path}: the weights do not fit a plain {meta['arch']} ({reason})") from e
     return model.eval()
