@@ -88,7 +88,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(hostile, t
         ["export", src, str(tmp_path / "out" / "bb.safetensors")],
         ["analyze", src, "--out", str(tmp_path / "geo"), "--no-progress"],
         ["analyze", src, "random:resnet_tiny", "--out", str(tmp_path / "geo2"), "--no-progress"],
-        ["pretrain", "digits", "--resume", src, "--out", str(tmp_path / "resumed"), *sum((["--set", a] for a in BASE), [])],
+        ["pretrain", "digits", "--resume", src, "--out", str(tmp_path / "resumed"),
+         *sum((["--set", a] for a in BASE), [])],
     ]
     if kind == "run":
         commands.append(["pretrain", "digits", "--resume", "auto", "--out", src,

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmcr.evaluate.export import export_backbone
+from mmcr.evaluate.export import check_export_path, export_backbone
 from mmcr.evaluate.features import eval_transform_for, extract_features
-from mmcr.evaluate.knn import knn_accuracy
+from mmcr.evaluate.knn import check_test_classes, knn_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
-from mmcr.evaluate.results import record_result
+from mmcr.evaluate.results import destination, record_result
 from mmcr.evaluate.semi import MIN_STEPS, FinetuneAugment, class_balanced_subset, finetune, read_subset_file
 from mmcr.evaluate.transfer import transfer_probe
+from mmcr.run.config import NON_NEGATIVE
 
 if TYPE_CHECKING:
     from mmcr.models import ModelSource
@@ -49,6 +50,7 @@ def load_split_pair(model_src: ModelSource, dataset: str | None, root: str | Non
     name, root, options, cache_dir = dataset_spec(model_src.config, dataset, root)
     train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
     test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
+    check_test_classes(train.labels, test.labels, f"{name} {test_split}", f"{train_split}")
     if name in ("archive", "imagefolder", "npz") and root:  # name results after the data, not its format
         name = f"{name}-{Path(str(root).rstrip('/')).name.split('.')[0]}"
     return name, train, test
@@ -107,6 +109,7 @@ def run_knn(
     ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
     pretraining summary used), else 200 and 0.1.
     """
+    destination("knn", source, out)  # a bad --out is refused before any work
     model, model_src = _load_model(source)
     run_eval = model_src.config.eval if model_src.config is not None else None
     k = k if k is not None else (run_eval.knn_k if run_eval else 200)
@@ -150,7 +153,9 @@ def run_linear(
 ) -> dict:
     """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``aug_passes`` adds that many
     passes of the run's training augmentation (one view each) to the clean training features."""
+    destination("linear", source, out)  # a bad --out is refused before any work
     model, model_src = _load_model(source)
+    NON_NEGATIVE.check("--aug-passes", aug_passes, integer=True)
     name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
     passes = [_features(model, model_src, train, size, resize, batch_size, device, progress, f"{name} {train_split}")]
     if aug_passes > 0:
@@ -215,6 +220,7 @@ def run_semi(
     ``subset_file``) and report on the test split, beside the linear probe on the same subset that
     fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`). Horizontal flips are used only
     when the run's own training augmentation flipped."""
+    destination("semi", source, out)  # a bad --out is refused before any work
     model, model_src = _load_model(source)
     name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
     if subset_file is not None:
@@ -274,6 +280,7 @@ def run_transfer(
     progress: bool = True,
 ) -> dict:
     """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`)."""
+    destination("transfer", source, out)  # a bad --out is refused before any work
     model, model_src = _load_model(source)
     res = transfer_probe(
         model,
@@ -296,6 +303,7 @@ def run_transfer(
 
 def run_export(source: str | Path, out: str | Path) -> dict:
     """Export a model's backbone (see :mod:`mmcr.evaluate.export`)."""
+    check_export_path(out, source)
     model, model_src = _load_model(source)
     meta = export_backbone(model, model_src, out)
     meta["path"] = str(out)
