@@ -43,7 +43,8 @@ def _copy(run: Path, dest: Path) -> Path:
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".mmcr.lock"}
+    files = [p for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".mmcr.lock"]
+    return {str(p.relative_to(d)): p.read_bytes() for p in files}
 
 
 def _err(capsys) -> str:

@@ -48,7 +48,7 @@ def check_test_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, te
     if missing:
         n = int(torch.isin(test_labels, torch.tensor(missing)).sum())
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-        raise ValueError(f"the {test_name} split has labels {shown} ({n} images) that no image of the "
+        raise ValueError(f"the {test_name} has labels {shown} ({n} images) that no image of the "
                          f"{train_name} split has; a classifier fitted on {train_name} cannot predict them: "
                          "give both splits every class (or drop those test images)")
 

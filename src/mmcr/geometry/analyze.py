@@ -13,6 +13,7 @@ geometry up to small distortions), then every measure of :mod:`mmcr.geometry` is
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -203,6 +204,8 @@ def run_analysis(
     ):
         if int(v) < 2:
             raise ValueError(f"{name} must be at least 2, got {v}")
+    if not (math.isfinite(float(kappa)) and kappa >= 0):
+        raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
     if int(finite_sample_repeats) != finite_sample_repeats or finite_sample_repeats < 0:
         raise ValueError(
             f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"

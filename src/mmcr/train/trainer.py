@@ -152,8 +152,8 @@ def _check_finite_weights(run: Run, state: TrainState) -> None:
     if bad:
         raise NonFiniteLossError(
             f"{bad} weight(s) became NaN/Inf by step {state.step} (the updates diverged: optim.lr="
-            f"{run.cfg.optim.lr:g}, optim.weight_decay={run.cfg.optim.weight_decay:g}); not saved, the previous "
-            "checkpoint is kept: lower optim.lr, set optim.grad_clip, or use train.precision=fp32")
+            f"{run.cfg.optim.lr:g}, optim.weight_decay={run.cfg.optim.weight_decay:g}); not saved (earlier "
+            "checkpoints are kept): lower optim.lr, set optim.grad_clip, or use train.precision=fp32")
 
 
 def save_checkpoint(run: Run, state: TrainState) -> Path | None:
