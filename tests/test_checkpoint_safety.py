@@ -201,6 +201,9 @@ def test_foreign_and_ill_typed_checkpoints_are_refused_by_name(run, tmp_path, ca
     torch.save({"format": real["format"], "step": 9}, layout.checkpoint_path(received, 9))
     with pytest.raises(InvalidCheckpointError, match=r"missing 'config', 'model'.*move it out"):
         find_checkpoint(received)
+    with pytest.raises(InvalidCheckpointError, match=r"ckpt_00000009.pt is not an mmcr checkpoint \(missing 'config'"):
+        train(load_config("digits", BASE + [f"out={received}", "train.resume=auto"]))  # --resume auto: refused too
+    assert layout.checkpoint_path(received, 9).exists()  # and left where it is
     # truncated files (a kill mid-copy) are still skipped with a warning, as before
     layout.checkpoint_path(received, 9).write_bytes(b"PK\x03\x04 cut")
     with pytest.warns(UserWarning, match="skipping it"):
