@@ -483,11 +483,11 @@ def test_an_interrupted_run_resumes_exactly(voc, tmp_path, one_thread):
     first = run_detection("random:resnet_tiny", voc, **kw)
     ckpts = tmp_path / "detection/voc07/checkpoints"
     assert sorted(p.name for p in ckpts.glob("*.pt")) == ["ckpt_00000003.pt", "ckpt_00000006.pt"]
-    end = torch.load(ckpts / "ckpt_00000006.pt", weights_only=False)["model"]
+    end = torch.load(ckpts / "ckpt_00000006.pt", weights_only=True)["model"]
     (ckpts / "ckpt_00000006.pt").unlink()  # as if killed between the checkpoints
     again = run_detection("random:resnet_tiny", voc, **kw)
     assert again["resumed_from"] == 3
-    resumed = torch.load(ckpts / "ckpt_00000006.pt", weights_only=False)["model"]
+    resumed = torch.load(ckpts / "ckpt_00000006.pt", weights_only=True)["model"]
     for k, v in end.items():
         assert torch.allclose(resumed[k].double(), v.double(), rtol=1e-5, atol=1e-6), k
     assert again["AP"] == pytest.approx(first["AP"], abs=0.5)

@@ -283,7 +283,7 @@ def _with_data_statistics(run: Path, images: torch.Tensor) -> None:
     from mmcr.evaluate.features import eval_transform_for
 
     path = next((run / "checkpoints").glob("*.pt"))
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     enc = build_encoder(MODEL_CFG)
     enc.load_state_dict(state["model"])
     for m in enc.modules():

@@ -68,7 +68,7 @@ def test_overrides_are_typed_and_validated():
         ("optim.final_lr_ratio=2", r"optim.final_lr_ratio must be in \[0, 1\]"),
         ("train.max_steps=-5", r"train.max_steps must be >= 1"),
         ("train.log_every_steps=0", r"train.log_every_steps must be >= 1"),
-        ("train.threads=-1", r"train.threads must be >= 1"),
+        ("train.threads=-1", r"train.threads must be in \[1, 1024\]"),
         ("train.time_budget_s=0", r"train.time_budget_s must be > 0"),
         ("train.device=tpu", r"invalid value 'tpu' for train.device; use auto, cpu, cuda"),
         ("seed=-1", r"seed must be in \[0, 4294967295\]"),

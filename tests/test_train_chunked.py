@@ -134,8 +134,8 @@ def test_chunked_training_resumes_bit_for_bit(tmp_path):
     train(load_config("digits", base + [f"out={tmp_path / 'cut'}", "train.max_steps=4", "train.resume=auto"]))
     from mmcr.run import layout
 
-    ref = torch.load(layout.checkpoint_path(tmp_path / "ref", 4), weights_only=False)
-    cut = torch.load(layout.checkpoint_path(tmp_path / "cut", 4), weights_only=False)
+    ref = torch.load(layout.checkpoint_path(tmp_path / "ref", 4), weights_only=True)
+    cut = torch.load(layout.checkpoint_path(tmp_path / "cut", 4), weights_only=True)
     for key in ("model", "momentum"):
         for name, t in ref[key].items():
             assert torch.equal(t, cut[key][name]), f"{key}.{name}"

@@ -36,7 +36,7 @@ def _cfg(out: Path, *extra: str):
 
 
 def _ckpt(run: Path, step: int) -> dict:
-    return torch.load(layout.checkpoint_path(run, step), weights_only=False)
+    return torch.load(layout.checkpoint_path(run, step), weights_only=True)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -248,7 +248,7 @@ def test_a_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous(tm
     [
         (["pretrain", "--set", "train.log_every_steps=0"], "train.log_every_steps must be >= 1"),
         (["pretrain", "--device", "tpu"], "invalid value 'tpu' for train.device"),
-        (["pretrain", "--set", "train.threads=-1"], "train.threads must be >= 1"),
+        (["pretrain", "--set", "train.threads=-1"], "train.threads must be in [1, 1024]"),
         (["pretrain", "--set", "seed=-1"], "seed must be in"),
         (["pretrain", "--set", "optim.grad_clip=-1"], "optim.grad_clip must be > 0"),
         (["pretrain", "--set", "train.max_steps=-5"], "train.max_steps must be >= 1"),

@@ -35,7 +35,7 @@ ARGS = [
 
 def _final_model(run_dir: Path) -> dict:
     ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
-    return torch.load(ckpts[-1], weights_only=False)
+    return torch.load(ckpts[-1], weights_only=True)
 
 
 def _start(out: Path, resume: bool) -> subprocess.Popen:

@@ -43,6 +43,7 @@ def _pretrain(args) -> int:
     if args.out:
         overrides.append(f"out={args.out}")
     if args.resume:
+        _check_one_resume(args.preset, overrides, args.resume)
         overrides.append(f"train.resume={args.resume}")
     if args.device:
         overrides.append(f"train.device={args.device}")
@@ -78,6 +79,17 @@ def _pretrain(args) -> int:
     print(f"run directory: {summary['run_dir']}  ({summary['steps']} steps in {summary['train_seconds']:.1f} s"
           f"{', stopped by the time budget' if summary.get('stopped_by') == 'time_budget' else ''})")
     return 0
+
+
+def _check_one_resume(preset, overrides: list[str], resume: str) -> None:
+    """``--resume X`` and a ``train.resume`` from the preset or ``--set`` that says otherwise contradict each
+    other; refuse by name instead of letting one silently win."""
+    from mmcr.run.config import ConfigError, load_config
+
+    other = load_config(preset, overrides).train.resume
+    if other is not None and str(other) != str(resume):
+        raise ConfigError(f"--resume {resume} contradicts train.resume={other} (from the preset or --set); "
+                          "give the checkpoint to continue once")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +141,34 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) if not isinstance(e, OSError) or not e.strerror else _os_message(e)
         print(f"mmcr {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        print(f"mmcr {args.command}: error: out of memory ({first}); {_memory_hint(args)}", file=sys.stderr)
+        return 2
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: torch's OutOfMemoryError, its CPU allocator's RuntimeError, MemoryError."""
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
+
+
+def _memory_hint(args) -> str:
+    """The settings that lower the memory of each command (and what was kept)."""
+    command = getattr(args, "eval_command", None) or args.command
+    return {
+        "pretrain": "lower train.batch_size or augment.views, set train.view_chunk=auto (or a number of views per "
+                    "chunk, with train.max_activation_gb), or a smaller data.options.size; the newest checkpoint "
+                    "is kept: continue with --resume auto",
+        "detection": "lower --set solver.batch_size=N (and solver.lr with it), the image sizes (--set "
+                     "input.min_size_train=[480] --set input.max_size_train=800 --set input.min_size_test=480 "
+                     "--set input.max_size_test=800), or run it on a GPU; the newest detection checkpoint is "
+                     "kept: rerun the command to resume",
+        "analyze": "lower --batch-size, --n-views, --n-images or --max-features",
+    }.get(command, "lower --batch-size or --size")
 
 
 def _os_message(e: OSError) -> str:

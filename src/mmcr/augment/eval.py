@@ -10,6 +10,7 @@ sees the same size and statistics as training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -50,8 +51,8 @@ class EvalTransform:
             raise ValueError(f"interpolation must be one of {sorted(_MODES)}, got {interpolation!r}")
         self.interpolation = interpolation
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each with std > 0, got mean={mean} std={std}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not all(map(math.isfinite, mean + std)):
+            raise ValueError(f"mean and std need 3 finite values each with std > 0, got mean={mean} std={std}")
         self.mean, self.std = mean, std
 
     @classmethod

@@ -19,6 +19,7 @@ output (B, k, 3, h, w); every view has independent parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import torch
 from mmcr.augment import functional as AF
 from mmcr.augment.eval import EvalTransform
 from mmcr.augment.presets import PRESETS
+from mmcr.run.config import check_seed
 
 _TRAIN_KEYS = set(PRESETS["cifar"]) | {"blur_kernel_size"}
 _PROB_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
@@ -35,11 +37,18 @@ _PROB_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
 _TABLE_LIMIT = 1 << 22
 
 
+def _finite(value: float, name: str) -> float:
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return x
+
+
 def _pair(value, name: str, lower: float | None = None) -> tuple[float, float]:
     if isinstance(value, (int, float)):
-        return (float(value), float(value))
+        return (_finite(value, name), _finite(value, name))
     if isinstance(value, Sequence) and len(value) == 2:
-        lo, hi = float(value[0]), float(value[1])
+        lo, hi = _finite(value[0], name), _finite(value[1], name)
         if lo > hi or (lower is not None and lo < lower):
             raise ValueError(f"{name} must be an increasing pair >= {lower}, got {value}")
         return (lo, hi)
@@ -51,7 +60,7 @@ def _jitter_range(value, name: str, center: float, bound: float | None = None) -
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        if value < 0:
+        if _finite(value, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {value}")
         if value == 0:
             return None
@@ -114,6 +123,8 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[1] != 3:
         raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"no images to make views of: got a batch of shape {tuple(images.shape)}")
     return images
 
 
@@ -151,8 +162,8 @@ class MultiViewAugment:
         cfg.update(overrides)
         self._setup(cfg)
         if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = int(seed)
+            seed = int(torch.randint(0, 2**32, (1,)).item())
+        self.seed = check_seed(seed)  # the run config's rule: an integer in [0, 2**32 - 1]
         self.generator = torch.Generator().manual_seed(self.seed)
         self._tables: dict = {}
         self._ws = AF.Workspace()  # scratch reused across calls (see Workspace); not thread-safe
@@ -168,7 +179,8 @@ class MultiViewAugment:
         if interp not in ("bilinear", "bicubic"):
             raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interp!r}")
         self.interpolation = interp
-        mean, std = tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
+        mean = tuple(_finite(m, "mean") for m in cfg["mean"])
+        std = tuple(_finite(s, "std") for s in cfg["std"])
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values each with std > 0, got mean={mean} std={std}")
         self.mean, self.std = mean, std
@@ -248,7 +260,7 @@ class MultiViewAugment:
 
     # ----------------------------------------------------------------------------------- RNG state
     def manual_seed(self, seed: int) -> None:
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.generator.manual_seed(self.seed)
 
     def state_dict(self) -> dict:

@@ -14,6 +14,8 @@ import os
 import re
 import tarfile
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +42,8 @@ class ImageDataset:
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise DatasetError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise DatasetError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
-        self.labels = self.labels.to(torch.int64)
+        self.labels = check_labels(self.labels, int(self.images.shape[0]), len(self.classes),
+                                   f"{self.name or 'the data set'} {self.split}".strip())
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -77,6 +78,28 @@ class ImageDataset:
             f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
             f"size={self.image_size}, classes={self.num_classes})"
         )
+
+
+def check_labels(labels, n_images: int, n_classes: int, where: str) -> torch.Tensor:
+    """The labels of a data set as int64, checked once where every source builds its data set: one per
+    image, each in 0..n_classes-1 or -1 (unlabelled, e.g. STL-10's extra images). Anything else is a
+    one-line :class:`DatasetError` (a label beyond the classes would crash the kNN monitor later)."""
+    t = torch.as_tensor(labels)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
+        raise DatasetError(f"labels of {where} must be integers, got {t.dtype}")
+    if t.shape != (n_images,):
+        raise DatasetError(f"{where}: {n_images} images but labels of shape {tuple(t.shape)}; give one label per image")
+    t = t.to(torch.int64)
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < -1 or hi >= n_classes:
+            bad = t[(t < -1) | (t >= n_classes)]
+            shown = ", ".join(str(v) for v in bad.unique()[:5].tolist())
+            raise DatasetError(
+                f"labels of {where} must lie in 0..{n_classes - 1} ({n_classes} classes) or be -1 (unlabelled), "
+                f"got {shown}; name every class (a 'classes' list) or renumber the labels 0..K-1 "
+                "(np.unique(labels, return_inverse=True))")
+    return t
 
 
 def _hwc_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -285,6 +308,8 @@ def _load_imagefolder(
         if size is None:
             raise DatasetError("lazy=True needs size=<working size in px> so batches can be stacked")
         return LazyImageFolder([f for f, _ in files], [lb for _, lb in files], classes, int(size), on_error, split)
+    if size is not None:
+        check_fits_in_memory(len(files), int(size))
     ident = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f, _ in files]
     key = C.cache_key("imagefolder", str(folder.resolve()), ident, size, on_error)
     entry = C.entry_path(cache_dir, f"imagefolder-{root.name}-{split}", key)
@@ -379,8 +404,9 @@ def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) ->
     """Every split of the archive as ``{split: (images, labels)}`` plus the cache metadata."""
     try:
         tf = tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DatasetError(f"cannot open {path} as a .tar/.tar.gz archive ({exc}); check the file") from exc
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # EOFError: a gzip stream cut short
+        raise DatasetError(f"cannot open {path} as a .tar/.tar.gz archive ({exc}); it is truncated or not an "
+                           "archive: re-copy it") from exc
     bad = BadFiles(on_error)
     raw: list[tuple[str, np.ndarray]] = []  # decoded while streaming, so compressed bytes are never all held
     n_members = 0
@@ -393,7 +419,7 @@ def _decode_archive(path: Path, entry: Path, size: int | None, on_error: str) ->
                     arr = bad.decode(tf.extractfile(m).read(), f"{path}:{name}", size)
                     if arr is not None:
                         raw.append((name, arr))
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise DatasetError(f"archive {path} is truncated or corrupt ({exc}); re-copy it") from exc
     if n_members == 0:
         raise DatasetError(
@@ -431,14 +457,39 @@ _IMAGE_KEYS = ("images", "x", "data", "X")
 _LABEL_KEYS = ("labels", "y", "targets", "Y")
 
 
-def _to_uint8_images(a: np.ndarray, where: str) -> np.ndarray:
-    """Arrays of images in common layouts/dtypes -> (N, 3, H, W) uint8."""
+NPZ_LAYOUTS = ("auto", "nhwc", "nchw")
+
+
+def _channels_first(a: np.ndarray, where: str, layout: str) -> np.ndarray:
+    """(N, H, W) / (N, H, W, C) / (N, C, H, W) -> (N, C, H, W). The rule of ``layout="auto"``: channels are
+    the axis of size 1, 3 or 4 (grey, RGB, RGBA); when only the last axis has such a size the array is
+    channels-last (numpy's and PIL's order), when only axis 1 has, channels-first; when both do, as in
+    (N, 4, 4, 3) or (N, 1, 1, 3), the array is ambiguous and refused: ``layout`` says which it is."""
     if a.ndim == 3:
-        a = a[:, None]
+        return a[:, None]
     if a.ndim != 4:
         raise DatasetError(f"images in {where} must be (N, H, W), (N, H, W, C) or (N, C, H, W); got {a.shape}")
-    if a.shape[1] not in (1, 3, 4) and a.shape[-1] in (1, 3, 4):
-        a = a.transpose(0, 3, 1, 2)
+    if layout not in NPZ_LAYOUTS:
+        raise DatasetError(f"layout must be one of {', '.join(NPZ_LAYOUTS)}, got {layout!r}")
+    last, first = a.shape[-1] in (1, 3, 4), a.shape[1] in (1, 3, 4)
+    if layout == "auto":
+        if last and first:
+            raise DatasetError(
+                f"images in {where} of shape {a.shape} could be channels-last ({a.shape[1]}x{a.shape[2]} pixels of "
+                f"{a.shape[3]} channels) or channels-first ({a.shape[1]} channels of {a.shape[2]}x{a.shape[3]}); "
+                "say which with the data set option layout=nhwc or layout=nchw (data.options.layout)")
+        layout = "nhwc" if last else "nchw"
+    return a.transpose(0, 3, 1, 2) if layout == "nhwc" else a
+
+
+def _to_uint8_images(a: np.ndarray, where: str, layout: str = "auto") -> np.ndarray:
+    """Arrays of images in common layouts/dtypes -> (N, 3, H, W) uint8.
+
+    Values: uint8 as they are; uint16 scaled to 8 bits (its declared 16-bit range: the high byte); other
+    integers must lie in 0..255; bool is 0/255; floats must lie in [0, 1] (scaled by 255) or, when some
+    value exceeds 1, in [0, 255]. Anything else (floats in [-1, 1], int32 holding 16-bit values) is
+    refused with the conversion to make, never clipped."""
+    a = _channels_first(a, where, layout)
     if a.shape[1] == 4:
         a = a[:, :3]
     if a.shape[1] == 1:
@@ -449,19 +500,48 @@ def _to_uint8_images(a: np.ndarray, where: str) -> np.ndarray:
         return np.ascontiguousarray(a)
     if a.dtype == np.uint16:
         return np.ascontiguousarray((a >> 8).astype(np.uint8))
+    if a.dtype == np.bool_:
+        return np.ascontiguousarray(a.astype(np.uint8) * 255)
+    lo, hi = (a.min(), a.max()) if a.size else (0, 0)
     if np.issubdtype(a.dtype, np.floating):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         if bad:
             raise DatasetError(f"images in {where} contain {bad} NaN/Inf value(s); replace them (np.nan_to_num) or "
                                "drop those images before loading")
-        scale = 255.0 if a.size and float(a.max()) <= 1.0 else 1.0
-        return np.ascontiguousarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8))
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        return np.ascontiguousarray(np.clip(a, 0, 255).astype(np.uint8))
+        if lo < 0 or hi > 255:
+            hint = "(x + 1) / 2" if lo >= -1 and hi <= 1 else "(x - x.min()) / (x.max() - x.min())"
+            raise DatasetError(f"images in {where} are floats in [{float(lo):g}, {float(hi):g}]; mmcr reads float "
+                               f"images in [0, 1] or [0, 255]: rescale them first, e.g. {hint}, or save uint8")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.ascontiguousarray(np.round(a * scale).astype(np.uint8))
+    if np.issubdtype(a.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DatasetError(f"images in {where} are {a.dtype} with values in [{int(lo)}, {int(hi)}], outside "
+                               "0..255; save them as uint8, or as uint16 for 16-bit images (scaled to 8 bits)")
+        return np.ascontiguousarray(a.astype(np.uint8))
     raise DatasetError(f"images in {where} have dtype {a.dtype}; need an integer or float array")
 
 
-def _load_npz(root, split: str, size: int | None = None) -> ImageDataset:
+def _npz_classes(path: Path, z, keys: set, labels: np.ndarray, lk: str) -> list[str]:
+    """The class names: the file's ``classes`` array, else 0..K-1 with K one more than the largest label of
+    every split in the file (so that all splits agree), bounded by the number of labels in the file."""
+    if "classes" in keys:
+        return [str(c) for c in z["classes"]]
+    label_keys = [k for k in keys if k.split("_")[0] in _LABEL_KEYS]
+    arrays = [labels] + [np.asarray(z[k]).reshape(-1) for k in label_keys if k != lk]
+    arrays = [a for a in arrays if a.size and np.issubdtype(a.dtype, np.integer)]
+    if not arrays:
+        return []
+    top = max(int(a.max()) for a in arrays)
+    total = sum(a.size for a in arrays)
+    if top >= total:
+        raise DatasetError(f"labels in {path} run up to {top} but the file holds {total} labelled images, so they "
+                           "cannot be class indices 0..K-1; renumber them (np.unique(labels, return_inverse=True)) "
+                           "or save a 'classes' array naming every class")
+    return [str(i) for i in range(top + 1)]
+
+
+def _load_npz(root, split: str, size: int | None = None, layout: str = "auto") -> ImageDataset:
     """An .npz with images + labels (keys images/x/data, labels/y/targets), optionally per split
     (x_train, y_train, x_test, ...), and an optional ``classes`` array of names. Without split keys
     the file is one split, loaded as "train" (or "all"); asking it for "test" is an error, never the
@@ -470,9 +550,18 @@ def _load_npz(root, split: str, size: int | None = None) -> ImageDataset:
         raise DatasetError("npz needs root=<path to an .npz with 'images' and 'labels' arrays>")
     path = _require(Path(root).expanduser(), "npz file", "check the path")
     try:
+        return _read_npz(path, split, size, layout)
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:  # truncated, or not a zip at all
+        raise DatasetError(f"cannot read {path} as .npz ({exc}); it is truncated or not an .npz: save it with "
+                           "numpy.savez") from exc
+
+
+def _read_npz(path: Path, split: str, size: int | None, layout: str) -> ImageDataset:
+    try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {path} as .npz ({exc}); save it with numpy.savez") from exc
+    except ValueError as exc:  # numpy takes any non-zip, non-.npy file for a pickle (refused: data only)
+        raise DatasetError(f"cannot read {path} as .npz (not a zip archive of arrays); save it with "
+                           "numpy.savez") from exc
     with z:
         keys = set(z.files)
         ik = next((f"{k}_{split}" for k in _IMAGE_KEYS if f"{k}_{split}" in keys), None)
@@ -489,16 +578,15 @@ def _load_npz(root, split: str, size: int | None = None) -> ImageDataset:
             lk = next((k for k in _LABEL_KEYS if k in keys), None)
         if ik is None or lk is None:
             raise DatasetError(f"{path} needs an images array and a labels array; found keys {sorted(keys)}")
-        images = _to_uint8_images(z[ik], f"{path}:{ik}")
+        images = _to_uint8_images(z[ik], f"{path}:{ik}", layout)
         labels = np.asarray(z[lk]).reshape(-1)
-        classes = [str(c) for c in z["classes"]] if "classes" in keys else None
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DatasetError(f"labels in {path}:{lk} must be integers, got {labels.dtype}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DatasetError(f"labels in {path}:{lk} must be integers, got {labels.dtype}")
+        if labels.size and labels.dtype.kind == "u" and int(labels.max()) > np.iinfo(np.int64).max:
+            raise DatasetError(f"labels in {path}:{lk} exceed int64 ({int(labels.max())}); renumber them 0..K-1")
+        classes = _npz_classes(path, z, keys, labels, lk)
     if len(labels) != len(images):
         raise DatasetError(f"{path}: {len(images)} images but {len(labels)} labels")
-    if classes is None:
-        n = int(labels.max()) + 1 if len(labels) else 0
-        classes = [str(i) for i in range(n)]
     images_t = resize_square(torch.from_numpy(images), size)
     return ImageDataset(images_t, torch.from_numpy(labels.astype(np.int64)), classes, "npz", split)
 
@@ -515,8 +603,8 @@ class LazyImageFolder(torch.utils.data.Dataset):
     def __init__(self, files: list[str], labels: list[int], classes: list[str], size: int, on_error="skip", split=""):
         BadFiles(on_error)  # validates the policy
         self.files = list(files)
-        self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.classes = list(classes)
+        self.labels = check_labels(labels, len(self.files), len(self.classes), f"imagefolder {split}".strip())
         self.size = int(size)
         self.on_error = on_error
         self.split = split
@@ -575,7 +663,7 @@ _LOADERS = {
     "stl10": (lambda root, split, cache_dir, **kw: _load_stl10(root, split, **kw), ("download", "size")),
     "imagefolder": (_load_imagefolder, ("size", "on_error", "lazy")),
     "archive": (_load_archive, ("size", "on_error")),
-    "npz": (lambda root, split, cache_dir, **kw: _load_npz(root, split, **kw), ("size",)),
+    "npz": (lambda root, split, cache_dir, **kw: _load_npz(root, split, **kw), ("size", "layout")),
 }
 
 DATASET_NAMES = tuple(_LOADERS)
@@ -591,10 +679,36 @@ def resize_square(images: torch.Tensor, size: int | None) -> torch.Tensor:
     centre-cropped, as image folders are decoded. ``None`` or the images' own size: unchanged."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
+    check_fits_in_memory(images.shape[0], size)
     import torchvision.transforms.v2.functional as TF
 
     out = TF.resize(images, [int(size)], antialias=True)
     return TF.center_crop(out, [int(size), int(size)]).contiguous()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable on Linux), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(n_images: int, size: int) -> None:
+    """Refuse a working size whose decoded split cannot fit in memory, before allocating it."""
+    need = int(n_images) * 3 * int(size) * int(size)
+    free = available_memory()
+    if free is not None and need > free:
+        raise DatasetError(f"size={size} would need {need / 1e9:.1f} GB for {n_images} images of {size}x{size} "
+                           f"pixels, and {free / 1e9:.1f} GB of memory is available; choose a smaller size "
+                           "(data.options.size), or lazy=True for image folders")
 
 
 def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **kw):
@@ -615,8 +729,10 @@ def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **k
             f"unknown option(s) {unknown} for data set {name!r}; it takes {', '.join(allowed)}"
         )
     size = kw.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise DatasetError(f"size must be a positive int, got {size!r}")
+    if size is not None:
+        from mmcr.run.config import MAX_IMAGE_SIZE, Range
+
+        kw["size"] = Range(1, MAX_IMAGE_SIZE).check("size", size, integer=True, error=DatasetError)
     for flag in ("download", "lazy"):
         if flag in kw and not isinstance(kw[flag], bool):
             raise DatasetError(f"{flag} must be true or false, got {kw[flag]!r}")

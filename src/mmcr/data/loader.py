@@ -19,6 +19,7 @@ import torch
 
 from mmcr.data.datasets import ImageDataset, LazyImageFolder
 from mmcr.data.decode import DatasetError
+from mmcr.run.config import check_seed
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
@@ -43,7 +44,7 @@ class _Base:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.seed = int(seed)
+        self.seed = check_seed(seed, error=DatasetError)
         self.rank = rank
         self.world_size = world_size
         # Equal shares per rank: drop the tail when dropping, else pad by wrapping around.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmcr.data.decode import DatasetError
+from mmcr.run.config import check_seed
 
 
 def split_train_val(ds, val_fraction: float = 0.1, seed: int = 0):
@@ -17,6 +18,7 @@ def split_train_val(ds, val_fraction: float = 0.1, seed: int = 0):
 
     if not 0.0 < float(val_fraction) < 1.0:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    check_seed(seed, error=DatasetError)
     labels = np.asarray(ds.labels)
     n = len(labels)
     n_val = int(round(n * val_fraction))

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmcr.evaluate.export import export_backbone
+from mmcr.evaluate.export import check_export_path, export_backbone
 from mmcr.evaluate.features import eval_transform_for, extract_features
-from mmcr.evaluate.knn import knn_accuracy
+from mmcr.evaluate.knn import check_test_classes, knn_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
-from mmcr.evaluate.results import record_result
+from mmcr.evaluate.results import destination, record_result
 from mmcr.evaluate.semi import MIN_STEPS, FinetuneAugment, class_balanced_subset, finetune, read_subset_file
 from mmcr.evaluate.transfer import transfer_probe
+from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
 
 if TYPE_CHECKING:
     from mmcr.models import ModelSource
@@ -49,6 +50,8 @@ def load_split_pair(model_src: ModelSource, dataset: str | None, root: str | Non
     name, root, options, cache_dir = dataset_spec(model_src.config, dataset, root)
     train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
     test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
+    where = f"{test_split} split of {name}" + (f" {root}" if root else "")
+    check_test_classes(train.labels, test.labels, where, train_split)
     if name in ("archive", "imagefolder", "npz") and root:  # name results after the data, not its format
         name = f"{name}-{Path(str(root).rstrip('/')).name.split('.')[0]}"
     return name, train, test
@@ -79,6 +82,23 @@ def _labelled(ds) -> Split:
     return Split(ds.images[idx], ds.labels[idx], list(ds.classes), kept_names)
 
 
+def _check_common(size, resize, batch_size) -> None:
+    """The flags every evaluation shares, checked before a model or data set is loaded."""
+    for flag, value in (("--size", size), ("--resize", resize)):
+        if value is not None:
+            AT_LEAST_1.check(flag, value, integer=True)
+    AT_LEAST_1.check("--batch-size", batch_size, integer=True)
+
+
+def _check_probe(weight_decays, val_fraction, seed) -> None:
+    if not list(weight_decays):
+        raise ValueError("--weight-decays is empty; give at least one candidate, e.g. 1e-4,1e-5")
+    for wd in weight_decays:
+        NON_NEGATIVE.check("every --weight-decays value", wd)
+    Range(0, 1, lo_open=True, hi_open=True).check("--val-fraction", val_fraction)
+    check_seed(seed, "--seed")
+
+
 def _features(model, model_src, ds, size, resize, batch_size, device, progress, desc):
     tf = eval_transform_for(model_src, size=size, resize=resize)
     f, _ = extract_features(
@@ -107,6 +127,12 @@ def run_knn(
     ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
     pretraining summary used), else 200 and 0.1.
     """
+    destination("knn", source, out)  # a bad --out or setting is refused before any work
+    _check_common(size, resize, batch_size)
+    if k is not None:
+        AT_LEAST_1.check("--k", k, integer=True)
+    if temperature is not None:
+        POSITIVE.check("--temperature", temperature)
     model, model_src = _load_model(source)
     run_eval = model_src.config.eval if model_src.config is not None else None
     k = k if k is not None else (run_eval.knn_k if run_eval else 200)
@@ -150,6 +176,10 @@ def run_linear(
 ) -> dict:
     """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``aug_passes`` adds that many
     passes of the run's training augmentation (one view each) to the clean training features."""
+    destination("linear", source, out)  # a bad --out or setting is refused before any work
+    _check_common(size, resize, batch_size)
+    _check_probe(weight_decays, val_fraction, seed)
+    NON_NEGATIVE.check("--aug-passes", aug_passes, integer=True)
     model, model_src = _load_model(source)
     name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
     passes = [_features(model, model_src, train, size, resize, batch_size, device, progress, f"{name} {train_split}")]
@@ -215,6 +245,16 @@ def run_semi(
     ``subset_file``) and report on the test split, beside the linear probe on the same subset that
     fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`). Horizontal flips are used only
     when the run's own training augmentation flipped."""
+    destination("semi", source, out)  # a bad --out or setting is refused before any work
+    _check_common(size, None, batch_size)
+    if subset_file is None:
+        Range(0, 1, lo_open=True).check("--fraction", fraction)
+    AT_LEAST_1.check("--epochs", epochs, integer=True)
+    NON_NEGATIVE.check("--min-steps", min_steps, integer=True)
+    for flag, value in (("--lr", lr), ("--head-lr", head_lr)):
+        POSITIVE.check(flag, value)
+    NON_NEGATIVE.check("--weight-decay", weight_decay)
+    check_seed(seed, "--seed")
     model, model_src = _load_model(source)
     name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
     if subset_file is not None:
@@ -274,6 +314,9 @@ def run_transfer(
     progress: bool = True,
 ) -> dict:
     """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`)."""
+    destination("transfer", source, out)  # a bad --out or setting is refused before any work
+    _check_common(size, None, batch_size)
+    _check_probe(weight_decays, val_fraction, seed)
     model, model_src = _load_model(source)
     res = transfer_probe(
         model,
@@ -296,6 +339,7 @@ def run_transfer(
 
 def run_export(source: str | Path, out: str | Path) -> dict:
     """Export a model's backbone (see :mod:`mmcr.evaluate.export`)."""
+    check_export_path(out, source)
     model, model_src = _load_model(source)
     meta = export_backbone(model, model_src, out)
     meta["path"] = str(out)

@@ -46,7 +46,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
 from mmcr.data.voc import VOC_CLASSES, VOCDetectionData, VOCFormatError, load_voc_split
 from mmcr.evaluate.features import eval_transform_for, progress_bar
-from mmcr.evaluate.results import output_dir, record_result
+from mmcr.evaluate.results import destination, output_dir, record_result
 
 DETECTION_PRESETS = ("voc-c4",)
 CHOICES = {"model.norm": ("sync", "frozen")}
@@ -676,9 +676,11 @@ def run_detection(
     from mmcr.distributed import cleanup, convert_sync_batchnorm, setup
     from mmcr.models import load_pretrained
     from mmcr.run import layout
-    from mmcr.run.checkpoint import load_latest, save_checkpoint
+    from mmcr.run.checkpoint import DETECTION, load_latest, save_checkpoint
+    from mmcr.run.files import open_append, write_text_atomic
 
     t_start = time.perf_counter()
+    destination("detection", source, out)  # a bad --out is refused before any work
     extra = list(overrides or [])
     if norm is not None:
         extra.append(f"model.norm={norm}")
@@ -702,6 +704,8 @@ def run_detection(
                 return torch.autocast("cuda", dtype=torch.bfloat16)
             return contextlib.nullcontext()
 
+        torch.manual_seed(seed)  # random:<arch> sources and the new layers start from the seed
+        backbone, model_src = load_pretrained(source)  # first: a refused source costs no data loading
         train_records, test_records = load_protocol_data(root, sched)
         tag = protocol
         base = Path(out).parent if out is not None and str(out).endswith(".json") else output_dir(source, out)
@@ -712,8 +716,6 @@ def run_detection(
         for k in ("num_workers", "log_every", "checkpoint_every", "test_batch_per_rank"):
             del same["config"]["solver"][k]
 
-        torch.manual_seed(seed)  # random:<arch> sources and the new layers start from the seed
-        backbone, model_src = load_pretrained(source)
         norm_stats = eval_transform_for(model_src)  # the normalisation the backbone was trained with
         model = build_c4_detector(backbone, cfg["model"], cfg["input"], mean=norm_stats.mean, std=norm_stats.std)
         if di.enabled and cfg["model"]["norm"] == "sync":
@@ -730,7 +732,7 @@ def run_detection(
                 f.unlink()
         if di.enabled:
             dist.barrier()
-        found = None if restart else load_latest(work, move_corrupt=di.is_main)
+        found = None if restart else load_latest(work, move_corrupt=di.is_main, require=DETECTION)
         if found is not None:
             state, path = found
             if state.get("kind") != "detection":
@@ -741,14 +743,18 @@ def run_detection(
                     f"{work} holds a detection run with other settings ({', '.join(diff[:4])} differ); "
                     "pass --restart to discard it, or --out to work elsewhere"
                 )
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise ValueError(f"{path} does not fit this detector ({' '.join(str(e).split())[:200]}); pass "
+                                 "--restart to discard it, or --out to work elsewhere") from e
             start = int(state["iteration"])
             if di.is_main:
                 print(f"detection: resuming {work} at iteration {start} of {sched['iterations']}")
         if di.is_main:
             work.mkdir(parents=True, exist_ok=True)
-            (work / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+            write_text_atomic(work / "config.yaml", yaml.safe_dump(settings, sort_keys=False), what="detection config")
         net: nn.Module = model
         if di.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -765,7 +771,7 @@ def run_detection(
 
         t_train = time.perf_counter()
         last: dict[str, float] = {}
-        log = open(work / "metrics.jsonl", "a") if di.is_main and start < total else None
+        log = open_append(work / "metrics.jsonl", "the detection log") if di.is_main and start < total else None
 
         def after_step(step: int, losses: dict[str, torch.Tensor]) -> None:
             nonlocal last

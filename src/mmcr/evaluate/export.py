@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mmcr.models import apply_cifar_stem, build_backbone
-from mmcr.run.files import RunFileError, write_atomic, write_text_atomic
+from mmcr.run.files import RunFileError, check_output, write_atomic, write_text_atomic
 
 EXPORT_FORMAT = "mmcr-backbone-v1"
 
@@ -49,6 +49,20 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
+def check_export_path(out: str | Path, source: str | Path | None = None) -> Path:
+    """``out`` as an export path: a ``.pt``/``.pth``/``.safetensors`` file name that is not a folder, not a
+    run's checkpoint or record, and not the model source itself (an export must never replace them)."""
+    out = Path(out)
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise ValueError(f"export path must end in .pt, .pth or .safetensors, got {out.name!r}")
+    if out.exists() and out.is_dir():
+        raise RunFileError(f"export path {out} is a folder; give a file name ending in .pt or .safetensors")
+    check_output(out, source, what="the export")
+    if out.suffix != ".safetensors":
+        check_output(out.with_name(out.name + ".json"), source, what="the export metadata")
+    return out
+
+
 def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str, Any]:
     """Write ``backbone``'s state_dict to ``out`` (``.pt`` or ``.safetensors``, chosen by suffix).
 
@@ -57,9 +71,7 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
     ``model_src`` is the :class:`~mmcr.models.ModelSource` of the backbone (or None). Files are written
     atomically with the user's usual permissions. Returns the metadata.
     """
-    out = Path(out)
-    if out.suffix not in (".pt", ".pth", ".safetensors"):
-        raise ValueError(f"export path must end in .pt, .pth or .safetensors, got {out.name!r}")
+    out = check_export_path(out, model_src.source if model_src is not None else None)
     sd = backbone_state_dict(backbone)
     meta = {
         "format": EXPORT_FORMAT,
@@ -69,8 +81,6 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
         "source": model_src.source if model_src is not None else "",
         "step": model_src.step if model_src is not None else None,
     }
-    if out.exists() and out.is_dir():
-        raise RunFileError(f"export path {out} is a folder; give a file name ending in .pt or .safetensors")
     if out.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -83,7 +93,12 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
 
 
 def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing)."""
+    """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing).
+
+    Read as data only: ``.safetensors`` hold nothing else, ``.pt`` files load with ``weights_only=True``
+    and must hold a mapping of names to tensors (see :func:`mmcr.run.checkpoint.load_torch_data`)."""
+    from mmcr.run.checkpoint import InvalidCheckpointError, is_state_dict, load_torch_data
+
     path = Path(path)
     if not path.exists():
         raise ValueError(f"exported backbone {path} not found")
@@ -91,12 +106,25 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        return load_file(str(path)), {k: json.loads(v) for k, v in raw.items()}
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = f.metadata() or {}
+            sd, meta = load_file(str(path)), {k: json.loads(v) for k, v in raw.items()}
+        except Exception as e:  # a truncated or foreign file: safetensors' own error, in one line
+            reason = " ".join(str(e).split())[:160]
+            raise InvalidCheckpointError(f"{path} is not a readable .safetensors file ({reason}); export it again "
+                                         "with mmcr export") from e
+        return sd, meta
+    sd = load_torch_data(path, what="exported backbone")
+    if not is_state_dict(sd):
+        raise InvalidCheckpointError(f"{path} is not an exported backbone: it must hold a mapping of parameter names "
+                                     f"to tensors, got a {type(sd).__name__}; export it with mmcr export")
     side = path.with_name(path.name + ".json")
-    return sd, (json.loads(side.read_text()) if side.exists() else {})
+    try:
+        meta = json.loads(side.read_text()) if side.exists() else {}
+    except (OSError, ValueError) as e:
+        raise InvalidCheckpointError(f"cannot read the export metadata {side} ({e}); export the model again") from e
+    return sd, meta
 
 
 def build_plain_model(arch: str, cifar_stem: bool = False) -> nn.Module:
@@ -121,5 +149,9 @@ def load_exported(path: str | Path) -> nn.Module:
     if "arch" not in meta:
         raise ValueError(f"{path} has no metadata naming its architecture; build the model yourself and load it")
     model = build_plain_model(meta["arch"], bool(meta.get("cifar_stem", False)))
-    model.load_state_dict(sd, strict=True)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path}: the weights do not fit a plain {meta['arch']} ({reason})") from e
     return model.eval()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcr.distributed import resolve_device
+from mmcr.run.config import AT_LEAST_1, POSITIVE
 
 
 def _check(train_feats, train_labels, test_feats, test_labels, k, temperature):
@@ -24,12 +25,32 @@ def _check(train_feats, train_labels, test_feats, test_labels, k, temperature):
         raise ValueError(f"train_labels must be ({train_feats.shape[0]},), got {tuple(train_labels.shape)}")
     if test_labels is not None and test_labels.shape != (test_feats.shape[0],):
         raise ValueError(f"test_labels must be ({test_feats.shape[0]},), got {tuple(test_labels.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    AT_LEAST_1.check("k", k, integer=True)
+    POSITIVE.check("temperature", temperature)
     if train_feats.shape[0] == 0:
         raise ValueError("kNN needs at least one training point")
+
+
+def check_class_labels(labels: torch.Tensor, num_classes: int, name: str) -> None:
+    """Labels of a classifier's data: class indices 0..num_classes-1 (a label outside cannot be voted for
+    or scored, and would index past the score table)."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{name} must be class indices in 0..{num_classes - 1} (num_classes={num_classes}), got "
+                         f"values in {int(labels.min())}..{int(labels.max())}; drop unlabelled (-1) images or raise "
+                         "num_classes")
+
+
+def check_test_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, test_name: str,
+                       train_name: str = "train") -> None:
+    """Refuse a test split holding classes the training split lacks: a classifier fitted on the training
+    split can never predict them, so the accuracy would be wrong without saying so."""
+    missing = sorted(set(torch.unique(test_labels).tolist()) - set(torch.unique(train_labels).tolist()))
+    if missing:
+        n = int(torch.isin(test_labels, torch.tensor(missing)).sum())
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise ValueError(f"the {test_name} has labels {shown} ({n} images) that no image of the "
+                         f"{train_name} split has; a classifier fitted on {train_name} cannot predict them: "
+                         "give both splits every class (or drop those test images)")
 
 
 @torch.no_grad()
@@ -49,6 +70,7 @@ def knn_scores(
     train = F.normalize(train_feats.to(dev, torch.float32), dim=1)
     train_y = train_labels.to(dev, torch.int64)
     C = int(num_classes) if num_classes is not None else int(train_y.max().item()) + 1
+    check_class_labels(train_y, C, "train_labels")
     k = min(k, train.shape[0])
     out = []
     for i in range(0, test_feats.shape[0], batch_size):
@@ -81,6 +103,7 @@ def knn_accuracy(
     _check(train_feats, train_labels, test_feats, test_labels, k, temperature)
     if num_classes is None:
         num_classes = int(max(train_labels.max().item(), test_labels.max().item())) + 1
+    check_class_labels(test_labels, int(num_classes), "test_labels")
     scores = knn_scores(train_feats, train_labels, test_feats, k, temperature, num_classes, batch_size, device)
     return topk_accuracy(scores, test_labels)
 

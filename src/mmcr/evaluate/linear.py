@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from mmcr.distributed import resolve_device
 from mmcr.evaluate.features import progress_bar
-from mmcr.evaluate.knn import topk_accuracy
+from mmcr.evaluate.knn import check_class_labels, topk_accuracy
+from mmcr.run.config import NON_NEGATIVE, check_seed
 
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -71,8 +72,9 @@ def fit_logistic(
     """
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
         raise ValueError(f"need feats (N, D) and labels (N,), got {tuple(feats.shape)} and {tuple(labels.shape)}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    NON_NEGATIVE.check("weight_decay", weight_decay)
+    if feats.shape[0] == 0:
+        raise ValueError("the probe needs at least one training feature vector, got 0")
     dev = resolve_device(device) if device is not None else feats.device
     X = feats.to(dev, torch.float32)
     y = labels.to(dev, torch.int64)
@@ -165,6 +167,11 @@ def linear_probe(
         )
     if not weight_decays:
         raise ValueError("weight_decays is empty; give at least one candidate")
+    for wd in weight_decays:
+        NON_NEGATIVE.check("every weight decay", wd)
+    check_seed(seed)
+    if train_feats.shape[1] == 0:
+        raise ValueError("the probe needs at least one training feature vector, got 0")
     if (val_feats is None) != (val_labels is None):
         raise ValueError("give both val_feats and val_labels, or neither")
     if val_feats is None and not 0.0 < val_fraction < 1.0:
@@ -173,6 +180,8 @@ def linear_probe(
     P, N, _ = train_feats.shape
     if num_classes is None:
         num_classes = int(max(train_labels.max().item(), test_labels.max().item())) + 1
+    check_class_labels(train_labels, int(num_classes), "train_labels")
+    check_class_labels(test_labels, int(num_classes), "test_labels")
 
     def rows(idx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         f = train_feats if idx is None else train_feats[:, torch.as_tensor(idx)]

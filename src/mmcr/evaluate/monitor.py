@@ -14,7 +14,7 @@ from torch import nn
 
 from mmcr.distributed import DistInfo
 from mmcr.evaluate.features import dataset_features
-from mmcr.evaluate.knn import knn_accuracy
+from mmcr.evaluate.knn import check_test_classes, knn_accuracy
 
 
 @dataclass
@@ -57,6 +57,8 @@ def final_evaluation(backbone: nn.Module, random_backbone: nn.Module, cfg, trans
         test = load_dataset(d.name, root=d.root, split=d.test_split, cache_dir=d.cache_dir, **d.options)
         if list(bank.classes) != list(test.classes):
             raise ValueError(f"the {d.test_split!r} split's classes differ from the training split's")
+        check_test_classes(bank.labels[bank.labels >= 0], test.labels[test.labels >= 0],
+                           f"{d.test_split!r} split")
     except (ValueError, FileNotFoundError) as e:
         reason = str(e)
         if dist_info.is_main:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mmcr.run import layout
-from mmcr.run.files import write_text_atomic
-from mmcr.run.report import append_eval_line, eval_line
+from mmcr.run.files import RunFileError, check_inside, check_output, open_append, write_text_atomic
+from mmcr.run.report import eval_line
 
 
 def run_dir_of(source: str | Path) -> Path | None:
@@ -51,16 +51,29 @@ def record_result(
     """
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     payload = {"kind": kind, "source": str(source), "time": stamp, **result}
-    if out is not None and str(out).endswith(".json"):
-        json_path = Path(out)
-        report = json_path.parent / layout.REPORT_FILE
-    else:
-        d = output_dir(source, out)
-        name = kind if not tag else f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}"
-        json_path = d / layout.EVAL_DIR / f"{name}.json"
-        report = d / layout.REPORT_FILE
-    write_text_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n", what="evaluation result")
+    json_path, report = destination(kind, source, out, tag)
     metrics = {k: result[k] for k in ("top1", "top5") if k in result}
     details = {k: result[k] for k in details if k in result}
-    append_eval_line(report, eval_line(kind, tag, metrics, details, json_path.name))
+    with open_append(report, what="a report line") as f:  # opened first: a refused report.md leaves no JSON
+        write_text_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n", what="evaluation result")
+        f.write(eval_line(kind, tag, metrics, details, json_path.name) + "\n")
     return json_path
+
+
+def destination(kind: str, source: str | Path, out: str | Path | None = None,
+                tag: str | None = None) -> tuple[Path, Path]:
+    """``(JSON path, report.md)`` of an evaluation's result, refused (:class:`~mmcr.run.files.RunFileError`)
+    when it would replace a run's checkpoint or record, follow a link out of the run, or append to a
+    linked report. Evaluations call it before they start, so a bad ``--out`` costs no computation."""
+    if out is not None and str(out).endswith(".json"):
+        json_path = check_output(out, source, what="the evaluation result")
+        root = json_path.parent
+    else:
+        root = output_dir(source, out)
+        name = kind if not tag else f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}"
+        json_path = check_inside(root / layout.EVAL_DIR / f"{name}.json", root, what="evaluation results")
+    report = root / layout.REPORT_FILE
+    if report.is_symlink():
+        raise RunFileError(f"{report} is a symbolic link; mmcr never writes a report line through a link (it "
+                           "could point anywhere): remove the link, or pass --out to write elsewhere")
+    return json_path, report

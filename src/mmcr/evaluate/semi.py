@@ -29,14 +29,14 @@ from torchvision.transforms.v2 import functional as TF
 from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
 from mmcr.distributed import resolve_device
 from mmcr.evaluate.features import progress_bar
-from mmcr.evaluate.knn import topk_accuracy
+from mmcr.evaluate.knn import check_class_labels, topk_accuracy
+from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """Sorted indices of ``round(fraction * n_c)`` (at least 1) random images of each class ``c``."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    g = torch.Generator().manual_seed(seed)
+    Range(0, 1, lo_open=True).check("fraction", fraction)
+    g = torch.Generator().manual_seed(check_seed(seed))
     labels = labels.cpu()
     picked = []
     for c in torch.unique(labels):
@@ -184,9 +184,13 @@ def finetune(
 
     if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
         raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
-    if epochs < 1 or batch_size < 1 or min_steps < 0:
-        raise ValueError(f"epochs and batch_size must be >= 1 and min_steps >= 0, got {epochs}, {batch_size} "
-                         f"and {min_steps}")
+    AT_LEAST_1.check("epochs", epochs, integer=True)
+    AT_LEAST_1.check("batch_size", batch_size, integer=True)
+    NON_NEGATIVE.check("min_steps", min_steps, integer=True)
+    POSITIVE.check("lr", lr)
+    POSITIVE.check("head_lr", head_lr)
+    NON_NEGATIVE.check("weight_decay", weight_decay)
+    check_seed(seed)
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip}")
     if head_init not in HEAD_INITS:
@@ -196,6 +200,8 @@ def finetune(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     C = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
+    check_class_labels(train_labels, C, "train_labels")
+    check_class_labels(test_labels, C, "test_labels")
     train_transform = train_transform if train_transform is not None else FinetuneAugment().to(dev)
     eval_tf = eval_transform if eval_transform is not None else EvalTransform()
     was = backbone.training

@@ -73,11 +73,19 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def checked_seed(seed: int | None) -> int | None:
+    """``seed`` under the one rule of mmcr's seeds (an integer in [0, 2**32 - 1]); None stays None (fresh entropy)."""
+    from mmcr.run.config import check_seed
+
+    return None if seed is None else check_seed(seed)
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A torch generator on ``device``; seeded when ``seed`` is given, otherwise from fresh entropy."""
     g = torch.Generator(device=device)
+    seed = checked_seed(seed)
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(seed))
+        g.manual_seed(seed)
     return g

@@ -13,6 +13,7 @@ geometry up to small distortions), then every measure of :mod:`mmcr.geometry` is
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from mmcr.geometry._arrays import checked_seed
 from mmcr.geometry.alignment import centroid_similarity, subspace_alignment
 from mmcr.geometry.capacity import manifold_capacity
 from mmcr.geometry.elliptical import elliptical_geometry
@@ -37,6 +39,7 @@ from mmcr.geometry.report import (
 from mmcr.geometry.sampling import capacity_vs_points
 from mmcr.geometry.simcap import simulated_capacity
 from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
+from mmcr.run.files import check_output, save_figure, write_text_atomic
 
 OUTPUT_LAYER = "output"
 
@@ -201,17 +204,21 @@ def run_analysis(
     ):
         if int(v) < 2:
             raise ValueError(f"{name} must be at least 2, got {v}")
+    if not (math.isfinite(float(kappa)) and kappa >= 0):
+        raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
     if int(finite_sample_repeats) != finite_sample_repeats or finite_sample_repeats < 0:
         raise ValueError(
             f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"
         )
     out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    for name in ("report.md", "results.json"):  # never over a run's own report (--out RUN)
+        check_output(out / name, what="the analysis")
     t0 = time.time()
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # random-init baselines ("random:<arch>") are reproducible too
         backbone, model_src = load_pretrained(model, map_location=dev)
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # after the model: a refused source writes nothing
     backbone = backbone.to(dev).eval()
     own = model_src.config
     data_src = own if reference is None else reference
@@ -238,7 +245,7 @@ def run_analysis(
     clean = aug.eval_transform()
     layer_names = layers or default_layers(backbone)
     taps = FeatureTaps(backbone, layer_names, max_features=max_features, seed=seed)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checked_seed(seed))
     opts = dict(
         kappa=kappa,
         n_t=n_t,
@@ -330,8 +337,8 @@ def run_analysis(
         )
     results["elapsed_s"] = time.time() - t0
     plots = _plots(results, extras, out / "plots")
-    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
-    (out / "report.md").write_text(_report(results, plots))
+    write_text_atomic(out / "results.json", json.dumps(json_safe(results), indent=2), what="analysis results")
+    write_text_atomic(out / "report.md", _report(results, plots), what="analysis report")
     return results
 
 
@@ -397,7 +404,7 @@ def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
         axes[1].set_title(f"{n}: centroid cosine similarity (centred)")
         axes[1].legend()
         fig.tight_layout()
-        fig.savefig(folder / f"layer_{safe}.png", dpi=110)
+        save_figure(fig, folder / f"layer_{safe}.png", dpi=110)
         plt.close(fig)
         files.append(f"plots/layer_{safe}.png")
     return files

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmcr.geometry._arrays import as_manifolds, make_generator, manifold_list, to_numpy, to_tensor
+from mmcr.geometry._arrays import as_manifolds, checked_seed, make_generator, manifold_list, to_numpy, to_tensor
 from mmcr.geometry.lowrank import center_correlation, find_center_subspace
 from mmcr.geometry.nnls import nnls_gram
 
@@ -143,6 +143,7 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
             raise ValueError(f"{name} must be finite margins >= 0, got {k}")
     if t_vectors is None and (int(n_t) != n_t or n_t < 1):
         raise ValueError(f"n_t must be a positive integer, got {n_t}")
+    seed = checked_seed(seed)
     stacked = as_manifolds(manifolds)
     ms = list(stacked.unbind(0)) if isinstance(stacked, torch.Tensor) else stacked
     P = len(ms)
@@ -159,6 +160,9 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
             V = V[:, None]
         if V.ndim != 2 or V.shape[0] != N:
             raise ValueError(f"center_subspace must be (N={N}, K), got {tuple(V.shape)}")
+        if not bool(torch.isfinite(V).all()):
+            raise ValueError("center_subspace holds NaN or inf values; give a finite (N, K) orthonormal basis "
+                             "(e.g. the center_subspace of a previous result), or correlated=True to find one")
         correlated = True
     elif correlated:
         Vn, residual = find_center_subspace(to_numpy(centers), n_reps=n_reps, max_rank=max_rank, seed=seed)
@@ -167,7 +171,7 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
     # Global mean of all points (for equal-size manifolds, the mean of the centres).
     origin = centers.mean(0) if isinstance(stacked, torch.Tensor) else torch.cat(ms).mean(0)
     tv = _t_vector_list(t_vectors, ms, P, N)
-    rng = np.random.default_rng(seed) if tv is None and dev.type == "cpu" else None
+    rng = np.random.default_rng(checked_seed(seed)) if tv is None and dev.type == "cpu" else None
     gen = make_generator(seed, dev) if tv is None and rng is None else None
     K = len(kappas)
     alpha, radii, dims = np.empty((K, P)), np.empty((K, P)), np.empty((K, P))
@@ -335,6 +339,8 @@ def _t_vector_list(t_vectors: Any, ms: list[torch.Tensor], P: int, N: int) -> li
     for i, t in enumerate(tv):
         if t.ndim != 2 or t.shape[1] != n_t:
             raise ValueError(f"t_vectors[{i}] must be (D+1, n_t={n_t}), got {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"t_vectors[{i}] holds NaN or inf values; give finite Gaussian samples")
     return tv
 
 

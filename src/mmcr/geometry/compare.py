@@ -23,6 +23,7 @@ from mmcr.geometry.report import (
     overlay_plot,
     settings_line,
 )
+from mmcr.run.files import check_output, write_text_atomic
 
 
 def source_label(source: str) -> str:
@@ -85,8 +86,11 @@ def compare_models(
             k += 1
         folders.append(f)
     out = Path(out_dir)
+    for name in ("report.md", "comparison.json"):  # never over a run's own report (--out RUN)
+        check_output(out / name, what="the comparison")
+    configs = [_run_config(s) for s in sources]  # every source read (and checked) before anything is written
+    reference = next((c for c in configs if c is not None), None)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    reference = next((c for c in map(_run_config, sources) if c is not None), None)
     entries = []
     for src, name, folder in zip(sources, names, folders):
         entries.append((name, run_analysis(str(src), dataset, out / folder, reference=reference, **kwargs)))
@@ -105,8 +109,8 @@ def compare_models(
     overlay_plot(entries, out / plots[0])
     if finite_sample_plot(entries, out / "plots" / "finite_sample.png"):
         plots.append("plots/finite_sample.png")
-    (out / "comparison.json").write_text(json.dumps(json_safe(comparison), indent=2))
-    (out / "report.md").write_text(comparison_report(entries, comparison, plots))
+    write_text_atomic(out / "comparison.json", json.dumps(json_safe(comparison), indent=2), what="comparison")
+    write_text_atomic(out / "report.md", comparison_report(entries, comparison, plots), what="comparison report")
     return comparison
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmcr.geometry._arrays import checked_seed
+
 
 def center_correlation(centers: Any) -> float:
     """Mean |cosine similarity| between distinct mean-subtracted centres ((P, N) array), in [0, 1]."""
@@ -161,7 +163,7 @@ def find_center_subspace(
         raise ValueError(f"the centre-subspace search needs at least 3 manifolds, got {P}")
     if n_reps < 1:
         raise ValueError(f"n_reps must be >= 1, got {n_reps}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checked_seed(seed))
     Xb = centers - centers.mean(0, keepdims=True)
     q, _ = np.linalg.qr(Xb.T)  # (N, r): orthonormal basis of the centres' span
     X = Xb @ q

@@ -17,7 +17,7 @@ from sklearn.cross_decomposition import PLSRegression
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
-from mmcr.geometry._arrays import to_numpy
+from mmcr.geometry._arrays import checked_seed, to_numpy
 
 
 @dataclass
@@ -60,7 +60,7 @@ def split_half_ceiling(repeats: Any, n_splits: int = 10, seed: int | None = 0) -
     R = np.asarray(to_numpy(repeats), dtype=np.float64)
     if R.ndim != 3 or R.shape[0] < 2:
         raise ValueError(f"repeats must be (n_repeats >= 2, n_stimuli, n_neuroids), got shape {R.shape}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checked_seed(seed))
     out = np.zeros(R.shape[2])
     for _ in range(n_splits):
         perm = rng.permutation(R.shape[0])

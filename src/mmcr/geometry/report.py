@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mmcr.run.files import save_figure
+
 DASH = "—"
 KINDS = ("augmentation", "class")
 QUANTITIES = ("capacity", "radius", "dimension")
@@ -194,7 +196,7 @@ def overlay_plot(entries: list[tuple[str | None, dict]], path: Path) -> None:
     if len(entries) > 1:
         axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -227,7 +229,7 @@ def finite_sample_plot(entries: list[tuple[str | None, dict]], path: Path) -> bo
             ax.set_xticks(_finite_sample_points(entries, (kind,)))
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 

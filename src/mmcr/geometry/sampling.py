@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmcr.geometry._arrays import manifold_list, to_numpy
+from mmcr.geometry._arrays import checked_seed, manifold_list, to_numpy
 from mmcr.geometry.capacity import manifold_capacity
 from mmcr.geometry.lowrank import find_center_subspace
 
@@ -124,7 +124,7 @@ def capacity_vs_points(
         )
     if int(repeats) != repeats or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checked_seed(seed))
     subspace = None
     if correlated:
         centers = torch.stack([x.mean(0) for x in ms])

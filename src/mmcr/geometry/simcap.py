@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linprog, nnls
 
-from mmcr.geometry._arrays import manifold_list, to_numpy
+from mmcr.geometry._arrays import checked_seed, manifold_list, to_numpy
 
 
 @dataclass
@@ -155,7 +155,7 @@ def simulated_capacity(
         raise ValueError(f"max_dim must be between 1 and the feature count {N}, got {max_dim}")
     X = np.concatenate(ms)
     owner = np.concatenate([np.full(len(m), i) for i, m in enumerate(ms)])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checked_seed(seed))
     labels = []
     for _ in range(n_rep):
         y = np.ones(P)

@@ -33,6 +33,19 @@ def build_encoder(model_cfg: ModelConfig | dict) -> Encoder:
     return Encoder(backbone, Projector(backbone.feature_dim, list(proj.hidden), int(proj.out_dim)))
 
 
+def check_finite_weights(model: nn.Module, where: str | Path) -> None:
+    """Refuse weights holding NaN/Inf (a diverged run): evaluating or exporting them would report chance
+    accuracy or ship broken weights with no error."""
+    from mmcr.run.checkpoint import InvalidCheckpointError
+
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+    if bad:
+        total = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+        raise InvalidCheckpointError(
+            f"{where} holds {bad} NaN/Inf weight(s) of {total}: the run diverged (too large an optim.lr or "
+            "weight_decay?); use an earlier checkpoint, or retrain with a lower optim.lr or optim.grad_clip")
+
+
 @dataclass
 class ModelSource:
     """Where a loaded backbone came from: its architecture, stem, the source string, and for our runs
@@ -94,19 +107,22 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
     path = Path(s)
     if not path.exists():
         raise ValueError(f"model source {s!r} not found; give a {SOURCE_HELP}")
-    from mmcr.run.checkpoint import find_checkpoint
+    from mmcr.run.checkpoint import WEIGHTS, InvalidCheckpointError, find_checkpoint
     from mmcr.run.config import ConfigError, RunConfig
 
-    state, ckpt_path = find_checkpoint(path, map_location)
+    state, ckpt_path = find_checkpoint(path, map_location, require=WEIGHTS)  # read as data, entries checked
     try:
         cfg = RunConfig.from_dict(state["config"])
     except ConfigError as e:
-        raise ValueError(f"{ckpt_path} holds a config this version cannot read ({e})") from e
+        raise InvalidCheckpointError(f"{ckpt_path} holds a config this version cannot read ({e})") from e
     enc = build_encoder(cfg.model)
     try:
         enc.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{ckpt_path}: the weights do not match the model its config describes ({e})") from e
+    except (RuntimeError, ValueError) as e:
+        reason = " ".join(str(e).split())[:240]
+        raise InvalidCheckpointError(
+            f"{ckpt_path}: the weights do not match the model its config describes ({reason})") from e
+    check_finite_weights(enc, ckpt_path)
     from mmcr.run.layout import CHECKPOINT_DIR
 
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == CHECKPOINT_DIR else None

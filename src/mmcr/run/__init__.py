@@ -2,7 +2,15 @@
 checkpoints (:mod:`.checkpoint`), files written atomically (:mod:`.files`) and its report
 (:mod:`.report`). Training writes runs; evaluation, analysis and export read them through here."""
 
-from mmcr.run.checkpoint import CHECKPOINT_FORMAT, CheckpointError, find_checkpoint, load_latest, save_checkpoint
+from mmcr.run.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    InvalidCheckpointError,
+    UnsafeCheckpointError,
+    find_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
 from mmcr.run.config import ConfigError, RunConfig, available_presets, load_config, read_run_config
 from mmcr.run.files import RunFileError
 
@@ -10,8 +18,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "ConfigError",
+    "InvalidCheckpointError",
     "RunConfig",
     "RunFileError",
+    "UnsafeCheckpointError",
     "available_presets",
     "find_checkpoint",
     "load_config",

@@ -41,27 +41,46 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------------ checks
 @dataclass(frozen=True)
 class Range:
-    """A numeric constraint: lo <= x (< if lo_open) and x <= hi (< if hi_open); None = unbounded."""
+    """A numeric constraint: lo <= x (< if lo_open) and x <= hi (< if hi_open); None = unbounded. NaN never
+    passes, and neither does +-inf unless ``infinite`` says a field means something by it."""
 
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
     hi_open: bool = False
+    infinite: bool = False
 
     def ok(self, x: float) -> bool:
         if x != x:  # NaN
+            return False
+        if not self.infinite and x in (float("inf"), float("-inf")):
             return False
         if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
             return False
         return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
 
-    def describe(self) -> str:
+    def describe(self, integer: bool = False) -> str:
         lo, hi = _num(self.lo), _num(self.hi)
+        finite = "" if self.infinite or integer else " and finite"
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {lo}"
+            return f"{'>' if self.lo_open else '>='} {lo}{finite}"
         if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {hi}"
+            return f"{'<' if self.hi_open else '<='} {hi}{finite}"
         return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+    def check(self, name: str, value, integer: bool = False, error: type[ValueError] = ValueError):
+        """``value`` when it is a number (an integer if ``integer``) inside the range, else ``error`` with
+        the one-line message the config gives: the same rule for config fields, CLI flags and library
+        arguments."""
+        import numbers
+
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
+                integer and not (isinstance(value, numbers.Integral) or float(value).is_integer())):
+            raise error(f"{name} must be {'an integer' if integer else 'a number'} {self.describe(integer)}, "
+                        f"got {value!r}")
+        if not self.ok(value):
+            raise error(f"{name} must be {self.describe(integer)}, got {value!r}")
+        return int(value) if integer else value
 
 
 def _num(x: float | None) -> str:
@@ -73,7 +92,18 @@ NON_NEGATIVE = Range(0, None)
 AT_LEAST_1 = Range(1, None)
 FRACTION = Range(0, 1)
 FRACTION_OPEN = Range(0, 1, hi_open=True)
-SEED = Range(0, 2**32 - 1)
+SEED = Range(0, 2**32 - 1)  # numpy's legacy seeding takes 32 bits: one rule for runs and library calls
+#: Largest working image side (``data.options.size``): far beyond any recipe (ImageNet: 224), far below
+#: sizes that cannot fit in memory for any data set.
+MAX_IMAGE_SIZE = 4096
+#: Largest ``train.threads``: above it a thread pool only exhausts memory (it is clamped to the machine's
+#: cores, with a warning, when the run starts).
+MAX_THREADS = 1024
+
+
+def check_seed(seed, name: str = "seed", error: type[ValueError] = ValueError) -> int:
+    """The one rule for seeds, in configs and library calls alike: an integer in [0, 2**32 - 1]."""
+    return SEED.check(name, seed, integer=True, error=error)
 
 
 def _choices(getter: Callable[[], Any]) -> Callable[[], list[str]]:
@@ -128,6 +158,14 @@ def _check_view_chunk(value) -> str | None:
     if value == "auto" or (isinstance(value, int) and value >= 1):
         return None
     return "use a positive number of views per chunk, 'auto' (from train.max_activation_gb) or null (all at once)"
+
+
+def _check_name(name: str) -> str | None:
+    """A run name becomes one folder under runs/: no separators, no '..', no hidden or empty names."""
+    if name and "/" not in name and "\\" not in name and not name.startswith(".") and name.isprintable():
+        return None
+    return ("a run name is one folder name under runs/ (no '/', no leading '.'); use --out DIR to choose "
+            "another folder")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -240,11 +278,15 @@ class TrainConfig:
     resume: str | None = _field(None, resume="free", doc="'auto' or a checkpoint path")
     allow_config_change: bool = _field(False, resume="free",
                                        doc="let a resumed run apply changed optimiser/objective/augmentation")
+    overwrite: bool = _field(False, resume="free",
+                             doc="start a new run in --out although it holds another run's records and checkpoints "
+                                 "(they are deleted first); without it such a directory is refused")
     log_every_steps: int = _field(10, check=AT_LEAST_1, resume="free")
     max_nonfinite_steps: int = _field(10, check=AT_LEAST_1, resume="free")
     progress: bool = _field(True, resume="free")
     tensorboard: bool = _field(True, resume="free")
-    threads: int | None = _field(None, check=AT_LEAST_1, resume="free")
+    threads: int | None = _field(None, check=Range(1, MAX_THREADS), resume="free",
+                                 doc="CPU threads (clamped to this machine's cores, with a warning)")
     view_chunk: int | str | None = _field(None, validate=lambda v: _check_view_chunk(v),
                                          doc="views per chunk (per process) of the two-pass backprop: memory stays "
                                              "fixed as views grow; 'auto' from max_activation_gb; null = all at once")
@@ -264,7 +306,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    name: str = _field("run", resume="free")
+    name: str = _field("run", validate=lambda v: _check_name(v), resume="free",
+                       doc="run name: runs/<name>-<time>/ when --out is not given")
     seed: int = _field(0, check=SEED, resume="fixed")
     out: str | None = _field(None, resume="free", doc="run directory")
     data: DataConfig = _section(DataConfig)
@@ -382,9 +425,10 @@ def _check_field(path: str, typ, meta, value: Any) -> Any:
         raise TypeError(f"unsupported config type {typ} at {path}")
     check: Range | None = meta.get("check")
     if check is not None:
+        integer = base is int or (origin is list and typing.get_args(base) == (int,))
         for v in out if isinstance(out, list) else [out]:
             if not check.ok(v):
-                raise ConfigError(f"{path} must be {check.describe()}, got {v!r}")
+                raise ConfigError(f"{path} must be {check.describe(integer)}, got {v!r}")
     choices = meta.get("choices")
     if choices is not None and out not in choices():
         raise ConfigError(f"invalid value {out!r} for {path}; choose one of {', '.join(choices())}")
@@ -412,6 +456,12 @@ def validate(cfg: RunConfig) -> None:
     scale = cfg.augment.small_scale
     if len(scale) != 2 or scale[0] > scale[1]:
         raise ConfigError(f"augment.small_scale must be an increasing pair like [0.05, 0.4], got {scale}")
+    size = cfg.data.options.get("size")
+    if size is not None:
+        Range(1, MAX_IMAGE_SIZE).check("data.options.size", size, integer=True, error=ConfigError)
+    if cfg.train.overwrite and cfg.train.resume is not None:
+        raise ConfigError(f"train.overwrite=true starts a new run in place of the old one, so it cannot go with "
+                          f"train.resume={cfg.train.resume} (--resume); drop one of them")
 
 
 # ------------------------------------------------------------------------------------ YAML + CLI
@@ -588,7 +638,8 @@ def describe_fields() -> list[tuple[str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             parts = [f.metadata.get("doc") or ""]
             if f.metadata.get("check") is not None:
-                parts.append(f"{f.metadata['check'].describe()}")
+                integer = _optional(typ)[0] is int or typing.get_args(typ) == (int,)
+                parts.append(f"{f.metadata['check'].describe(integer)}")
             if f.metadata.get("choices") is not None:
                 parts.append("one of " + ", ".join(f.metadata["choices"]()))
             out.append((prefix + f.name, default, "; ".join(p for p in parts if p)))

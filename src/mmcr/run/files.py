@@ -103,3 +103,105 @@ def save_torch_atomic(obj: Any, path: str | Path, what: str = "checkpoint") -> P
     import torch
 
     return write_atomic(path, lambda f: torch.save(obj, f), what)
+
+
+def open_append(path: str | Path, what: str = "file") -> IO[str]:
+    """Open ``path`` for appending text, creating it with the usual permissions, but never through a
+    symbolic link: a run directory received from someone else may hold a ``report.md`` that links to
+    one of your files, and appending must not write there (:class:`RunFileError` says so)."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise RunFileError(f"{path} is a symbolic link; mmcr never writes {what} through a link (it could "
+                               "point anywhere): remove the link, or use another output folder") from e
+        raise RunFileError(f"cannot write {what}: {describe_write_failure(path, e)}") from e
+    return os.fdopen(fd, "a")
+
+
+def check_inside(path: str | Path, root: str | Path, what: str = "file") -> Path:
+    """``path`` when its folder lies inside ``root`` once links are resolved: a run's ``eval/`` that
+    links elsewhere must not receive the evaluation's files."""
+    path = Path(path)
+    where, root_at = _resolved(path.parent), _resolved(root)
+    if not where.is_relative_to(root_at):
+        raise RunFileError(f"{path} would be written to {where}, outside {root} (a symbolic link); mmcr never "
+                           f"writes {what} through links out of a run: remove the link or pass --out")
+    return path
+
+
+def _resolved(p: Path) -> Path:
+    """Where ``p`` lands: its existing part with links resolved, then the part still to be created."""
+    p, rest = Path(os.path.abspath(p)), []
+    while not p.exists() and p != p.parent:
+        rest.append(p.name)
+        p = p.parent
+    return p.resolve().joinpath(*reversed(rest))
+
+
+def check_output(path: str | Path, source: str | Path | None = None, what: str = "output") -> Path:
+    """``path`` unless writing it would replace a run's own checkpoint or record (``checkpoints/``,
+    ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``report.md`` of a run directory) or the model
+    ``source`` itself; else a :class:`RunFileError` naming the file and what to do."""
+    from mmcr.run import layout
+
+    path = Path(path)
+    reason = layout.protected_reason(path)
+    if reason is None and source is not None and Path(str(source)).is_file() and path.exists():
+        if os.path.samefile(path, str(source)):
+            reason = "the model source itself"
+    if reason is not None:
+        raise RunFileError(f"refusing to write {what} to {path}: it is {reason}, which an output must never "
+                           "replace; choose another path (e.g. a new file or folder outside checkpoints/)")
+    return path
+
+
+class RunLock:
+    """An exclusive lock (``fcntl.flock``) on a run directory, held from a run's start to its end, so that
+    a second process on the same directory is refused instead of mixing its records with the first's.
+
+    The lock file (``.mmcr.lock``) holds the owner's pid and host for the refusal message. A directory
+    made only for the lock is removed again on release if nothing else was written into it."""
+
+    NAME = ".mmcr.lock"
+
+    def __init__(self, directory: str | Path):
+        import fcntl
+        import socket
+
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self._created = not self.directory.exists()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as e:
+            raise RunFileError(f"cannot use {self.directory} as a run directory: "
+                               f"{describe_write_failure(self.path, e)}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFileError(f"{self.directory} is in use by another mmcr run ({owner}); wait for it to end, "
+                               "or choose another --out") from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self._created and [p.name for p in self.directory.iterdir()] == [self.NAME]:
+            self.path.unlink(missing_ok=True)  # still holding the lock: nobody else can be using it
+            self.directory.rmdir()
+        os.close(self._fd)  # closing the descriptor releases the lock
+        self._fd = None
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG through :func:`write_atomic` (a linked file is replaced, never followed)."""
+    return write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"), what="plot")

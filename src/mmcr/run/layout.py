@@ -51,3 +51,32 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 def is_run_dir(path: str | Path) -> bool:
     p = Path(path)
     return p.is_dir() and ((p / CONFIG_FILE).exists() or checkpoint_dir(p).is_dir())
+
+
+#: The files that record a run (written by training; outputs of evaluation and export never replace them).
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, REPORT_FILE)
+#: Everything a run's training writes into its directory (what ``train.overwrite=true`` replaces).
+RUN_FILES = (*RECORD_FILES, "loss.png", "knn.png", "knn_time.png")
+RUN_FOLDERS = (CHECKPOINT_DIR, EVAL_DIR, "tensorboard")
+
+
+def protected_reason(path: str | Path) -> str | None:
+    """Why writing ``path`` would replace a run's own checkpoint or record, or None when it would not."""
+    p = Path(path).absolute()
+    parent = p.parent
+    if parent.name in (CORRUPT_DIR, SUPERSEDED_DIR) and parent.parent.name == CHECKPOINT_DIR:
+        parent = parent.parent
+    if parent.name == CHECKPOINT_DIR:
+        return f"inside the checkpoints folder of run {parent.parent}"
+    if p.name in RECORD_FILES and is_run_dir(p.parent):
+        return f"the {p.name} of run {p.parent}"
+    return None
+
+
+def run_records(run_dir: str | Path) -> list[str]:
+    """The names of the records and checkpoints a run directory holds (empty for a fresh directory)."""
+    d = Path(run_dir)
+    found = [n for n in (*RECORD_FILES, EVAL_DIR) if (d / n).exists()]
+    if list_checkpoints(d):
+        found.append(CHECKPOINT_DIR)
+    return found

@@ -26,7 +26,9 @@ def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: st
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from mmcr.run.files import save_figure
+
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -82,9 +84,10 @@ def eval_line(kind: str, tag: str | None, metrics: dict[str, float], details: di
 
 
 def append_eval_line(report: str | Path, line: str) -> None:
-    report = Path(report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    with open(report, "a") as f:
+    """Append one evaluation line to ``report`` (never through a symbolic link)."""
+    from mmcr.run.files import open_append
+
+    with open_append(report, what="a report line") as f:
         f.write(line.rstrip("\n") + "\n")
 
 

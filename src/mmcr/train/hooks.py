@@ -21,8 +21,10 @@ from mmcr.train.state import TrainState
 from mmcr.train.step import StepResult
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised after too many consecutive steps with a NaN/Inf loss or gradient."""
+class NonFiniteLossError(ValueError, RuntimeError):
+    """Raised after too many consecutive steps with a NaN/Inf loss or gradient, or when the weights
+    themselves became NaN/Inf. A ValueError (settings to change: the command line prints one line); also
+    a RuntimeError, as it always was."""
 
 
 class Interrupted(KeyboardInterrupt):

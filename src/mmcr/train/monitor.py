@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcr.run import layout
+from mmcr.run.files import open_append, write_text_atomic
 
 
 class MetricsLog:
@@ -21,9 +22,9 @@ class MetricsLog:
         self._tb = None
         if not enabled:
             return
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             self._truncate(truncate_after)
-        self._f = open(self.path, "a")
+        self._f = open_append(self.path, what="the metrics log")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -33,17 +34,17 @@ class MetricsLog:
                 self._tb = None
 
     def _truncate(self, step: int) -> None:
+        """Rewrite the log without the records after ``step`` (atomically: a link is replaced, not followed)."""
         keep = []
-        for line in self.path.read_text().splitlines():
+        lines = [] if self.path.is_symlink() else self.path.read_text().splitlines()
+        for line in lines:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
             if rec.get("step", 0) <= step:
                 keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        tmp.replace(self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in keep), what="the metrics log")
 
     def _write(self, rec: dict[str, Any]) -> None:
         self._f.write(json.dumps(rec) + "\n")

@@ -11,6 +11,7 @@ set at the same path is refused rather than continued.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -18,25 +19,98 @@ import torch
 
 from mmcr.run import checkpoint as ckpt
 from mmcr.run import layout
-from mmcr.run.config import ConfigChange, ConfigError, RunConfig, config_changes
+from mmcr.run.config import ConfigChange, ConfigError, RunConfig, config_changes, read_run_config
+from mmcr.run.files import RunFileError, RunLock
+
+
+def claim_run_dir(run_dir: Path, dist_info) -> RunLock | None:
+    """Lock ``run_dir`` for this run (the main process holds the lock; every rank learns whether it got
+    it, so all refuse together), then delete the temporary files a killed run left there. A second
+    process on the same directory is refused by name."""
+    from mmcr.distributed import any_rank
+
+    lock, error = None, None
+    if dist_info.is_main:
+        try:
+            lock = RunLock(run_dir)
+        except RunFileError as e:
+            error = e
+    (refused,) = any_rank([error is not None], dist_info)
+    if refused:
+        raise error or RunFileError(f"{run_dir} is in use by another mmcr run; wait for it to end, or choose "
+                                    "another --out")
+    if dist_info.is_main:
+        remove_partial_files(run_dir)
+    return lock
+
+
+def remove_partial_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes (``.ckpt_*.pt.*.tmp``, ``.config.yaml.*.tmp``, ...) that
+    a kill left behind in the run's own files; called with the run's lock held, so no writer is active."""
+    names = [f".{n}.*.tmp" for n in layout.RUN_FILES]
+    found = [p for pattern in names for p in run_dir.glob(pattern)]
+    found += list(layout.checkpoint_dir(run_dir).glob(".ckpt_*.pt.*.tmp"))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _same_run(run_dir: Path, cfg: RunConfig) -> bool:
+    """Whether ``run_dir``'s config.yaml describes this run (nothing that defines its weights differs)."""
+    try:
+        old = read_run_config(run_dir)
+    except (ConfigError, OSError):
+        return False
+    return not [c for c in config_changes(old, cfg) if c.rule == "fixed"]
+
+
+def check_records(cfg: RunConfig, run_dir: Path, found: tuple[dict, Path] | None, is_main: bool) -> None:
+    """A run never starts over another run's records. A new run (or ``--resume auto`` that found no
+    checkpoint, or a resume from a file elsewhere) in a directory holding config.yaml, metrics.jsonl,
+    summary.json, report.md, eval/ or checkpoints of another run is refused, unless
+    ``train.overwrite=true``, which deletes them first. ``--resume auto`` in the run's own directory
+    whose checkpoints were all unreadable starts over (its own records)."""
+    records = layout.run_records(run_dir)
+    if not records:
+        return
+    if cfg.train.overwrite:
+        if is_main:
+            for name in (*layout.RUN_FILES, *layout.RUN_FOLDERS):
+                target = run_dir / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+            print(f"mmcr: train.overwrite=true: deleted the previous run's {', '.join(records)} in {run_dir}",
+                  flush=True)
+        return
+    resume = cfg.train.resume
+    own = found is not None and found[1].resolve().parent == layout.checkpoint_dir(run_dir).resolve()
+    if resume is not None and (own or _same_run(run_dir, cfg)):
+        return  # the run's own directory: resumed, or started over from unreadable checkpoints
+    shown = ", ".join(records)
+    if resume is None:
+        raise ConfigError(f"{run_dir} already holds a run ({shown}); pass --resume auto to continue it, choose "
+                          "another --out, or --set train.overwrite=true to delete it and start over")
+    raise ConfigError(f"{run_dir} holds another run's records ({shown}) and no checkpoint of this run to continue "
+                      f"(--resume {resume}); choose another --out, or --set train.overwrite=true to delete them")
 
 
 def find_resume_checkpoint(cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple[dict, Path] | None:
-    """The checkpoint to resume from (``train.resume``: None, ``auto`` or a file), or None for a new run."""
+    """The checkpoint to resume from (``train.resume``: None, ``auto``, a checkpoint file or another run's
+    directory), or None for a new run."""
     resume = cfg.train.resume
     if resume is None:
-        if layout.list_checkpoints(run_dir):
-            raise ConfigError(
-                f"{run_dir} already holds checkpoints; pass --resume auto to continue that run or choose another --out"
-            )
-        return None
+        return None  # a directory with another run's files is refused (or cleared) by check_records
     if resume == "auto":
-        found = ckpt.load_latest(run_dir, map_location=device, move_corrupt=True)
+        found = ckpt.load_latest(run_dir, map_location=device, move_corrupt=True, require=ckpt.TRAINING)
         if found is None and (layout.checkpoint_dir(run_dir) / layout.CORRUPT_DIR).is_dir():
             warnings.warn(f"no readable checkpoint left in {layout.checkpoint_dir(run_dir)} (unreadable ones are in "
                           f"{layout.CORRUPT_DIR}/); starting this run from step 0", stacklevel=2)
         return found
-    state = ckpt.read_checkpoint(resume, map_location=device)
+    if Path(resume).is_dir():  # another run's directory: its newest readable checkpoint
+        return ckpt.find_checkpoint(resume, map_location=device, require=ckpt.TRAINING)
+    state = ckpt.read_checkpoint(resume, map_location=device, require=ckpt.TRAINING)
     return state, Path(resume)
 
 

@@ -16,16 +16,31 @@ import torch
 from torch import nn
 
 from mmcr.models import MomentumEncoder
+from mmcr.run.checkpoint import CheckpointError
 
 # Objects with state_dict()/load_state_dict(), saved under these names.
 _STATEFUL = ("model", "momentum", "optimizer", "scheduler", "scaler")
+
+
+def _numpy_state() -> dict:
+    """numpy's global RNG state as tensors and numbers, so that checkpoints load with weights_only."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_state(state) -> None:
+    if isinstance(state, dict):
+        state = (state["name"], state["key"].cpu().numpy().astype(np.uint32), int(state["pos"]),
+                 int(state["has_gauss"]), float(state["cached_gaussian"]))
+    np.random.set_state(state)  # format v1 checkpoints hold numpy's own tuple
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict:
     """The global RNGs and the augmentation generator of this process."""
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
         "augment": generator.get_state(),
     }
@@ -35,12 +50,12 @@ def rng_state(generator: torch.Generator, device: torch.device) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())  # (a checkpoint loaded onto a GPU has its tensors there)
+    _set_numpy_state(state["numpy"])
     random.setstate(state["python"])
-    generator.set_state(state["augment"])
+    generator.set_state(state["augment"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 @dataclass
@@ -93,16 +108,36 @@ class TrainState:
                    nonfinite_total=int(self.nonfinite.total.item()), rng=rngs)
         return out
 
-    def load_state_dict(self, saved: dict, rank: int, device: torch.device, skip: tuple[str, ...] = ()) -> None:
-        """Restore what ``state_dict`` saved (``skip`` names objects a resume must rebuild instead)."""
+    def load_state_dict(self, saved: dict, rank: int, device: torch.device, skip: tuple[str, ...] = (),
+                        where: str = "the checkpoint") -> None:
+        """Restore what ``state_dict`` saved (``skip`` names objects a resume must rebuild instead). An
+        object whose state is missing or does not fit is refused by name (:class:`CheckpointError`):
+        a resume never continues with fresh weights or a fresh optimiser in place of saved ones."""
         for name in _STATEFUL:
             obj = self._module(name)
-            if obj is not None and name not in skip and saved.get(name):  # {}: a disabled loss scaler
-                obj.load_state_dict(saved[name])
+            if obj is None or name in skip:
+                continue
+            entry = saved.get(name)
+            if name == "scaler" and not entry and not obj.is_enabled():
+                continue  # {}: the state of a disabled loss scaler
+            if not entry:
+                raise CheckpointError(f"{where} holds no {name} state, so this run cannot continue from it; "
+                                      "resume from a checkpoint written by mmcr pretrain, or start a new run")
+            try:
+                obj.load_state_dict(entry)
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:
+                reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+                raise CheckpointError(f"{where}: its {name} state does not fit this run ({reason}); resume "
+                                      "with the run's own config, or start a new run") from e
         self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         self.nonfinite.reset(int(saved.get("nonfinite_total", 0)))
         rngs = saved["rng"]
-        set_rng_state(rngs[rank] if isinstance(rngs, list) else rngs, self.aug_generator, device)
+        mine = rngs[rank] if isinstance(rngs, list) else rngs
+        try:
+            set_rng_state(mine, self.aug_generator, device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{where}: its RNG state cannot be restored ({type(e).__name__}: {e}); the file is "
+                                  "damaged or not an mmcr checkpoint") from e
 
     def _module(self, name: str):
         return self.momentum.module if name == "momentum" and self.momentum is not None else getattr(self, name)

@@ -145,7 +145,19 @@ def _data_device(ds, device: torch.device) -> torch.device | None:
     return device if ds.images.numel() < free // 4 else None
 
 
+def _check_finite_weights(run: Run, state: TrainState) -> None:
+    """Before a checkpoint: weights that became NaN/Inf (updates that diverged, e.g. a huge optim.lr) stop
+    the run with one line instead of being saved, so the previous checkpoint stays the newest."""
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in state.model.parameters())
+    if bad:
+        raise NonFiniteLossError(
+            f"{bad} weight(s) became NaN/Inf by step {state.step} (the updates diverged: optim.lr="
+            f"{run.cfg.optim.lr:g}, optim.weight_decay={run.cfg.optim.weight_decay:g}); not saved (earlier "
+            "checkpoints are kept): lower optim.lr, set optim.grad_clip, or use train.precision=fp32")
+
+
 def save_checkpoint(run: Run, state: TrainState) -> Path | None:
+    _check_finite_weights(run, state)
     rngs = D.gather_objects(rng_state(state.aug_generator, run.dist_info.device), run.dist_info)
     payload = state.state_dict(rngs)  # every rank takes part (gathers); the main process writes
     if not run.is_main:
@@ -168,7 +180,7 @@ def restore(run: Run, state: TrainState, found: tuple[dict, Path]) -> list:
         skip.append("optimizer")  # another optimiser's state cannot be loaded: it restarts (recorded)
     if _amp_dtype(old_cfg.train.precision, run.dist_info.device) != run.ctx.amp_dtype:
         skip.append("scaler")
-    state.load_state_dict(saved, run.dist_info.rank, run.dist_info.device, skip=tuple(skip))
+    state.load_state_dict(saved, run.dist_info.rank, run.dist_info.device, skip=tuple(skip), where=str(path))
     R.apply_optimizer_settings(state.optimizer, wanted, state.scheduler,
                                [base_lr(run.cfg.optim, run.ctx.global_batch)] * len(wanted))
     if run.cfg.train.resume not in (None, "auto"):
@@ -203,17 +215,34 @@ def train(cfg: RunConfig) -> dict:
     share of every global batch (``train.batch_size`` is the global batch in images).
     """
     dist_info = D.setup(cfg.train.device)
+    lock = None
     try:
         if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        return _train(cfg, dist_info)
+            torch.set_num_threads(_usable_threads(cfg.train.threads))
+        run_dir = resolve_run_dir(cfg)
+        lock = R.claim_run_dir(run_dir, dist_info)  # held until the run ends: a second process is refused
+        return _train(cfg, dist_info, run_dir)
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup()
 
 
-def _train(cfg: RunConfig, dist_info: D.DistInfo) -> dict:
-    run_dir = resolve_run_dir(cfg)
+def _usable_threads(wanted: int) -> int:
+    """``train.threads``, clamped (with a warning) to the cores this process may run on."""
+    import os
+    import warnings
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if wanted > cores:
+        warnings.warn(f"train.threads={wanted} exceeds the {cores} CPU core(s) available; using {cores}",
+                      stacklevel=3)
+    return min(wanted, cores)
+
+
+def _train(cfg: RunConfig, dist_info: D.DistInfo, run_dir: Path) -> dict:
     found = R.find_resume_checkpoint(cfg, run_dir, dist_info.device)
+    R.check_records(cfg, run_dir, found, dist_info.is_main)
     run, state = build_run(cfg, run_dir, dist_info)
     changes = restore(run, state, found) if found is not None else []
     if run.is_main:
