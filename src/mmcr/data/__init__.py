@@ -21,8 +21,10 @@ from mmcr.data.datasets import (
 from mmcr.data.decode import DatasetError, decode_image
 from mmcr.data.loader import InMemoryLoader, WorkerLoader, epoch_order, make_loader
 from mmcr.data.split import split_train_val
+from mmcr.data.views import CropSpec, decode_views
 
 __all__ = [
+    "CropSpec",
     "DATASET_NAMES",
     "DatasetError",
     "ImageDataset",
@@ -31,6 +33,7 @@ __all__ = [
     "WorkerLoader",
     "dataset_options",
     "decode_image",
+    "decode_views",
     "resize_square",
     "default_cache_dir",
     "epoch_order",

@@ -19,6 +19,7 @@ import torch
 
 from mmcr.data.datasets import ImageDataset, LazyImageFolder
 from mmcr.data.decode import DatasetError
+from mmcr.data.views import decode_encoded
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
@@ -114,10 +115,19 @@ class _OrderedSampler(torch.utils.data.Sampler):
 
 
 class WorkerLoader(_Base):
-    """Decodes a ``LazyImageFolder`` in DataLoader worker processes; yields (uint8 batch, labels)."""
+    """Decodes a ``LazyImageFolder`` in DataLoader worker processes; yields (uint8 batch, labels).
 
-    def __init__(self, ds: LazyImageFolder, *args, num_workers: int = 0, **kw):
+    The batch is (B, 3, size, size), or (B, k, 3, h, w) views for a folder ``with_crops``; with
+    ``decode_device`` (a folder ``with_crops(spec, encoded=True)``) the workers read the files and
+    draw the boxes, and the JPEGs of each batch are decoded together on that device.
+    """
+
+    def __init__(self, ds: LazyImageFolder, *args, num_workers: int = 0, decode_device=None, **kw):
         super().__init__(ds, *args, **kw)
+        if decode_device is not None and not ds.encoded:
+            raise DatasetError("decode_device needs a folder with_crops(spec, encoded=True) (JPEG bytes and boxes)")
+        self.decode_device = decode_device
+        self.skipped = 0  # undecodable files found on the decode device
         self._dl = torch.utils.data.DataLoader(
             ds,
             batch_sampler=_OrderedSampler(self),
@@ -127,14 +137,41 @@ class WorkerLoader(_Base):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch, start_batch)
+        self.dataset.epoch = self.epoch  # the full-image views' boxes depend on it (copied into the workers)
+
     def __iter__(self):
-        return iter(self._dl)
+        for images, labels in one_line_worker_errors(self._dl):
+            if self.decode_device is not None:
+                images, bad = decode_encoded(images, self.dataset.crops, self.decode_device, self.dataset.on_error)
+                self.skipped += bad
+            yield images, labels
 
 
 def _collate(items):
-    images = torch.stack([im for im, _ in items])
     labels = torch.tensor([lb for _, lb in items], dtype=torch.int64)
-    return images, labels
+    if isinstance(items[0][0], tuple):  # encoded views (see mmcr.data.views.encode_views), decoded later
+        return [it for it, _ in items], labels
+    return torch.stack([im for im, _ in items]), labels
+
+
+def one_line_worker_errors(batches):
+    """Iterate a DataLoader, re-raising a worker's DatasetError as its own one-line message (torch
+    wraps it in the worker's traceback text)."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except DatasetError as e:
+            text = str(e)
+            if "Original Traceback" not in text:
+                raise
+            last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+            raise DatasetError(last.split("Error: ", 1)[-1]) from None
+        yield batch
 
 
 def make_loader(
@@ -147,17 +184,19 @@ def make_loader(
     world_size: int = 1,
     num_workers: int = 0,
     device=None,
+    decode_device=None,
 ):
     """A re-iterable loader of (uint8 images (B, 3, H, W), int64 labels (B,)) batches.
 
     Call ``set_epoch(epoch, start_batch=0)`` before iterating each epoch; the order depends only on
     (seed, epoch, rank, world_size), so resuming at (epoch, start_batch) replays the same batches.
     ``device`` moves an in-memory data set there once (then batches are gathered on the device);
-    ``num_workers`` applies to file-backed (lazy) data sets.
+    ``num_workers`` applies to file-backed (lazy) data sets; ``decode_device`` decodes the JPEGs of a
+    folder ``with_crops(spec, encoded=True)`` in batches there (``torchvision.io.decode_jpeg``).
     """
     common = dict(shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank, world_size=world_size)
     if isinstance(ds, ImageDataset):
         return InMemoryLoader(ds, batch_size, device=device, **common)
     if isinstance(ds, LazyImageFolder):
-        return WorkerLoader(ds, batch_size, num_workers=num_workers, **common)
+        return WorkerLoader(ds, batch_size, num_workers=num_workers, decode_device=decode_device, **common)
     raise DatasetError(f"make_loader needs an ImageDataset or LazyImageFolder (from load_dataset), got {type(ds)}")
