@@ -225,7 +225,8 @@ def decode_encoded(items: list[tuple], spec: CropSpec, device, on_error: str = "
     for i, image in zip(jpegs, _decode_jpegs([items[i][1] for i in jpegs], device) if jpegs else []):
         if image is None:
             if on_error == "raise":
-                raise DatasetError(f"cannot decode JPEG {i} of the batch on {device}; fix the file or pass on_error='skip'")
+                raise DatasetError(f"cannot decode JPEG {i} of the batch on {device}; fix the file or pass "
+                                   "on_error='skip'")
             bad.append(i)
             continue
         for v, (top, left, h, w) in enumerate(items[i][2].tolist()):
