@@ -23,6 +23,7 @@ import torch
 from mmcr.data import cache as C
 from mmcr.data import views as V
 from mmcr.data.decode import IMAGE_EXTENSIONS, BadFiles, DatasetError, decode_image, is_image_name
+from mmcr.data.shards import load_webdataset
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -600,6 +601,7 @@ _LOADERS = {
     "imagefolder": (_load_imagefolder, ("size", "on_error", "lazy")),
     "archive": (_load_archive, ("size", "on_error")),
     "npz": (lambda root, split, cache_dir, **kw: _load_npz(root, split, **kw), ("size",)),
+    "webdataset": (load_webdataset, ("size", "on_error", "shuffle_buffer", "manifest", "lazy")),
 }
 
 DATASET_NAMES = tuple(_LOADERS)
@@ -626,7 +628,8 @@ def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **k
 
     name: "digits" (offline default; size= upscales), "cifar10", "cifar100", "stl10" (torchvision
     layouts under root; download=True fetches them), "imagefolder" (root/[split/]class/image;
-    size= resizes, lazy=True streams files), "archive" (.tar/.tar.gz of such a tree), "npz".
+    size= resizes, lazy=True streams files), "archive" (.tar/.tar.gz of such a tree), "npz",
+    "webdataset" (tar shards: a folder with manifest.json or a shard pattern; see mmcr.data.shards).
     cache_dir: where decoded splits are cached (default $MMCR_CACHE or ~/.cache/mmcr).
     on_error: "skip" (default; corrupt files are skipped with one counted warning) or "raise".
     """

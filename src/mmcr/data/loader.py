@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from mmcr.data.datasets import ImageDataset, LazyImageFolder
 from mmcr.data.decode import DatasetError
+from mmcr.data.order import epoch_order, one_line_worker_errors
+from mmcr.data.shards import ShardLoader, ShardSet
 from mmcr.data.views import decode_encoded
 
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
-    """The permutation of range(n) used in ``epoch`` (identity when not shuffling)."""
-    if not shuffle:
-        return torch.arange(n)
-    # SeedSequence mixes (seed, epoch) into a well-spread stream seed; consecutive epochs don't correlate.
-    s = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(s))
+__all__ = ["InMemoryLoader", "ShardLoader", "WorkerLoader", "epoch_order", "make_loader"]
 
 
 class _Base:
@@ -156,24 +150,6 @@ def _collate(items):
     return torch.stack([im for im, _ in items]), labels
 
 
-def one_line_worker_errors(batches):
-    """Iterate a DataLoader, re-raising a worker's DatasetError as its own one-line message (torch
-    wraps it in the worker's traceback text)."""
-    it = iter(batches)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except DatasetError as e:
-            text = str(e)
-            if "Original Traceback" not in text:
-                raise
-            last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-            raise DatasetError(last.split("Error: ", 1)[-1]) from None
-        yield batch
-
-
 def make_loader(
     ds,
     batch_size: int,
@@ -199,4 +175,7 @@ def make_loader(
         return InMemoryLoader(ds, batch_size, device=device, **common)
     if isinstance(ds, LazyImageFolder):
         return WorkerLoader(ds, batch_size, num_workers=num_workers, decode_device=decode_device, **common)
-    raise DatasetError(f"make_loader needs an ImageDataset or LazyImageFolder (from load_dataset), got {type(ds)}")
+    if isinstance(ds, ShardSet):
+        return ShardLoader(ds, batch_size, num_workers=num_workers, decode_device=decode_device, **common)
+    raise DatasetError(f"make_loader needs an ImageDataset, LazyImageFolder or ShardSet (from load_dataset), got "
+                       f"{type(ds)}")

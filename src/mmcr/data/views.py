@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmcr.data.decode import DatasetError, _fast_jpeg, _to_rgb
+from mmcr.data.decode import _DECODE_ERRORS, DatasetError, _fast_jpeg, _to_rgb
 
 _SALT = 0x52524331  # separates the box streams from every other stream seeded by the run's seed
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop tries
 _INTERPOLATIONS = ("bilinear", "bicubic")
+DECODE_ERRORS = _DECODE_ERRORS  # what a broken file raises (Pillow's OSError/ValueError subclasses)
 
 
 @dataclass(frozen=True)
