@@ -173,6 +173,8 @@ class ShardSet:
                                "URL") from exc
 
         def handler(exn) -> bool:
+            if isinstance(exn, OSError):  # the source failed (a missing file, a failing command, the network)
+                raise DatasetError(f"cannot read shard {r.url} ({exn}); check the path or URL") from exn
             if self.on_error == "raise":
                 raise DatasetError(f"shard {r.url} is truncated or corrupt ({exn}); re-copy it, or pass "
                                    "on_error='skip'") from exn
@@ -196,7 +198,10 @@ class ShardSet:
                 label = int(sample["cls"]) if "cls" in sample else -1
                 yield r.offset + pos, sample[key], label
         finally:
-            stream.close()
+            try:
+                stream.close()
+            except OSError as exc:  # a pipe reports its command's failure when closed
+                raise DatasetError(f"cannot read shard {r.url} ({exc}); check the path or URL") from exc
 
     def decode(self, sid: int, data: bytes, epoch: int):
         """One sample as the loader hands it on: the square, the views, or the views' JPEG + boxes."""
