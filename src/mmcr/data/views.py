@@ -66,26 +66,25 @@ def box_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
 def sample_boxes(height: int, width: int, views: int, scale, ratio, rng: np.random.Generator) -> np.ndarray:
     """(views, 4) int64 boxes (top, left, h, w) on an image of (height, width), by torchvision's rule.
 
-    Each view draws 10 areas, 10 log-aspects, then its top and left uniforms, whether or not a try fits,
-    so view v's boxes depend only on the generator state and v.
+    View v reads uniforms [22 v, 22 v + 22) of the generator: 10 areas, 10 log-aspects, its top and
+    left, whether or not a try fits, so each view's box depends only on the generator's seed and v.
     """
-    area = float(height) * float(width)
+    u = rng.random((views, 2 * _ATTEMPTS + 2))
+    target = float(height) * float(width) * (scale[0] + (scale[1] - scale[0]) * u[:, :_ATTEMPTS])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    out = np.empty((views, 4), dtype=np.int64)
-    for v in range(views):
-        u_area = rng.random(_ATTEMPTS)
-        u_ratio = rng.random(_ATTEMPTS)
-        u_top, u_left = rng.random(2)
-        target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
-        aspect = np.exp(lo + (hi - lo) * u_ratio)
-        ws = np.round(np.sqrt(target * aspect)).astype(np.int64)
-        hs = np.round(np.sqrt(target / aspect)).astype(np.int64)
-        fits = np.flatnonzero((ws > 0) & (ws <= width) & (hs > 0) & (hs <= height))
-        if fits.size:
-            h, w = int(hs[fits[0]]), int(ws[fits[0]])
-            out[v] = (int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w)
-        else:
-            out[v] = _fallback_box(height, width, ratio)
+    aspect = np.exp(lo + (hi - lo) * u[:, _ATTEMPTS : 2 * _ATTEMPTS])
+    ws = np.round(np.sqrt(target * aspect)).astype(np.int64)
+    hs = np.round(np.sqrt(target / aspect)).astype(np.int64)
+    fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+    first = np.argmax(fits, axis=1)
+    rows = np.arange(views)
+    h, w = hs[rows, first], ws[rows, first]
+    top = (u[:, -2] * (height - h + 1)).astype(np.int64)
+    left = (u[:, -1] * (width - w + 1)).astype(np.int64)
+    out = np.stack([top, left, h, w], axis=1)
+    missing = ~fits.any(axis=1)
+    if missing.any():
+        out[missing] = _fallback_box(height, width, ratio)
     return out
 
 
