@@ -81,16 +81,17 @@ def _errors(views: torch.Tensor, ref_views: torch.Tensor) -> torch.Tensor:
 def test_views_equal_torchvision_resized_crop_of_the_decoded_image():
     """Crops decoded at full scale equal torchvision's resized_crop of the fully decoded image (within
     1 grey level: the resize's integer rounding); crops decoded at 1/2-1/8 scale (DCT scaling) differ
-    as a two-step resize does: below Pillow's own reducing_gap=1 shortcut (reduce by an integer factor,
-    then resize) on the same boxes, and under mean 2.5 / 99th percentile 16 / max 64 grey levels."""
+    as a two-step resize does: as much as Pillow's own reducing_gap=1 shortcut (reduce by an integer
+    factor, then resize; within 25 %) on the same boxes, and under mean 2.5 / 99th percentile 16 /
+    max 64 grey levels (of 255)."""
     bic = TF.InterpolationMode.BICUBIC
     full_err, dct_err, gap_err = [], [], []
-    for (height, width), size in (((375, 500), 224), ((375, 500), 64), ((600, 800), 224)):
+    for (height, width), size, count in (((375, 500), 224, 8), ((375, 500), 64, 24), ((600, 800), 224, 24)):
         data = _jpeg(_photo(height, width))
         decoded = Image.open(io.BytesIO(data)).convert("RGB")  # the reference: torchvision's ImageFolder loader
         ref = torch.from_numpy(np.array(decoded)).permute(2, 0, 1)
         spec = CropSpec(2, (size, size), SCALE, RATIO, "bicubic", seed=3)
-        for index in range(12):
+        for index in range(count):
             views = decode_views(data, spec, 5, index)
             assert views.shape == (2, 3, size, size) and views.dtype == torch.uint8
             boxes = sample_boxes(height, width, 2, SCALE, RATIO, box_generator(3, 5, index))
@@ -111,7 +112,7 @@ def test_views_equal_torchvision_resized_crop_of_the_decoded_image():
           f"Pillow reducing_gap=1: mean {gap.mean():.2f}, p99 {q99(gap):.0f}, max {gap.max():.0f}")
     assert len(full_err) > 10 and len(dct_err) > 10
     assert full.max() <= 1 and full.mean() < 0.01
-    assert dct.mean() <= gap.mean() and q99(dct) <= q99(gap)
+    assert dct.mean() <= 1.25 * gap.mean() and q99(dct) <= 1.25 * q99(gap)
     assert dct.mean() < 2.5 and q99(dct) <= 16 and dct.max() <= 64
 
 
@@ -214,3 +215,21 @@ def test_corrupt_files_in_full_image_views_are_skipped_or_raised(tmp_path):
     with pytest.raises(DatasetError) as err:  # a worker's error reaches the user as its own one line
         list(loader)
     assert str(err.value).startswith("cannot decode image") and "\n" not in str(err.value)
+
+
+def test_full_image_views_options_are_refused_by_name_where_they_cannot_apply(tmp_path, capsys):
+    from mmcr.cli import main
+
+    root = _folder(tmp_path / "f", per_class=6)
+    base = ["pretrain", "imagenet-mini", "--set", f"data.root={root}", "--set", "data.val_fraction=0.25",
+            "--set", "train.batch_size=4", "--out", str(tmp_path / "run"), "--set", f"data.cache_dir={tmp_path / 'c'}"]
+    cases = [
+        (["--set", "data.options.lazy=false"], "data.full_image_views=true needs files decoded by workers"),
+        (["--set", "augment.small_views=2"], "augment.small_views > 0 crops the decoded square"),
+        (["--set", "data.decode_device=cuda", "--device", "cpu"], "data.decode_device=cuda needs a CUDA"),
+        (["--set", "data.full_image_views=false", "--set", "data.decode_device=cuda"], "set data.full_image_views"),
+    ]
+    for extra, msg in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and msg in err, err

@@ -173,12 +173,15 @@ class ShardSet:
                                "URL") from exc
 
         def handler(exn) -> bool:
+            what = str(exn.args[0]).split(" @ ")[0] if exn.args else type(exn).__name__  # webdataset appends context
+            if isinstance(exn, DatasetError):  # raised by this handler below, passed up through webdataset
+                raise DatasetError(what) from None
             if isinstance(exn, OSError):  # the source failed (a missing file, a failing command, the network)
-                raise DatasetError(f"cannot read shard {r.url} ({exn}); check the path or URL") from exn
+                raise DatasetError(f"cannot read shard {r.url} ({what}); check the path or URL") from exn
             if self.on_error == "raise":
-                raise DatasetError(f"shard {r.url} is truncated or corrupt ({exn}); re-copy it, or pass "
+                raise DatasetError(f"shard {r.url} is truncated or corrupt ({what}); re-copy it, or pass "
                                    "on_error='skip'") from exn
-            errors.append(f"{r.url}: {exn}")
+            errors.append(f"{r.url}: {what}")
             return False  # stop reading this shard
 
         files = wds.tariterators.tar_file_expander([{"url": r.url, "stream": stream}], handler=handler)
