@@ -1,6 +1,6 @@
 """Images per second per worker core of the full-image views against torchvision's ImageFolder path.
 
-    .venv/bin/python benchmarks/bench_input.py [--quick] [--workers 2] [--images 400] [--rounds 3]
+    .venv/bin/python benchmarks/bench_input.py [--quick] [--workers 0,2] [--images 400] [--rounds 3]
 
 The benchmark writes JPEGs (quality 90) at ImageNet's size distribution: most are 500 px on the long
 side at 4:3 or 3:2 in either orientation, a fifth smaller (long side 250-500 px), a tenth larger (long
@@ -146,43 +146,45 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="160 images, 2 rounds, 1 view, bilinear")
+    ap.add_argument("--quick", action="store_true", help="160 images, 2 rounds, 1 view, bilinear, 2 workers")
     ap.add_argument("--images", type=int, default=400)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", default="0,2", help="DataLoader workers, comma-separated (0: in this process)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--views", default="1,2", help="views per image to time, comma-separated")
     ap.add_argument("--interpolation", default="bilinear,bicubic", help="comma-separated: bilinear, bicubic")
     args = ap.parse_args()
     if args.quick:
-        args.images, args.rounds, args.views, args.interpolation = 160, 2, "1", "bilinear"
+        args.images, args.rounds, args.views, args.interpolation, args.workers = 160, 2, "1", "bilinear", "2"
     torch.set_num_threads(1)
     print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         kb = write_images(root, args.images)
-        write_shards(root, Path(tmp) / "shards", shard_size=max(1, args.images // (4 * args.workers)))
+        most = max(1, *(int(w) for w in args.workers.split(",")))
+        write_shards(root, Path(tmp) / "shards", shard_size=max(1, args.images // (4 * most)))
         files = load_dataset("imagefolder", root, split="train", lazy=True, size=256)
         shards = load_dataset("webdataset", Path(tmp) / "shards", split="train", size=256, shuffle_buffer=64)
-        print(f"{args.images} JPEGs (quality 90, mean {kb:.0f} KB), batch {args.batch}, {args.workers} worker(s), "
-              f"{args.rounds} round(s)")
-        for interp in args.interpolation.split(","):
-            for k in (int(v) for v in args.views.split(",")):
-                run_case(root, files, shards, k, interp, args)
+        print(f"{args.images} JPEGs (quality 90, mean {kb:.0f} KB), batch {args.batch}, {args.rounds} round(s)")
+        for workers in (int(w) for w in args.workers.split(",")):
+            print(f"{workers} DataLoader worker(s)" + (" (decoding in this process)" if workers == 0 else ""))
+            for interp in args.interpolation.split(","):
+                for k in (int(v) for v in args.views.split(",")):
+                    run_case(root, files, shards, k, interp, workers, args)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
-def run_case(root, files, shards, k: int, interp: str, args) -> None:
+def run_case(root, files, shards, k: int, interp: str, workers: int, args) -> None:
     rates = {"baseline": [], "files": [], "shards": []}
     for _ in range(args.rounds):  # interleaved: each round times every pipeline once
-        rates["baseline"].append(epoch_rates(baseline_loader(root, k, interp, args.batch, args.workers)))
-        rates["files"].append(epoch_rates(mmcr_loader(files, k, interp, args.batch, args.workers)))
-        rates["shards"].append(epoch_rates(mmcr_loader(shards, k, interp, args.batch, args.workers)))
+        rates["baseline"].append(epoch_rates(baseline_loader(root, k, interp, args.batch, workers)))
+        rates["files"].append(epoch_rates(mmcr_loader(files, k, interp, args.batch, workers)))
+        rates["shards"].append(epoch_rates(mmcr_loader(shards, k, interp, args.batch, workers)))
     base = rates["baseline"]
     for name, r in rates.items():
         cpu, wall = [c for c, _ in r], [w for _, w in r]
         line = (f"  k={k} {interp:8s} {name:8s} {statistics.median(cpu):6.1f} images per CPU second"
-                f" ({statistics.median(wall) / max(1, args.workers):6.1f} per worker per wall second)")
+                f" ({statistics.median(wall) / max(1, workers):6.1f} per worker per wall second)")
         if name != "baseline":
             ratios = [a[0] / b[0] for a, b in zip(r, base)]
             walls = [a[1] / b[1] for a, b in zip(r, base)]
