@@ -198,8 +198,7 @@ class ShardSet:
                                            f"({', '.join(IMAGE_KEYS)}); fix the shard or pass on_error='skip'")
                     errors.append(f"{r.url}:{sample.get('__key__')}: no image")
                     continue
-                label = int(sample["cls"]) if "cls" in sample else -1
-                yield r.offset + pos, sample[key], label
+                yield r.offset + pos, sample[key], _label(sample.get("cls"))
         finally:
             try:
                 stream.close()
@@ -212,6 +211,14 @@ class ShardSet:
             return torch.from_numpy(decode_image(bytes(data), self.size)).permute(2, 0, 1).contiguous()
         make = V.encode_views if self.encoded else V.decode_views
         return make(data, self.crops, epoch, sid)
+
+
+def _label(cls: bytes | None) -> int:
+    """The ``.cls`` member as an int; -1 (unlabelled, left out of evaluation) when absent or not a number."""
+    try:
+        return int(cls) if cls is not None else -1
+    except ValueError:
+        return -1
 
 
 # ------------------------------------------------------------------------------------------ loader
