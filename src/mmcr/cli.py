@@ -1,4 +1,4 @@
-"""``mmcr pretrain | eval | analyze | export``: the command line over the library.
+"""``mmcr pretrain | eval | analyze | export | data``: the command line over the library.
 
 Errors a user can fix (bad config keys or values, missing data, wrong model source) print one line
 saying what was wrong and what to do, and exit with status 2; nothing is lost (runs resume).
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_eval_parser(sub)
         add_export_parser(sub)
+    from mmcr.data.cli import add_data_parser
+
+    add_data_parser(sub)
     try:
         from mmcr.geometry.cli import add_analyze_parser
     except ImportError:  # pragma: no cover

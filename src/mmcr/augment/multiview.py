@@ -371,6 +371,31 @@ class MultiViewAugment:
         AF.normalize_to(x, self.mean, self.std, out)
         return out.view(b, self.views, 3, *self.size)
 
+    def apply_views(self, views: torch.Tensor, p: ViewParams) -> torch.Tensor:
+        """Finish views that arrive already cropped to ``size``: uint8 (B, k, 3, h, w), e.g. the
+        full-image crops the data workers cut (:mod:`mmcr.data.views`). Applies the flips, colour,
+        blur, solarisation and normalisation of ``p`` (from ``sample_params``); its boxes are unused.
+        Equal to :meth:`apply` with every box the whole view."""
+        if views.dtype != torch.uint8 or views.ndim != 5 or tuple(views.shape[1:]) != (self.views, 3, *self.size):
+            raise ValueError(f"expected uint8 views (B, {self.views}, 3, {self.size[0]}, {self.size[1]}), got "
+                             f"{views.dtype} {tuple(views.shape)}")
+        if self.color_first:
+            raise ValueError(f"preset {self.preset!r} colours the full image before cropping (color_first); "
+                             "pre-cropped views cannot follow it: crop on the device instead")
+        b, n = views.shape[0], views.shape[0] * self.views
+        if p.flip.shape[0] != n:
+            raise ValueError(f"params describe {p.flip.shape[0]} views, but {b} images x {self.views} views = {n}")
+        dev = views.device
+        x = self._ws("views.in", (3, n, *self.size), torch.float32, dev)
+        x.copy_(views.reshape(n, 3, *self.size).transpose(0, 1)).mul_(1.0 / 255.0)
+        x = self._subset(x, p.flip, lambda v, idx: v.flip(-1))
+        x = self._colour(x, p, dev)
+        x = self._subset(x, p.blur, lambda v, idx: AF.gaussian_blur(v, p.sigma[idx], self.blur_kernel_size))
+        x = self._subset(x, p.solarize, lambda v, idx: AF.solarize(v))
+        out = torch.empty(n, 3, *self.size, dtype=torch.float32, device=dev)
+        AF.normalize_to(x, self.mean, self.std, out)
+        return out.view(b, self.views, 3, *self.size)
+
     def _subset(self, x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
         """Apply fn to the views selected by mask (planar x), in place of those views."""
         idx = torch.nonzero(mask).squeeze(1)

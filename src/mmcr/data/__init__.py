@@ -1,4 +1,5 @@
-"""Data sets -> uint8 image tensors + labels (CIFAR, STL-10, image folders, archives, digits, npz), cached.
+"""Data sets -> uint8 image tensors + labels (CIFAR, STL-10, image folders, archives, digits, npz, tar
+shards), cached; full-image views cut by the decoding workers (``views``).
 
     ds = load_dataset("archive", root="../shared/data/cifar10_jpeg.tar.gz", split="train")
     train, val = split_train_val(ds, val_fraction=0.1, seed=0)
@@ -19,22 +20,29 @@ from mmcr.data.datasets import (
     resize_square,
 )
 from mmcr.data.decode import DatasetError, decode_image
-from mmcr.data.loader import InMemoryLoader, WorkerLoader, epoch_order, make_loader
+from mmcr.data.loader import InMemoryLoader, ShardLoader, WorkerLoader, epoch_order, make_loader
+from mmcr.data.shards import ShardSet, load_webdataset
 from mmcr.data.split import split_train_val
+from mmcr.data.views import CropSpec, decode_views
 
 __all__ = [
+    "CropSpec",
     "DATASET_NAMES",
     "DatasetError",
     "ImageDataset",
     "InMemoryLoader",
+    "ShardLoader",
+    "ShardSet",
     "LazyImageFolder",
     "WorkerLoader",
     "dataset_options",
     "decode_image",
+    "decode_views",
     "resize_square",
     "default_cache_dir",
     "epoch_order",
     "load_dataset",
+    "load_webdataset",
     "make_loader",
     "split_train_val",
 ]

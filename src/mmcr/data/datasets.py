@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from mmcr.data import cache as C
+from mmcr.data import views as V
 from mmcr.data.decode import IMAGE_EXTENSIONS, BadFiles, DatasetError, decode_image, is_image_name
+from mmcr.data.shards import load_webdataset
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -596,11 +598,14 @@ class LazyImageFolder(torch.utils.data.Dataset):
     """File list of an ImageNet-scale folder, decoded on demand (in DataLoader workers) to size x size.
 
     Each image is resized so its short side is ``size`` and centre-cropped square; the random crops
-    of augmentation then happen on the device. Undecodable files follow ``on_error``: "raise", or
-    "skip", which substitutes the next decodable file of the list and counts it in ``skipped``.
+    of augmentation then happen on the device. ``with_crops(spec)`` makes instead the recipe's views
+    from each file's full image (:mod:`mmcr.data.views`): items are uint8 (k, 3, h, w) crops whose
+    boxes replay from (spec.seed, ``epoch``, the file's id). Undecodable files follow ``on_error``:
+    "raise", or "skip", which substitutes the next decodable file of the list and counts it in ``skipped``.
     """
 
-    def __init__(self, files: list[str], labels: list[int], classes: list[str], size: int, on_error="skip", split=""):
+    def __init__(self, files: list[str], labels: list[int], classes: list[str], size: int, on_error="skip", split="",
+                 ids=None):
         BadFiles(on_error)  # validates the policy
         self.files = list(files)
         self.classes = list(classes)
@@ -610,24 +615,41 @@ class LazyImageFolder(torch.utils.data.Dataset):
         self.split = split
         self.name = "imagefolder"
         self.skipped = 0
+        self.ids = list(range(len(self.files))) if ids is None else [int(i) for i in ids]  # stable sample ids
+        self.crops = None  # a views.CropSpec: full-image views instead of the size x size square
+        self.encoded = False  # with crops: hand JPEG bytes and boxes on, for decoding on the GPU
+        self.epoch = 0  # set by the loader before each epoch (the boxes' generator reads it)
 
     def __len__(self) -> int:
         return len(self.files)
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return self.size, self.size
+        return tuple(self.crops.size) if self.crops is not None else (self.size, self.size)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def with_crops(self, spec, encoded: bool = False) -> LazyImageFolder:
+        """The same files as the recipe's views from the full image (``encoded``: JPEG bytes + boxes)."""
+        out = self.subset(range(len(self)))
+        out.crops, out.encoded = spec, bool(encoded)
+        return out
+
+    def _item(self, j: int):
+        if self.crops is None:
+            arr = decode_image(self.files[j], self.size)
+            return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        data = Path(self.files[j]).read_bytes()
+        make = V.encode_views if self.encoded else V.decode_views
+        return make(data, self.crops, self.epoch, self.ids[j])
+
+    def __getitem__(self, i: int):
         for step in range(len(self.files)):
             j = (i + step) % len(self.files)
             try:
-                arr = decode_image(self.files[j], self.size)
-                return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), int(self.labels[j])
+                return self._item(j), int(self.labels[j])
             except (OSError, ValueError, SyntaxError) as exc:
                 if self.on_error == "raise":
                     raise DatasetError(
@@ -643,14 +665,17 @@ class LazyImageFolder(torch.utils.data.Dataset):
 
     def subset(self, indices, split: str | None = None) -> LazyImageFolder:
         idx = [int(i) for i in indices]
-        return LazyImageFolder(
+        out = LazyImageFolder(
             [self.files[i] for i in idx],
             [int(self.labels[i]) for i in idx],
             self.classes,
             self.size,
             self.on_error,
             split if split is not None else self.split,
+            ids=[self.ids[i] for i in idx],
         )
+        out.crops, out.encoded, out.epoch = self.crops, self.encoded, self.epoch
+        return out
 
 
 # ------------------------------------------------------------------------------------------- entry
@@ -664,6 +689,7 @@ _LOADERS = {
     "imagefolder": (_load_imagefolder, ("size", "on_error", "lazy")),
     "archive": (_load_archive, ("size", "on_error")),
     "npz": (lambda root, split, cache_dir, **kw: _load_npz(root, split, **kw), ("size", "layout")),
+    "webdataset": (load_webdataset, ("size", "on_error", "shuffle_buffer", "manifest", "lazy")),
 }
 
 DATASET_NAMES = tuple(_LOADERS)
@@ -716,7 +742,8 @@ def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **k
 
     name: "digits" (offline default; size= upscales), "cifar10", "cifar100", "stl10" (torchvision
     layouts under root; download=True fetches them), "imagefolder" (root/[split/]class/image;
-    size= resizes, lazy=True streams files), "archive" (.tar/.tar.gz of such a tree), "npz".
+    size= resizes, lazy=True streams files), "archive" (.tar/.tar.gz of such a tree), "npz",
+    "webdataset" (tar shards: a folder with manifest.json or a shard pattern; see mmcr.data.shards).
     cache_dir: where decoded splits are cached (default $MMCR_CACHE or ~/.cache/mmcr).
     on_error: "skip" (default; corrupt files are skipped with one counted warning) or "raise".
     """

@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from mmcr.data.datasets import ImageDataset, LazyImageFolder
 from mmcr.data.decode import DatasetError
 from mmcr.run.config import check_seed
+from mmcr.data.order import epoch_order, one_line_worker_errors
+from mmcr.data.shards import ShardLoader, ShardSet
+from mmcr.data.views import decode_encoded
 
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
-    """The permutation of range(n) used in ``epoch`` (identity when not shuffling)."""
-    if not shuffle:
-        return torch.arange(n)
-    # SeedSequence mixes (seed, epoch) into a well-spread stream seed; consecutive epochs don't correlate.
-    s = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(s))
+__all__ = ["InMemoryLoader", "ShardLoader", "WorkerLoader", "epoch_order", "make_loader"]
 
 
 class _Base:
@@ -115,10 +110,19 @@ class _OrderedSampler(torch.utils.data.Sampler):
 
 
 class WorkerLoader(_Base):
-    """Decodes a ``LazyImageFolder`` in DataLoader worker processes; yields (uint8 batch, labels)."""
+    """Decodes a ``LazyImageFolder`` in DataLoader worker processes; yields (uint8 batch, labels).
 
-    def __init__(self, ds: LazyImageFolder, *args, num_workers: int = 0, **kw):
+    The batch is (B, 3, size, size), or (B, k, 3, h, w) views for a folder ``with_crops``; with
+    ``decode_device`` (a folder ``with_crops(spec, encoded=True)``) the workers read the files and
+    draw the boxes, and the JPEGs of each batch are decoded together on that device.
+    """
+
+    def __init__(self, ds: LazyImageFolder, *args, num_workers: int = 0, decode_device=None, **kw):
         super().__init__(ds, *args, **kw)
+        if decode_device is not None and not ds.encoded:
+            raise DatasetError("decode_device needs a folder with_crops(spec, encoded=True) (JPEG bytes and boxes)")
+        self.decode_device = decode_device
+        self.skipped = 0  # undecodable files found on the decode device
         self._dl = torch.utils.data.DataLoader(
             ds,
             batch_sampler=_OrderedSampler(self),
@@ -128,14 +132,23 @@ class WorkerLoader(_Base):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch, start_batch)
+        self.dataset.epoch = self.epoch  # the full-image views' boxes depend on it (copied into the workers)
+
     def __iter__(self):
-        return iter(self._dl)
+        for images, labels in one_line_worker_errors(self._dl):
+            if self.decode_device is not None:
+                images, bad = decode_encoded(images, self.dataset.crops, self.decode_device, self.dataset.on_error)
+                self.skipped += bad
+            yield images, labels
 
 
 def _collate(items):
-    images = torch.stack([im for im, _ in items])
     labels = torch.tensor([lb for _, lb in items], dtype=torch.int64)
-    return images, labels
+    if isinstance(items[0][0], tuple):  # encoded views (see mmcr.data.views.encode_views), decoded later
+        return [it for it, _ in items], labels
+    return torch.stack([im for im, _ in items]), labels
 
 
 def make_loader(
@@ -148,17 +161,22 @@ def make_loader(
     world_size: int = 1,
     num_workers: int = 0,
     device=None,
+    decode_device=None,
 ):
     """A re-iterable loader of (uint8 images (B, 3, H, W), int64 labels (B,)) batches.
 
     Call ``set_epoch(epoch, start_batch=0)`` before iterating each epoch; the order depends only on
     (seed, epoch, rank, world_size), so resuming at (epoch, start_batch) replays the same batches.
     ``device`` moves an in-memory data set there once (then batches are gathered on the device);
-    ``num_workers`` applies to file-backed (lazy) data sets.
+    ``num_workers`` applies to file-backed (lazy) data sets; ``decode_device`` decodes the JPEGs of a
+    folder ``with_crops(spec, encoded=True)`` in batches there (``torchvision.io.decode_jpeg``).
     """
     common = dict(shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank, world_size=world_size)
     if isinstance(ds, ImageDataset):
         return InMemoryLoader(ds, batch_size, device=device, **common)
     if isinstance(ds, LazyImageFolder):
-        return WorkerLoader(ds, batch_size, num_workers=num_workers, **common)
-    raise DatasetError(f"make_loader needs an ImageDataset or LazyImageFolder (from load_dataset), got {type(ds)}")
+        return WorkerLoader(ds, batch_size, num_workers=num_workers, decode_device=decode_device, **common)
+    if isinstance(ds, ShardSet):
+        return ShardLoader(ds, batch_size, num_workers=num_workers, decode_device=decode_device, **common)
+    raise DatasetError(f"make_loader needs an ImageDataset, LazyImageFolder or ShardSet (from load_dataset), got "
+                       f"{type(ds)}")

@@ -2,6 +2,8 @@
 
 The test split is for final numbers only; choosing checkpoints on it (as the authors' code does)
 inflates them. The split is stratified by class and a pure function of (labels, val_fraction, seed).
+Shards (``ShardSet``) are streams whose labels are not read up front: their validation split is the
+first ``val_fraction`` of every shard, a random sample because shards are written shuffled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def split_train_val(ds, val_fraction: float = 0.1, seed: int = 0):
     if not 0.0 < float(val_fraction) < 1.0:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     check_seed(seed, error=DatasetError)
+    if hasattr(ds, "carve_val"):  # a stream of shards: the first val_fraction of every shard (no labels read)
+        return ds.carve_val(val_fraction)
     labels = np.asarray(ds.labels)
     n = len(labels)
     n_val = int(round(n * val_fraction))

@@ -142,8 +142,11 @@ def dataset_features(
     """Features and labels of the labelled images of a data set (in memory or a lazy folder), at most
     ``max_n`` of them (a seeded random subset, not the first, class-sorted rows); sharded over ranks
     and gathered when ``dist_info`` has several."""
-    from mmcr.data import make_loader
+    from mmcr.data import ShardSet, make_loader
 
+    if isinstance(ds, ShardSet):  # a stream: the first max_n samples spread over its shards, the labelled ones
+        return _stream_features(model, ds.head(max_n) if max_n is not None else ds, transform, device, dist_info,
+                                batch_size, progress, description)
     labelled = torch.nonzero(ds.labels >= 0).flatten()
     if max_n is not None and len(labelled) > max_n:
         labelled = labelled[torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))[:max_n]]
@@ -152,6 +155,19 @@ def dataset_features(
         ds = ds.subset(labelled)
     if len(ds) == 0:
         raise ValueError("the split has no labelled images; evaluate on a labelled split (e.g. train, test)")
+    rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, drop_last=False, seed=0, rank=rank,
+                         world_size=world)
+    loader.set_epoch(0)
+    dev = dist_info.device if dist_info is not None else device
+    return extract_features(model, loader, transform=transform, device=dev, progress=progress,
+                            description=description, dist_info=dist_info)
+
+
+def _stream_features(model, ds, transform, device, dist_info, batch_size, progress, description):
+    """``dataset_features`` of a shard stream: each rank reads its contiguous share once."""
+    from mmcr.data import make_loader
+
     rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
     loader = make_loader(ds, batch_size=batch_size, shuffle=False, drop_last=False, seed=0, rank=rank,
                          world_size=world)

@@ -203,6 +203,13 @@ class DataConfig:
                                  doc="validation split carved from the training split (0 = none)")
     cache_dir: str | None = _field(None, resume="free", doc="decoded-data cache (default $MMCR_CACHE)")
     num_workers: int = _field(0, check=NON_NEGATIVE, resume="free", doc="decoding workers (lazy folders)")
+    full_image_views: bool = _field(False, resume="fixed",
+                                    doc="the workers cut the RandomResizedCrop views from each file's full image "
+                                        "(the recipe; lazy imagefolder or webdataset); false: crops of the "
+                                        "data.options.size square, on the device")
+    decode_device: str = _field("cpu", choices=lambda: ["cpu", "cuda"],
+                                doc="where full-image views are decoded: cpu (workers, JPEG DCT scaling) or cuda "
+                                    "(batched nvJPEG)")
 
 
 @dataclass

@@ -136,14 +136,18 @@ def check_changes(saved: dict, cfg: RunConfig) -> list[ConfigChange]:
     return changes
 
 
-def data_signature(train_ds, val_ds) -> dict:
-    """What must stay the same for the data order of a resumed run to be the one it started."""
-    return {
+def data_signature(train_ds, val_ds, loader=None) -> dict:
+    """What must stay the same for the data order of a resumed run to be the one it started (a shard
+    stream's order also depends on its number of streams per rank, one per worker)."""
+    out = {
         "n_train": len(train_ds),
         "n_val": 0 if val_ds is None else len(val_ds),
         "classes": len(train_ds.classes),
         "image_size": list(train_ds.image_size),
     }
+    if getattr(loader, "streams", None) is not None:
+        out["streams_per_rank"] = loader.streams
+    return out
 
 
 def check_data(saved: dict, signature: dict) -> None:

@@ -184,15 +184,19 @@ def augment_shard(aug, images: torch.Tensor, global_batch: int, dist_info: DistI
                   gen: torch.Generator) -> torch.Tensor:
     """Views of this rank's images, identical to the views those images get in a one-process run.
 
-    Every rank draws the parameters of all ``global_batch * k`` views from the same generator state
+    ``images`` is a uint8 batch (B, 3, H, W), or views already cropped by the data workers (B, k, 3, h, w),
+    which only get the flips, colour, blur and solarisation. Every rank draws the parameters of all
+    ``global_batch * k`` views from the same generator state
     (on the host, so no device value is read) and keeps its own rows. The loader gives rank r the
     global-batch positions r, r + W, r + 2W, ... (interleaved shares, see mmcr.data.loader), so the
     views do not depend on the number of ranks.
     """
-    b, _, h, w = images.shape
+    b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
     params = aug.sample_params(global_batch, h, w, gen)
     if dist_info.world_size > 1:
         pos = torch.arange(b) * dist_info.world_size + dist_info.rank
         view_idx = (pos[:, None] * aug.views + torch.arange(aug.views)).flatten()
         params = _select_views(params, view_idx)
+    if images.ndim == 5:  # (B, k, 3, h, w): views the data workers cut from the full images
+        return aug.apply_views(images, params)
     return aug.apply(images, params)

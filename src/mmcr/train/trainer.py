@@ -86,14 +86,15 @@ def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run
     d = cfg.data
     full = load_dataset(d.name, root=d.root, split=d.train_split, cache_dir=d.cache_dir, **d.options)
     train_ds, val_ds = split_train_val(full, d.val_fraction, cfg.seed) if d.val_fraction > 0 else (full, None)
-    loader = make_loader(train_ds, batch_size=global_batch // dist_info.world_size, shuffle=True, drop_last=True,
+    augment = MultiViewAugment.from_config(cfg.augment, seed=cfg.seed)
+    small_augment = MultiViewAugment.small_crops_from_config(cfg.augment, seed=cfg.seed)
+    source, decode_device = _training_source(cfg, train_ds, augment, device)
+    loader = make_loader(source, batch_size=global_batch // dist_info.world_size, shuffle=True, drop_last=True,
                          seed=cfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-                         num_workers=d.num_workers, device=_data_device(train_ds, device))
+                         num_workers=d.num_workers, device=_data_device(train_ds, device), decode_device=decode_device)
     steps_per_epoch = len(loader)
     total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.epochs * steps_per_epoch,
                                                                                  tc.max_steps)
-    augment = MultiViewAugment.from_config(cfg.augment, seed=cfg.seed)
-    small_augment = MultiViewAugment.small_crops_from_config(cfg.augment, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_encoder(cfg.model)
     try:
@@ -136,6 +137,32 @@ def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run
     return run, state
 
 
+def _training_source(cfg: RunConfig, ds, augment, device: torch.device):
+    """What the loader decodes, and where its JPEGs are decoded: the training split itself, or with
+    ``data.full_image_views`` its files as the augmentation's crops, cut from each full image by the
+    workers (mmcr.data.views); the device then only flips, colours, blurs and solarises them."""
+    from mmcr.data import CropSpec
+
+    d = cfg.data
+    if not d.full_image_views:
+        if d.decode_device != "cpu":
+            raise ConfigError("data.decode_device=cuda decodes the full-image views; set data.full_image_views=true")
+        return ds, None
+    if not hasattr(ds, "with_crops"):
+        raise ConfigError(f"data.full_image_views=true needs files decoded by workers: data.name=imagefolder with "
+                          f"data.options.lazy=true, or data.name=webdataset (got data.name={d.name})")
+    if cfg.augment.small_views or augment.color_first:
+        what = "augment.small_views > 0" if cfg.augment.small_views else f"preset {augment.preset} (color_first)"
+        raise ConfigError(f"{what} crops the decoded square on the device; with data.full_image_views=true use "
+                          "augment.small_views=0 and a preset that crops before colouring")
+    encoded = d.decode_device == "cuda"
+    if encoded and device.type != "cuda":
+        raise ConfigError(f"data.decode_device=cuda needs a CUDA training device (got {device}); use decode_device=cpu")
+    spec = CropSpec(views=augment.views, size=augment.size, scale=augment.scale, ratio=augment.ratio,
+                    interpolation=augment.interpolation, seed=cfg.seed)
+    return ds.with_crops(spec, encoded=encoded), (device if encoded else None)
+
+
 def _data_device(ds, device: torch.device) -> torch.device | None:
     """Keep an in-memory training set on the accelerator when it takes under a quarter of its free
     memory: batches are then gathered there, with no host-to-device copy per step."""
@@ -163,7 +190,7 @@ def save_checkpoint(run: Run, state: TrainState) -> Path | None:
     if not run.is_main:
         return None
     payload.update(config=run.cfg.to_dict(), world_size=run.dist_info.world_size,
-                   data_signature=R.data_signature(run.train_ds, run.val_ds))
+                   data_signature=R.data_signature(run.train_ds, run.val_ds, run.loader))
     return ckpt.save_checkpoint(payload, run.run_dir, state.step, run.cfg.train.keep_checkpoints)
 
 
@@ -172,7 +199,7 @@ def restore(run: Run, state: TrainState, found: tuple[dict, Path]) -> list:
     saved, path = found
     changes = R.check_changes(saved, run.cfg)
     R.check_world(saved, run.dist_info.world_size)
-    R.check_data(saved, R.data_signature(run.train_ds, run.val_ds))
+    R.check_data(saved, R.data_signature(run.train_ds, run.val_ds, run.loader))
     old_cfg = RunConfig.from_dict(saved["config"])
     wanted = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
     skip = []
