@@ -447,11 +447,13 @@ def export_brainscore_plugin(
     batch_size: int = 64,
     device: str = "cpu",
     fit_range: tuple[int, int] = (11, 500),
+    weights_url: str | None = None,
 ) -> dict[str, Any]:
     """Write the Brain-Score plugin of ``source`` (any :func:`mmcr.models.load_pretrained` source) to
     ``out_dir`` (see the module doc). The folder is built beside ``out_dir`` and renamed into place, so a
     failure leaves nothing half-written; a non-empty ``out_dir`` is replaced only with ``force``. Returns
-    the metadata written to ``mmcr_metadata.json``."""
+    the metadata written to ``mmcr_metadata.json``. ``weights_url``: where the plugin fetches
+    ``weights.safetensors`` when the folder lacks it (for submissions whose weights exceed the zip limit)."""
     from mmcr.models import load_pretrained
 
     check_identifier(identifier)
@@ -461,6 +463,8 @@ def export_brainscore_plugin(
         raise BrainScoreExportError("give either --region-layer-map or --choose-layers, not both")
     if candidate_layers is not None and choose_layers_from is None:
         raise BrainScoreExportError("--layers names the candidates of --choose-layers; pass --choose-layers too")
+    if weights_url is not None and not re.match(r"(https?|file)://\S+$", weights_url):
+        raise BrainScoreExportError(f"--weights-url must be an http(s):// or file:// URL, got {weights_url!r}")
     mapping = read_region_layer_map(region_layer_map) if region_layer_map is not None else None
     neural = read_neural_npz(choose_layers_from) if choose_layers_from is not None else None
     if neural is None and (int(n_stimuli) != n_stimuli or n_stimuli < 2):
@@ -488,7 +492,7 @@ def export_brainscore_plugin(
     cfg = model_src.config
     plugin = {"format": PLUGIN_FORMAT, "identifier": identifier, "network": spec, "preprocessing": view,
               "layers": layers, "behavioral_readout_layer": readout,
-              "weights": {"file": "weights.safetensors", "sha256": sha},
+              "weights": {"file": "weights.safetensors", "sha256": sha, "url": weights_url},
               "bibtex": BIBTEX if cfg is not None and cfg.objective.name == "mmcr" else ""}
     import mmcr
 

@@ -216,6 +216,9 @@ def brainscore_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds random-init sources and the generated stimuli")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="where the spectra and layer choice are computed (cpu, cuda)")
+    p.add_argument("--weights-url", default=None,
+                   help="where the plugin downloads weights.safetensors if its folder lacks it (sha256-checked); "
+                        "for submissions whose weights exceed Brain-Score's 50 MB zip limit")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     return p
 
@@ -227,6 +230,7 @@ def _export_brainscore(args) -> int:
         args.source, args.out_dir, args.identifier, region_layer_map=args.region_layer_map,
         choose_layers_from=args.choose_layers, candidate_layers=args.layers, image_size=args.image_size,
         n_stimuli=args.stimuli, seed=args.seed, force=args.force, batch_size=args.batch_size, device=args.device,
+        weights_url=args.weights_url,
     )
     print(f"wrote Brain-Score plugin {meta['identifier']!r} to {meta['path']} ({meta['commitment']}: "
           + ", ".join(f"{r} {layer}" for r, layer in meta["region_layer_map"].items())

@@ -78,12 +78,32 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _download(url: str, path: Path) -> None:
+    """Fetch the weights once into the plugin folder (a temporary name first, renamed when complete)."""
+    import os
+    import tempfile
+    from urllib.request import urlopen
+
+    fd, tmp = tempfile.mkstemp(prefix=".weights-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urlopen(url) as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                out.write(chunk)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def load_weights() -> dict:
-    """The state dict of ``weights.safetensors``, on the CPU, after checking the file's sha256."""
+    """The state dict of ``weights.safetensors``, on the CPU, after checking the file's sha256 (downloaded
+    first from ``weights.url`` when the file is not in the folder and the export named a URL)."""
     from safetensors.torch import load_file
 
     entry = PLUGIN["weights"]
     path = HERE / entry["file"]
+    if not path.is_file() and entry.get("url"):
+        _download(entry["url"], path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: this plugin's weights must sit beside model.py")
     found = sha256_of(path)
