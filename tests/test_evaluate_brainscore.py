@@ -235,6 +235,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     neural = tmp_path / "n.npz"
     np.savez(neural, images=np.zeros((12, 8, 8, 3), np.uint8), V9=np.zeros((12, 3)))
     assert "unknown array(s) V9" in _err(capsys, [*good, "--identifier", "x", "--choose-layers", str(neural)])
+    np.savez(neural, images=np.zeros((12, 8, 8, 3), np.uint8), V1=np.zeros((12, 3)))
+    assert "leave --stimuli out" in _err(capsys, [*good, "--identifier", "x", "--choose-layers", str(neural)])
     assert "--layers names the candidates of --choose-layers" in _err(capsys, [*good, "--identifier", "x", "--layers",
                                                                                "layers.0"])
     assert not (tmp_path / "ok").exists() and not (tmp_path / "o2").exists()

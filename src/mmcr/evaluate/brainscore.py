@@ -48,6 +48,7 @@ from mmcr.run.files import default_mode
 
 REGIONS = ("V1", "V2", "V4", "IT")
 PLUGIN_FORMAT = "mmcr-brainscore-plugin-v1"
+DEFAULT_STIMULI = 200  # generated images for the spectra when no recordings are given
 NAMED_MODEL_SIZE = 224  # what Brain-Score's standard preprocessing feeds ImageNet models
 MAX_PCA_COMPONENTS = 1000  # Brain-Score's layer selection reduces each layer to 1,000 principal components
 FEATURE_BUDGET_BYTES = 2 << 30  # layers whose features would exceed this together are extracted in turn
@@ -441,7 +442,7 @@ def export_brainscore_plugin(
     choose_layers_from: str | Path | None = None,
     candidate_layers: list[str] | None = None,
     image_size: int | None = None,
-    n_stimuli: int = 200,
+    n_stimuli: int | None = None,
     seed: int = 0,
     force: bool = False,
     batch_size: int = 64,
@@ -467,6 +468,10 @@ def export_brainscore_plugin(
         raise BrainScoreExportError(f"--weights-url must be an http(s):// or file:// URL, got {weights_url!r}")
     mapping = read_region_layer_map(region_layer_map) if region_layer_map is not None else None
     neural = read_neural_npz(choose_layers_from) if choose_layers_from is not None else None
+    if neural is not None and n_stimuli is not None:
+        raise BrainScoreExportError("--stimuli sets the generated stimuli; with --choose-layers the spectra use the "
+                                    "recordings' images, so leave --stimuli out")
+    n_stimuli = DEFAULT_STIMULI if n_stimuli is None else n_stimuli
     if neural is None and (int(n_stimuli) != n_stimuli or n_stimuli < 2):
         raise BrainScoreExportError(f"--stimuli must be an integer of at least 2, got {n_stimuli}")
     with torch.random.fork_rng(devices=[]):

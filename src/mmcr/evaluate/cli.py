@@ -211,7 +211,7 @@ def brainscore_parser() -> argparse.ArgumentParser:
                    help="candidate layers for --choose-layers (default: the ResNet stages)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input size the model sees (default: the run's crop size; 224 for named models)")
-    p.add_argument("--stimuli", type=int, default=200,
+    p.add_argument("--stimuli", type=int, default=None,
                    help="generated stimuli for the spectra when no recordings are given (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seeds random-init sources and the generated stimuli")
     p.add_argument("--batch-size", type=int, default=64)
