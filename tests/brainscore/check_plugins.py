@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,13 @@ def main() -> int:
     t0 = time.time()
     work = args.work or Path(tempfile.mkdtemp(prefix="mmcr-brainscore-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    code = _check(args.brainscore_python, work, t0)
+    if code == 0 and args.work is None:
+        shutil.rmtree(work, ignore_errors=True)  # kept when the check fails, to look at
+    return code
+
+
+def _check(brainscore_python: str, work: Path, t0: float) -> int:
     cases = {"mmcr_digits_tiny": str(_digits_run(work)), "mmcr_cifar_resnet50": str(_cifar_resnet50_run(work)),
              "random_resnet50": "random:resnet50"}
     plugins = {}
@@ -116,7 +124,7 @@ def main() -> int:
     ours = {ident: _mmcr_features(src, plugins[ident], stimuli) for ident, src in cases.items()}
     t_bs = time.time()
     out = work / "brainscore_activations.npz"
-    env_cmd = [args.brainscore_python, str(HERE / "in_brainscore.py"), "--stimuli", str(work / "stimuli"),
+    env_cmd = [brainscore_python, str(HERE / "in_brainscore.py"), "--stimuli", str(work / "stimuli"),
                "--out", str(out), *map(str, plugins.values())]
     res = subprocess.run(env_cmd)
     if res.returncode != 0:

@@ -111,7 +111,7 @@ def default_region_layer_map(net: nn.Module) -> dict[str, str]:
     For four-stage ResNets this is V1: layer1, V2: layer3, V4: layer3, IT: layer4, the commonest choice of
     Brain-Score's own layer selection among the ResNet plugins of brainscore-vision 2.4.2 whose maps name
     whole stages or their blocks (V1 layer1 152 of 208, V2 layer3 133 of 208, V4 layer3 121 of 208, IT
-    layer4 163 of 228): stages deepen in receptive field and invariance as the ventral stream does.
+    layer4 163 of 208): stages deepen in receptive field and invariance as the ventral stream does.
     """
     stages = stage_layers(net)
     if len(stages) < 3:
