@@ -365,14 +365,18 @@ def _template(name: str, **values: str) -> str:
     return string.Template(text).substitute(values) if name.endswith(".tmpl") else text
 
 
-def _write_plugin(tmp: Path, identifier: str, plugin: dict, blob: bytes, mapping: dict, metadata: dict,
-                  requirements: list[str]) -> None:
+def _write_plugin(tmp: Path, plugin: dict, blob: bytes, mapping: dict, metadata: dict, scores) -> None:
+    identifier = plugin["identifier"]
+    requirements = ["torch>=2.0", "torchvision>=0.15", "safetensors>=0.4", "numpy", "pillow"]
+    if plugin["network"]["kind"] == "timm":
+        requirements.append("timm>=0.9")
     (tmp / "region_layer_map").mkdir()
     (tmp / "weights.safetensors").write_bytes(blob)
-    (tmp / "plugin.json").write_text(json.dumps(plugin, indent=2) + "\n", encoding="utf-8")
-    (tmp / "region_layer_map" / f"{identifier}.json").write_text(json.dumps(mapping, indent=2) + "\n",
-                                                                  encoding="utf-8")
-    (tmp / "mmcr_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    files = {"plugin.json": plugin, f"region_layer_map/{identifier}.json": mapping, "mmcr_metadata.json": metadata}
+    if scores is not None:
+        files["layer_scores.json"] = scores
+    for name, content in files.items():
+        (tmp / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
     (tmp / "__init__.py").write_text(_template("__init__.py.tmpl", identifier=identifier), encoding="utf-8")
     (tmp / "test.py").write_text(_template("test.py.tmpl", identifier=identifier), encoding="utf-8")
@@ -431,6 +435,43 @@ def _commitment(net, neural, neural_path, mapping, candidates, transform, seed, 
         chosen.update({r: defaults[r] for r in rest})
         scores["default_for"] = rest
     return {r: chosen[r] for r in REGIONS}, f"chosen on {neural_path}", scores
+
+
+def _describe(identifier, model_src, spec, view, mapping, how, scores, layers, readout, sha, weights_url, spectra):
+    """``(plugin.json, mmcr_metadata.json)`` contents."""
+    import mmcr
+
+    cfg = model_src.config
+    plugin = {"format": PLUGIN_FORMAT, "identifier": identifier, "network": spec, "preprocessing": view,
+              "layers": layers, "behavioral_readout_layer": readout,
+              "weights": {"file": "weights.safetensors", "sha256": sha, "url": weights_url},
+              "bibtex": BIBTEX if cfg is not None and cfg.objective.name == "mmcr" else ""}
+    metadata = {
+        "format": "mmcr-brainscore-metadata-v1", "identifier": identifier, "mmcr_version": mmcr.__version__,
+        "source": model_src.describe(), "weights": _weights_note(model_src), "weights_sha256": sha,
+        "objective": cfg.objective.name if cfg is not None else None,
+        "trained_on": cfg.data.name if cfg is not None else None,
+        "preprocessing": view, "region_layer_map": mapping, "commitment": how, "layers": layers,
+        "behavioral_readout_layer": readout, "spectra": spectra,
+    }
+    if scores is not None:
+        metadata["layer_choice"] = scores
+    return plugin, metadata
+
+
+def _write_folder(out_dir: Path, write) -> None:
+    """``write(tmp)`` into a hidden folder beside ``out_dir``, then rename it into place: nothing half-written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        write(tmp)
+        _replace_dir(tmp, out_dir)
+    except OSError as e:
+        from mmcr.run.files import RunFileError, describe_write_failure
+
+        raise RunFileError(describe_write_failure(out_dir, e) + "; nothing was written") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_brainscore_plugin(
@@ -493,42 +534,11 @@ def export_brainscore_plugin(
     from safetensors.torch import save
 
     blob = save(backbone_state_dict(backbone))
-    sha = hashlib.sha256(blob).hexdigest()
-    cfg = model_src.config
-    plugin = {"format": PLUGIN_FORMAT, "identifier": identifier, "network": spec, "preprocessing": view,
-              "layers": layers, "behavioral_readout_layer": readout,
-              "weights": {"file": "weights.safetensors", "sha256": sha, "url": weights_url},
-              "bibtex": BIBTEX if cfg is not None and cfg.objective.name == "mmcr" else ""}
-    import mmcr
-
-    metadata = {
-        "format": "mmcr-brainscore-metadata-v1", "identifier": identifier, "mmcr_version": mmcr.__version__,
-        "source": model_src.describe(), "weights": _weights_note(model_src), "weights_sha256": sha,
-        "objective": cfg.objective.name if cfg is not None else None,
-        "trained_on": cfg.data.name if cfg is not None else None,
-        "preprocessing": view, "region_layer_map": mapping, "commitment": how, "layers": layers,
-        "behavioral_readout_layer": readout,
-        "spectra": {"stimuli": f"the images of {choose_layers_from}" if neural is not None else
-                    f"{n_stimuli} generated grating images (256 px, seed {seed})",
-                    "fit_range": list(fit_range), "layers": spectra},
-    }
-    if scores is not None:
-        metadata["layer_choice"] = scores
-    requirements = ["torch>=2.0", "torchvision>=0.15", "safetensors>=0.4", "numpy", "pillow"]
-    if spec["kind"] == "timm":
-        requirements.append("timm>=0.9")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _write_plugin(tmp, identifier, plugin, blob, mapping, metadata, requirements)
-        if scores is not None:
-            (tmp / "layer_scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except OSError as e:
-        from mmcr.run.files import RunFileError, describe_write_failure
-
-        raise RunFileError(describe_write_failure(out_dir, e) + "; nothing was written") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    stimuli_note = (f"the images of {choose_layers_from}" if neural is not None
+                    else f"{n_stimuli} generated grating images (256 px, seed {seed})")
+    plugin, metadata = _describe(identifier, model_src, spec, view, mapping, how, scores, layers, readout,
+                                 hashlib.sha256(blob).hexdigest(), weights_url,
+                                 {"stimuli": stimuli_note, "fit_range": list(fit_range), "layers": spectra})
+    _write_folder(out_dir, lambda tmp: _write_plugin(tmp, plugin, blob, mapping, metadata, scores))
     metadata["path"] = str(out_dir)
     return metadata
