@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-brainscore lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The Brain-Score check runs in an environment of its own (brainscore-vision 2.4.x pins numpy<2 and
+# scikit-learn<1.6), built once outside the project's .venv and kept in the cache.
+BS_VENV ?= $(or $(MMCR_CACHE),$(HOME)/.cache/mmcr)/brainscore-venv
+BS_PYTHON ?= $(shell command -v python3.11 || command -v python3)
+BS_STAMP := $(BS_VENV)/.installed-brainscore-2.4
+
+$(BS_STAMP):
+	test -x $(BS_VENV)/bin/python || $(BS_PYTHON) -m venv $(BS_VENV)
+	$(BS_VENV)/bin/python -m pip install --quiet "brainscore-vision==2.4.*" $(TORCH_SPEC) "safetensors>=0.4" pytest
+	touch $(BS_STAMP)
+
+test-brainscore: $(STAMP) $(BS_STAMP)
+	PYTHONPATH=$(CURDIR)/src $(PY) tests/brainscore/check_plugins.py --brainscore-python $(BS_VENV)/bin/python
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -172,10 +172,69 @@ def _detection(args) -> int:
 
 
 def _export(args) -> int:
+    if args.source == "brainscore":  # mmcr export brainscore SOURCE OUT_DIR ...
+        return _export_brainscore(brainscore_parser().parse_args([args.out, *args.rest]))
+    if args.rest:
+        raise ValueError(f"unexpected arguments {' '.join(args.rest)}; use mmcr export SOURCE FILE, or mmcr export "
+                         "brainscore SOURCE OUT_DIR --identifier NAME")
     from mmcr.evaluate.api import run_export
 
     meta = run_export(args.source, args.out)
     print(f"exported {meta['arch']} backbone to {meta['path']}")
+    return 0
+
+
+def _layer_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give comma-separated layer names, e.g. layer1,layer2,layer3,layer4")
+    return names
+
+
+def brainscore_parser() -> argparse.ArgumentParser:
+    """The arguments of ``mmcr export brainscore``."""
+    p = argparse.ArgumentParser(
+        prog="mmcr export brainscore",
+        description="Write a Brain-Score vision model plugin (brainscore_vision/models/<dir> layout) of any model "
+                    "source: weights (safetensors + sha256), the architecture code, the model's own preprocessing, "
+                    "the region-layer map, spectra of the committed layers.",
+    )
+    p.add_argument("source", help=SOURCE_HELP)
+    p.add_argument("out_dir", help="plugin folder to write (its name becomes the plugin's folder name)")
+    p.add_argument("--identifier", required=True, help="the Brain-Score model identifier (no hyphens)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--region-layer-map", metavar="FILE", help='JSON {"V1": layer, "V2": ..., "V4": ..., "IT": ...}')
+    how.add_argument("--choose-layers", metavar="NEURAL.npz",
+                     help="choose each region's layer by held-out neural predictivity on these recordings "
+                          "(images (S,H,W,3) uint8; V1/V2/V4/IT (S,n) or (reps,S,n); optional labels (S,))")
+    p.add_argument("--layers", type=_layer_list, default=None,
+                   help="candidate layers for --choose-layers (default: the ResNet stages)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size the model sees (default: the run's crop size; 224 for named models)")
+    p.add_argument("--stimuli", type=int, default=None,
+                   help="generated stimuli for the spectra when no recordings are given (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seeds random-init sources and the generated stimuli")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="where the spectra and layer choice are computed (cpu, cuda)")
+    p.add_argument("--weights-url", default=None,
+                   help="where the plugin downloads weights.safetensors if its folder lacks it (sha256-checked); "
+                        "for submissions whose weights exceed Brain-Score's 50 MB zip limit")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    return p
+
+
+def _export_brainscore(args) -> int:
+    from mmcr.evaluate.brainscore import export_brainscore_plugin
+
+    meta = export_brainscore_plugin(
+        args.source, args.out_dir, args.identifier, region_layer_map=args.region_layer_map,
+        choose_layers_from=args.choose_layers, candidate_layers=args.layers, image_size=args.image_size,
+        n_stimuli=args.stimuli, seed=args.seed, force=args.force, batch_size=args.batch_size, device=args.device,
+        weights_url=args.weights_url,
+    )
+    print(f"wrote Brain-Score plugin {meta['identifier']!r} to {meta['path']} ({meta['commitment']}: "
+          + ", ".join(f"{r} {layer}" for r, layer in meta["region_layer_map"].items())
+          + f"; {meta['preprocessing']['size']} px input; weights: {meta['weights']})")
     return 0
 
 
@@ -253,9 +312,16 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``export``: a backbone state_dict as .pt (plain dict + .json sidecar) or .safetensors."""
-    p = subparsers.add_parser("export", help="export a backbone as a torchvision-loadable state_dict")
-    p.add_argument("source", help=SOURCE_HELP)
+    """Register ``export``: a backbone state_dict as .pt (plain dict + .json sidecar) or .safetensors, and
+    ``export brainscore SOURCE OUT_DIR ...`` (its own arguments: :func:`brainscore_parser`)."""
+    p = subparsers.add_parser(
+        "export", help="export a backbone (state_dict, safetensors) or a Brain-Score plugin (export brainscore)",
+        usage="mmcr export SOURCE FILE\n       mmcr export brainscore SOURCE OUT_DIR --identifier NAME [options]",
+        epilog="mmcr export brainscore:\n" + brainscore_parser().format_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help=f"{SOURCE_HELP}; or 'brainscore' for a Brain-Score plugin")
     p.add_argument("out", help="output file: .pt/.pth or .safetensors")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=_export)
     return p

@@ -175,3 +175,61 @@ def _stream_features(model, ds, transform, device, dist_info, batch_size, progre
     dev = dist_info.device if dist_info is not None else device
     return extract_features(model, loader, transform=transform, device=dev, progress=progress,
                             description=description, dist_info=dist_info)
+
+
+class _LayerOutputs(nn.Module):
+    """``model`` whose forward returns the flattened outputs of the named modules side by side, so that
+    :func:`extract_features` (eval mode, dtype, batching, the eval view) serves intermediate layers too."""
+
+    def __init__(self, model: nn.Module, layers: list[str]):
+        super().__init__()
+        modules = dict(model.named_modules())
+        unknown = [n for n in layers if n not in modules or not n]
+        if unknown:
+            raise ValueError(f"the model has no layer {', '.join(map(repr, unknown))}; it has {layer_summary(model)}")
+        self.model = model
+        self.layers = list(layers)
+        self._targets = [modules[n] for n in self.layers]
+        self.widths: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        store: dict[int, torch.Tensor] = {}
+
+        def keep(i):  # a copy: a later in-place op (ReLU(inplace=True)) must not change what was recorded
+            return lambda _m, _inp, out: store.__setitem__(i, out.detach().flatten(1).clone())
+
+        handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(self._targets)]
+        try:
+            self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        outs = [store[i] for i in range(len(self.layers))]
+        self.widths = [o.shape[1] for o in outs]
+        return torch.cat(outs, 1)
+
+
+def layer_summary(model: nn.Module, depth: int = 2, limit: int = 40) -> str:
+    """The module names of ``model`` down to ``depth`` dots, for messages that say which layers exist."""
+    names = [n for n, _ in model.named_modules() if n and n.count(".") < depth]
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def layer_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: list[str],
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """Flattened outputs (float32 (N, D_layer) on the CPU) of the named modules of ``model`` for uint8
+    images (N, 3, H, W), through :func:`extract_features` with ``transform`` (the eval view)."""
+    tapped = _LayerOutputs(model, layers)
+    feats, _ = extract_features(tapped, images, transform=transform, batch_size=batch_size, device=device)
+    out, start = {}, 0
+    for name, width in zip(tapped.layers, tapped.widths):
+        out[name] = feats[:, start : start + width]
+        start += width
+    return out

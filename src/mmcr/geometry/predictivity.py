@@ -80,6 +80,7 @@ def neural_predictivity(
     n_splits: int = 10,
     test_size: float = 0.1,
     seed: int | None = 0,
+    standardize: bool = True,
 ) -> PredictivityResult:
     """Cross-validated linear predictivity of responses from features.
 
@@ -91,6 +92,9 @@ def neural_predictivity(
         method: "pls" (PLS regression, ``n_components``) or "ridge" (RidgeCV over ``alphas``).
         n_splits, test_size: repeated random train/test splits of the stimuli.
         seed: seeds the splits and the ceiling's halvings.
+        standardize: z-score each feature on the training stimuli (default); False only centres them, so that
+            principal-component scores keep their variances (Brain-Score's layer selection: PCA, then PLS with
+            ``scale=False``).
     """
     X = np.asarray(to_numpy(features), dtype=np.float64)
     Y = np.asarray(to_numpy(responses), dtype=np.float64)
@@ -113,7 +117,7 @@ def neural_predictivity(
     rs = []
     for train, test in splits:
         mu, sd = X[train].mean(0), X[train].std(0)
-        sd = np.where(sd > 0, sd, 1.0)
+        sd = np.where(sd > 0, sd, 1.0) if standardize else np.ones_like(sd)
         xtr, xte = (X[train] - mu) / sd, (X[test] - mu) / sd
         if method == "pls":
             k = int(min(n_components, xtr.shape[0] - 1, xtr.shape[1]))

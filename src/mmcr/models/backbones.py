@@ -58,6 +58,7 @@ class SmallResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = inplanes
+        self.widths, self.blocks = tuple(widths), tuple(blocks)  # the architecture, for exports that rebuild it
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
