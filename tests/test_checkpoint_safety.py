@@ -86,6 +86,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(hostile, t
         ["eval", "transfer", src, "--dataset", "dtd", "--root", str(tmp_path), "--no-progress"],
         ["eval", "detection", src, "--root", str(tmp_path), "--no-progress", "--device", "cpu"],
         ["export", src, str(tmp_path / "out" / "bb.safetensors")],
+        ["export", "brainscore", src, str(tmp_path / "out" / "plugin"), "--identifier", "evil_model"],
         ["analyze", src, "--out", str(tmp_path / "geo"), "--no-progress"],
         ["analyze", src, "random:resnet_tiny", "--out", str(tmp_path / "geo2"), "--no-progress"],
         ["pretrain", "digits", "--resume", src, "--out", str(tmp_path / "resumed"),
@@ -108,6 +109,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(hostile, t
 def test_a_checkpoint_that_would_run_code_is_refused_by_every_library_function(hostile, tmp_path):
     from mmcr.evaluate import load_exported, read_exported
     from mmcr.evaluate.api import run_export, run_knn
+    from mmcr.evaluate.brainscore import export_brainscore_plugin
     from mmcr.geometry.analyze import run_analysis
     from mmcr.models import load_pretrained
     from mmcr.run.checkpoint import load_torch_data
@@ -129,6 +131,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_library_function(h
         lambda: load_exported(renamed),
         lambda: run_knn(files["embedded"], progress=False),
         lambda: run_export(files["run"], tmp_path / "x.pt"),
+        lambda: export_brainscore_plugin(files["embedded"], tmp_path / "plugin", "evil_model"),
         lambda: run_analysis(str(files["raw"]), None, tmp_path / "geo", progress=False),
         lambda: train(load_config("digits", BASE + [f"out={tmp_path / 'r'}", f"train.resume={files['embedded']}"])),
         lambda: train(load_config("digits", BASE + [f"out={files['run']}", "train.resume=auto"])),
@@ -140,6 +143,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_library_function(h
         assert not marker.exists()
     assert layout.checkpoint_path(files["run"], 99).exists()  # refused, never moved aside as "corrupt"
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "geo").exists()
+    assert not (tmp_path / "plugin").exists()
 
 
 def test_format_v2_checkpoints_hold_only_tensors_and_plain_containers(run):
