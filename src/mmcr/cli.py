@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _add_pretrain_parser(sub) -> None:
@@ -105,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        import mmcr
-
-        print(mmcr.__version__)
-        return 0
+        return _version()
+    _say_if_package_replaced()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -129,6 +128,29 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) if not isinstance(e, OSError) or not e.strerror else _os_message(e)
         print(f"mmcr {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
+
+
+def _version() -> int:
+    """``mmcr --version``: the distribution, its version and where ``mmcr`` is imported from."""
+    import mmcr
+    from mmcr.distribution import DISTRIBUTION
+
+    print(f"{DISTRIBUTION} {getattr(mmcr, '__version__', '(unknown)')} ({Path(mmcr.__file__).parent})")
+    _say_if_package_replaced()
+    return 0
+
+
+def _say_if_package_replaced() -> None:
+    # Our mmcr/__init__.py warns at import when PyPI's `mmcr` shares the folder; when that package's
+    # __init__.py overwrote ours, nothing warned yet: say it here.
+    import mmcr
+
+    if not hasattr(mmcr, "__version__"):
+        from mmcr.distribution import DISTRIBUTION, foreign_mmcr
+
+        message = foreign_mmcr() or (f"{Path(mmcr.__file__)} is another project's, not {DISTRIBUTION}'s; "
+                                     f"reinstall with `pip install --force-reinstall {DISTRIBUTION}`")
+        print(f"mmcr: warning: {message}", file=sys.stderr)
 
 
 def _os_message(e: OSError) -> str:
