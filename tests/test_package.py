@@ -163,3 +163,15 @@ def test_foreign_mmcr_is_found_by_its_files_not_by_its_name(tmp_path):
     assert foreign_mmcr([str(tmp_path)]) is None
     (info / "RECORD").write_text("mmcr/__init__.py,,\nmmcr/mmcr.py,,\n")
     assert "another distribution named 'mmcr' (0.1.0" in foreign_mmcr([str(tmp_path)])
+
+
+def test_a_feature_whose_extra_is_missing_names_the_extra(monkeypatch):
+    from mmcr.evaluate.detection import detection_ap
+    from mmcr.models import build_backbone
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ValueError, match=r"needs timm: pip install 'mmcr-toolkit\[timm\]'"):
+        build_backbone("timm:resnet18")
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(ValueError, match=r"pip install 'mmcr-toolkit\[detection\]'"):
+        detection_ap([], [])

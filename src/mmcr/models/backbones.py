@@ -126,7 +126,7 @@ class _TimmTrunk(nn.Module):
         super().__init__()
         try:
             import timm
-        except ImportError as e:  # pragma: no cover - depends on the environment
+        except ImportError as e:
             raise ValueError(f"backbone 'timm:{name}' needs timm: pip install 'mmcr-toolkit[timm]'") from e
         options = dict(options or {})
         reserved = sorted(set(options) & set(_TIMM_RESERVED))
