@@ -1,7 +1,7 @@
 """mmcr: Maximum Manifold Capacity Representations (Yerxa et al., NeurIPS 2023).
 
 Library pieces stand alone: take the objectives, the augmentation or the geometry into your own
-code without the trainer::
+code without the trainer:
 
     from mmcr import MMCRLoss, MultiViewAugment
     loss = MMCRLoss()(z)            # z: (batch, views, dim)
