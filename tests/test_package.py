@@ -151,6 +151,9 @@ def test_the_unrelated_mmcr_package_in_the_same_environment_is_named_in_one_line
     _pip_install(python, "--force-reinstall", "--no-deps", _wheel(dists[0]), cwd=tmp_path)  # ours again on top
     warned = _run([python, "-c", "import mmcr"], cwd=tmp_path).stderr
     assert "PackageConflictWarning" in warned and "another distribution named 'mmcr'" in warned
+    _run([sys.executable, "-m", "pip", "--python", python, "uninstall", "-y", "mmcr"], cwd=tmp_path)
+    err = _run([mmcr, "--version"], cwd=tmp_path).stderr.strip()  # the uninstall took our __init__.py along
+    assert err.count("\n") == 0 and "__init__.py is missing" in err and "--force-reinstall mmcr-toolkit" in err
 
 
 def test_foreign_mmcr_is_found_by_its_files_not_by_its_name(tmp_path):

@@ -46,6 +46,7 @@ def test_timm_backbone_pretrains_evaluates_exports_and_analyzes(key, digits32, t
     name, img_size, layers = MODELS[key]
     run = tmp_path / "run"
     sets = [f"model.backbone={name}", "model.cifar_stem=false", "data.name=npz", f"data.root={digits32}",
+            "data.val_fraction=0",
             "augment.overrides.size=32", "augment.views=2", "train.batch_size=4", "train.max_steps=2",
             "eval.knn_every_epochs=0", "eval.final=false", "eval.knn_k=5", "model.projector.hidden=[32]",
             "model.projector.out_dim=16"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _add_pretrain_parser(sub) -> None:
@@ -103,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _say_if_package_replaced()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
         return _version()
-    _say_if_package_replaced()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -133,24 +132,29 @@ def main(argv: list[str] | None = None) -> int:
 def _version() -> int:
     """``mmcr --version``: the distribution, its version and where ``mmcr`` is imported from."""
     import mmcr
-    from mmcr.distribution import DISTRIBUTION
+    from mmcr.distribution import DISTRIBUTION, installed_version
 
-    print(f"{DISTRIBUTION} {getattr(mmcr, '__version__', '(unknown)')} ({Path(mmcr.__file__).parent})")
-    _say_if_package_replaced()
+    version = getattr(mmcr, "__version__", None) or installed_version() or "(unknown)"
+    print(f"{DISTRIBUTION} {version} ({next(iter(mmcr.__path__))})")
     return 0
 
 
 def _say_if_package_replaced() -> None:
-    # Our mmcr/__init__.py warns at import when PyPI's `mmcr` shares the folder; when that package's
-    # __init__.py overwrote ours, nothing warned yet: say it here.
+    # Our mmcr/__init__.py warns at import when PyPI's `mmcr` shares the folder. When that package's
+    # __init__.py replaced ours, or uninstalling it deleted the file, nothing warned yet: say it here.
     import mmcr
 
-    if not hasattr(mmcr, "__version__"):
-        from mmcr.distribution import DISTRIBUTION, foreign_mmcr
+    if hasattr(mmcr, "__version__"):
+        return
+    from mmcr.distribution import DISTRIBUTION, foreign_mmcr
 
-        message = foreign_mmcr() or (f"{Path(mmcr.__file__)} is another project's, not {DISTRIBUTION}'s; "
-                                     f"reinstall with `pip install --force-reinstall {DISTRIBUTION}`")
-        print(f"mmcr: warning: {message}", file=sys.stderr)
+    fix = f"reinstall with `pip install --force-reinstall {DISTRIBUTION}`"
+    if getattr(mmcr, "__file__", None) is None:  # a namespace package: the folder has no __init__.py
+        message = (f"{next(iter(mmcr.__path__))}/__init__.py is missing (uninstalling another package named "
+                   f"mmcr deletes it); {fix}")
+    else:
+        message = foreign_mmcr() or f"{mmcr.__file__} is another project's, not {DISTRIBUTION}'s; {fix}"
+    print(f"mmcr: warning: {message}", file=sys.stderr)
 
 
 def _os_message(e: OSError) -> str:
