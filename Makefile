@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-brainscore lint bench clean
+.PHONY: install demo test test-brainscore lint docs bench clean
 
 install: $(STAMP)
 
@@ -39,7 +39,12 @@ test-brainscore: $(STAMP) $(BS_STAMP)
 	PYTHONPATH=$(CURDIR)/src $(PY) tests/brainscore/check_plugins.py --brainscore-python $(BS_VENV)/bin/python
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/hooks.py hubconf.py
+
+# The documentation site (mkdocs.yml, docs/), strict: a broken reference or a docstring that does not
+# parse fails the build. Output in site/ (ignored); open site/index.html or `python -m http.server -d site`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_objectives.py
@@ -49,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_linear_probe.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache

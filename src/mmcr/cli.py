@@ -117,13 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _say_if_package_replaced()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        import mmcr
-
-        print(mmcr.__version__)
-        return 0
+        return _version()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -172,6 +170,34 @@ def _memory_hint(args) -> str:
                      "kept: rerun the command to resume",
         "analyze": "lower --batch-size, --n-views, --n-images or --max-features",
     }.get(command, "lower --batch-size or --size")
+
+
+def _version() -> int:
+    """``mmcr --version``: the distribution, its version and where ``mmcr`` is imported from."""
+    import mmcr
+    from mmcr.distribution import DISTRIBUTION, installed_version
+
+    version = getattr(mmcr, "__version__", None) or installed_version() or "(unknown)"
+    print(f"{DISTRIBUTION} {version} ({next(iter(mmcr.__path__))})")
+    return 0
+
+
+def _say_if_package_replaced() -> None:
+    # Our mmcr/__init__.py warns at import when PyPI's `mmcr` shares the folder. When that package's
+    # __init__.py replaced ours, or uninstalling it deleted the file, nothing warned yet: say it here.
+    import mmcr
+
+    if hasattr(mmcr, "__version__"):
+        return
+    from mmcr.distribution import DISTRIBUTION, foreign_mmcr
+
+    fix = f"reinstall with `pip install --force-reinstall {DISTRIBUTION}`"
+    if getattr(mmcr, "__file__", None) is None:  # a namespace package: the folder has no __init__.py
+        message = (f"{next(iter(mmcr.__path__))}/__init__.py is missing (uninstalling another package named "
+                   f"mmcr deletes it); {fix}")
+    else:
+        message = foreign_mmcr() or f"{mmcr.__file__} is another project's, not {DISTRIBUTION}'s; {fix}"
+    print(f"mmcr: warning: {message}", file=sys.stderr)
 
 
 def _os_message(e: OSError) -> str:

@@ -48,7 +48,8 @@ def _wds():
     try:
         import webdataset
     except ImportError as exc:  # pragma: no cover - an optional dependency
-        raise DatasetError("data.name=webdataset needs the webdataset package: pip install 'mmcr[shards]'") from exc
+        raise DatasetError("data.name=webdataset needs the webdataset package: "
+                           "pip install 'mmcr-toolkit[webdataset]'") from exc
     return webdataset
 
 

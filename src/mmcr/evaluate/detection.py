@@ -353,6 +353,15 @@ def _set_eval_sizes(model: FasterRCNN, training: bool) -> None:
 # ---------------------------------------------------------------------------------------- metrics
 
 
+def require_pycocotools() -> None:
+    """pycocotools computes the AP; it comes with the ``detection`` extra. Checked before any training."""
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError as e:
+        raise ValueError("eval detection needs pycocotools for the VOC AP: "
+                         "pip install 'mmcr-toolkit[detection]'") from e
+
+
 def _voc_style_cocoeval():
     from pycocotools import mask as mask_utils
     from pycocotools.cocoeval import COCOeval
@@ -385,6 +394,7 @@ def detection_ap(
     costs no recall). ``detections[i]``: ``boxes``, ``scores``, ``labels`` for the same image.
     Classes without ground truth are left out of the means (pycocotools' rule).
     """
+    require_pycocotools()
     from pycocotools.coco import COCO
 
     if len(ground_truth) != len(detections):
@@ -679,6 +689,7 @@ def run_detection(
     from mmcr.run.checkpoint import DETECTION, load_latest, save_checkpoint
     from mmcr.run.files import open_append, write_text_atomic
 
+    require_pycocotools()
     t_start = time.perf_counter()
     destination("detection", source, out)  # a bad --out is refused before any work
     extra = list(overrides or [])

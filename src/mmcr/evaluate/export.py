@@ -20,7 +20,8 @@ The exported keys are those of the model a user would build themselves, without 
       model.fc = torch.nn.Identity()
 
 - the small CPU ResNets: ``mmcr.models.build_backbone(arch).load_state_dict(sd, strict=True)``;
-- timm models: ``timm.create_model(name, num_classes=0).load_state_dict(sd, strict=True)``.
+- timm models: ``timm.create_model(name, num_classes=0, **backbone_options).load_state_dict(sd, strict=True)``
+  (``backbone_options`` from the metadata, e.g. ``img_size=32`` for a ViT trained on 32 px crops).
 
 :func:`load_exported` does all of this from the file's metadata (a JSON sidecar next to a ``.pt``, the
 header metadata of a ``.safetensors``).
@@ -78,6 +79,7 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
         "arch": model_src.arch if model_src is not None else str(getattr(backbone, "arch", "unknown")),
         "cifar_stem": bool(model_src.cifar_stem if model_src is not None else getattr(backbone, "cifar_stem", False)),
         "feature_dim": int(getattr(backbone, "feature_dim", 0)),
+        "backbone_options": dict(getattr(backbone, "options", None) or {}),
         "source": model_src.source if model_src is not None else "",
         "step": model_src.step if model_src is not None else None,
     }
@@ -127,13 +129,16 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return sd, meta
 
 
-def build_plain_model(arch: str, cifar_stem: bool = False) -> nn.Module:
+def build_plain_model(arch: str, cifar_stem: bool = False, options: dict | None = None) -> nn.Module:
     """The plain model an export loads into strictly: a torchvision model with ``fc = Identity`` (and the
-    CIFAR stem when asked), a timm model without head, or one of our small ResNets."""
+    CIFAR stem when asked), a timm model without head (built with the run's ``backbone_options``), or one
+    of our small ResNets."""
     import torchvision
 
     if arch.startswith("timm:"):
-        return build_backbone(arch).model
+        return build_backbone(arch, options=options).model
+    if options:
+        raise ValueError(f"{arch} takes no backbone options, got {sorted(options)}")
     if not hasattr(torchvision.models, arch):
         return build_backbone(arch)
     model = getattr(torchvision.models, arch)()
@@ -148,7 +153,7 @@ def load_exported(path: str | Path) -> nn.Module:
     sd, meta = read_exported(path)
     if "arch" not in meta:
         raise ValueError(f"{path} has no metadata naming its architecture; build the model yourself and load it")
-    model = build_plain_model(meta["arch"], bool(meta.get("cifar_stem", False)))
+    model = build_plain_model(meta["arch"], bool(meta.get("cifar_stem", False)), meta.get("backbone_options"))
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -90,7 +90,8 @@ def neural_predictivity(
             repetitions (averaged for the fit and used for the split-half ceiling).
         labels: optional (n_stimuli,) categories to stratify the splits by.
         method: "pls" (PLS regression, ``n_components``) or "ridge" (RidgeCV over ``alphas``).
-        n_splits, test_size: repeated random train/test splits of the stimuli.
+        n_splits: repeated random train/test splits of the stimuli.
+        test_size: fraction of the stimuli held out in each split.
         seed: seeds the splits and the ceiling's halvings.
         standardize: z-score each feature on the training stimuli (default); False only centres them, so that
             principal-component scores keep their variances (Brain-Score's layer selection: PCA, then PLS with

@@ -100,7 +100,8 @@ def capacity_vs_points(
         manifolds: (P, M, N) array or list of (M_i, N) arrays (as :func:`manifold_capacity`).
         points: subsample sizes m (1 <= m <= min M_i); default :func:`default_points` of min M_i.
         repeats: independent subsets (and t-vectors) per size; the spread over them is reported.
-        kappa, n_t: as in :func:`manifold_capacity`.
+        kappa: margin, as in :func:`manifold_capacity`.
+        n_t: Gaussian samples per manifold, as in :func:`manifold_capacity`.
         seed: seeds the subsets and the t-vectors.
         correlated: remove the centres' shared low-rank structure; the subspace is found once on all
             points and reused for every subset (centres move little when points are dropped).

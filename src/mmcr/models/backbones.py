@@ -115,13 +115,25 @@ class _TorchvisionTrunk(nn.Module):
         return self.model(x)
 
 
+# create_model arguments mmcr sets itself: a trunk has no classifier, weights come from ``weights``.
+_TIMM_RESERVED = ("num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "features_only")
+
+
 class _TimmTrunk(nn.Module):
-    def __init__(self, name: str, weights: str | None = None):
+    """A timm model without classifier; ``options`` are further ``timm.create_model`` keyword arguments
+    (``img_size=32`` builds a ViT for 32 px inputs), each one honoured by the model or refused by timm."""
+
+    def __init__(self, name: str, weights: str | None = None, options: dict | None = None):
         super().__init__()
         try:
             import timm
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ValueError(f"backbone 'timm:{name}' needs timm: pip install 'mmcr[timm]'") from e
+        except ImportError as e:
+            raise ValueError(f"backbone 'timm:{name}' needs timm: pip install 'mmcr-toolkit[timm]'") from e
+        options = dict(options or {})
+        reserved = sorted(set(options) & set(_TIMM_RESERVED))
+        if reserved:
+            raise ValueError(f"model.backbone_options {reserved} are set by mmcr (the trunk has no classifier; "
+                             "pretrained weights come from the model source); leave them out")
         kwargs: dict = {}
         if weights is None:
             kwargs["pretrained"] = False
@@ -135,11 +147,14 @@ class _TimmTrunk(nn.Module):
                 "weights; choose others with a tag, e.g. timm:resnet50.a1_in1k) or a local weights file"
             )
         try:
-            self.model = timm.create_model(name, num_classes=0, **kwargs)
+            self.model = timm.create_model(name, num_classes=0, **kwargs, **options)
         except RuntimeError as e:  # timm: unknown model name
             raise ValueError(f"timm has no model {name!r} ({e}); see timm.list_models()") from e
+        except TypeError as e:  # an option the model's constructor does not take
+            raise ValueError(f"timm:{name} does not take model.backbone_options {sorted(options)} ({e})") from e
         self.arch = f"timm:{name}"
         self.cifar_stem = False
+        self.options = options
         self.feature_dim = self.model.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,15 +166,20 @@ def build_backbone(
     cifar_stem: bool | None = None,
     zero_init_residual: bool = False,
     weights: str | None = None,
+    options: dict | None = None,
 ) -> nn.Module:
     """Create a backbone by name; returns a module with ``feature_dim``.
 
     ``cifar_stem``: the 3x3 stride-1 stem without max-pool (None: the architecture's own, i.e. always for
     the small ResNets, never for torchvision/timm). ``weights``: torchvision weight names (``"DEFAULT"``,
     ``"IMAGENET1K_V2"``; need the file on disk or a network), for timm ``"DEFAULT"`` or a local file.
-    Every argument is honoured or rejected: none is silently ignored."""
+    ``options``: further ``timm.create_model`` arguments (``{"img_size": 32}``); torchvision and the small
+    ResNets take none. Every argument is honoured or rejected: none is silently ignored."""
     if not is_backbone_name(name):
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+    if options and not name.startswith("timm:"):
+        raise ValueError(f"{name} takes no model.backbone_options (got {sorted(options)}); they are passed to "
+                         "timm.create_model for timm:<name> backbones only")
     if name in _SMALL:
         if cifar_stem is False:
             raise ValueError(f"{name} always has the CIFAR stem (3x3 conv, no max-pool); pass cifar_stem=True")
@@ -173,7 +193,7 @@ def build_backbone(
         if cifar_stem or zero_init_residual:
             raise ValueError(f"{name}: cifar_stem and zero_init_residual apply to torchvision ResNets only; "
                              "pass the equivalent timm arguments through the model name or leave them off")
-        return _TimmTrunk(name[5:], weights=weights)
+        return _TimmTrunk(name[5:], weights=weights, options=options)
     model = _TORCHVISION[name](weights=weights, zero_init_residual=zero_init_residual)
     if cifar_stem:
         apply_cifar_stem(model)

@@ -27,7 +27,8 @@ def build_encoder(model_cfg: ModelConfig | dict) -> Encoder:
 
         model_cfg = _build(ModelConfig, model_cfg, "model.")
     backbone = build_backbone(
-        model_cfg.backbone, cifar_stem=model_cfg.cifar_stem, zero_init_residual=model_cfg.zero_init_residual
+        model_cfg.backbone, cifar_stem=model_cfg.cifar_stem, zero_init_residual=model_cfg.zero_init_residual,
+        options=model_cfg.backbone_options,
     )
     proj = model_cfg.projector
     return Encoder(backbone, Projector(backbone.feature_dim, list(proj.hidden), int(proj.out_dim)))

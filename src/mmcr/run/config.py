@@ -242,6 +242,9 @@ class ModelConfig:
     backbone: str = _field("resnet_tiny", validate=_check_backbone, resume="fixed",
                            doc="backbone (mmcr.models registry): resnet18..152, wide/resnext, resnet_tiny/small/mini, "
                                "timm:<name>")
+    backbone_options: dict = _field({}, resume="fixed",
+                                    doc="further timm.create_model arguments, e.g. {img_size: 32} for a ViT on "
+                                        "32 px crops; torchvision and small ResNets take none")
     cifar_stem: bool = _field(True, resume="fixed", doc="3x3 stride-1 conv1 without max-pool")
     zero_init_residual: bool = _field(False, resume="fixed")
     projector: ProjectorConfig = _section(ProjectorConfig)

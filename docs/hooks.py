@@ -1,0 +1,87 @@
+"""MkDocs hooks: pages generated from the code at build time, and docstring roles shown as code.
+
+- ``reference/config.md``: every config key with its default and meaning, from the schema's public
+  listing ``mmcr.run.config.describe_fields()``;
+- ``reference/cli.md``: the ``--help`` of every ``mmcr`` command, from ``mmcr.cli.build_parser()``;
+- ``benchmarks/RESULTS.md`` and its plots, served from ``benchmarks/`` where they are kept.
+
+The docs describe this checkout's code, so ``src/`` comes first on the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# Sphinx-style roles in docstrings (:class:`X`, :func:`~a.b`) arrive as ":class:<code>X</code>", and the
+# "::" that introduces a literal block as a paragraph ending in "::".
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|obj|exc):(<code>)~?")
+_LITERAL_INTRO = re.compile(r"::</p>")
+
+
+def _value(v) -> str:
+    return "`" + json.dumps(v) + "`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def config_reference() -> str:
+    from mmcr.run.config import describe_fields
+
+    sections: dict[str, list[str]] = {}
+    for path, default, doc in describe_fields():
+        section = path.split(".")[0] if "." in path else "top level"
+        sections.setdefault(section, []).append(f"| `{path}` | {_value(default)} | {_cell(doc)} |")
+    lines = [
+        "# Configuration",
+        "",
+        "Every key of a run's config (`mmcr.run.RunConfig`), with its default and what it means; set any of them "
+        "in a YAML file or with `--set key=value`. `mmcr pretrain --help-config` prints the same list. Generated "
+        "from the schema when the site is built.",
+        "",
+    ]
+    for section, rows in sections.items():
+        lines += [f"## {section}", "", "| key | default | meaning and valid values |", "|---|---|---|", *rows, ""]
+    return "\n".join(lines)
+
+
+def _subcommands(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:  # argparse keeps its subparsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _subcommands(sub)
+
+
+def cli_reference() -> str:
+    from mmcr.cli import build_parser
+
+    os.environ["COLUMNS"] = "80"  # argparse wraps help at the terminal's width
+    lines = ["# Command line", "", "The `--help` of every `mmcr` command, generated when the site is built.", ""]
+    for parser in _subcommands(build_parser()):
+        lines += [f"## `{parser.prog}`", "", "```text", parser.format_help().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def on_files(files: Files, config) -> Files:
+    files.append(File.generated(config, "reference/config.md", content=config_reference()))
+    files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
+    bench = ROOT / "benchmarks"
+    for path in [bench / "RESULTS.md", *sorted(bench.glob("*.png"))]:
+        files.append(File(f"benchmarks/{path.name}", str(ROOT), config["site_dir"], config["use_directory_urls"]))
+    return files
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return _LITERAL_INTRO.sub(":</p>", _ROLE.sub(r"\1", html))
