@@ -1,4 +1,5 @@
-"""Data sets -> uint8 image tensors + labels (CIFAR, STL-10, image folders, archives, digits, npz), cached.
+"""Data sets -> uint8 image tensors + labels (CIFAR, STL-10, image folders, archives, digits, npz), cached;
+clip sets (video files, frame folders, npz clips, moving digits) for temporal MMCR (``video.py``).
 
     ds = load_dataset("archive", root="../shared/data/cifar10_jpeg.tar.gz", split="train")
     train, val = split_train_val(ds, val_fraction=0.1, seed=0)
@@ -10,6 +11,7 @@
 """
 
 from mmcr.data.cache import default_cache_dir
+from mmcr.data.clip_loader import make_clip_loader
 from mmcr.data.datasets import (
     DATASET_NAMES,
     ImageDataset,
@@ -21,9 +23,12 @@ from mmcr.data.datasets import (
 from mmcr.data.decode import DatasetError, decode_image
 from mmcr.data.loader import InMemoryLoader, WorkerLoader, epoch_order, make_loader
 from mmcr.data.split import split_train_val
+from mmcr.data.video import ClipDataset, FileClips, is_clip_set, still_images
 
 __all__ = [
     "DATASET_NAMES",
+    "ClipDataset",
+    "FileClips",
     "DatasetError",
     "ImageDataset",
     "InMemoryLoader",
@@ -34,7 +39,10 @@ __all__ = [
     "resize_square",
     "default_cache_dir",
     "epoch_order",
+    "is_clip_set",
     "load_dataset",
+    "make_clip_loader",
     "make_loader",
     "split_train_val",
+    "still_images",
 ]

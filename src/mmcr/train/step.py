@@ -189,7 +189,7 @@ def augment_shard(aug, images: torch.Tensor, global_batch: int, dist_info: DistI
     global-batch positions r, r + W, r + 2W, ... (interleaved shares, see mmcr.data.loader), so the
     views do not depend on the number of ranks.
     """
-    b, _, h, w = images.shape
+    b, h, w = images.shape[0], images.shape[-2], images.shape[-1]  # (B, 3, H, W) images or (B, k, 3, H, W) windows
     params = aug.sample_params(global_batch, h, w, gen)
     if dist_info.world_size > 1:
         pos = torch.arange(b) * dist_info.world_size + dist_info.rank
