@@ -338,7 +338,7 @@ def index_video(path: str) -> dict:
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise _VideoError("has no video stream")
+                raise _VideoError("has no video stream (truncated, or audio only)")
             stream = container.streams.video[0]
             declared = int(stream.frames or 0)
             pts, keys = [], []
