@@ -308,3 +308,19 @@ def test_moving_digits_are_deterministic_and_disjoint(tmp_path):
     assert (a[:, 0] != a[:, -1]).any(axis=(1, 2)).mean() > 0.95  # the digits move
     with pytest.raises(DatasetError, match="takes no root"):
         load_dataset("moving-digits", root="x", split="train")
+
+
+def test_analyze_measures_temporal_manifolds_beside_class_manifolds(tmp_path):
+    from mmcr.geometry.analyze import run_analysis
+
+    clips = np.stack([_clip(i % 2, i) for i in range(8)])
+    np.savez(tmp_path / "c.npz", videos_test=clips, labels_test=np.arange(8) % 2)
+    res = run_analysis("random:resnet_tiny", "npz", tmp_path / "geo", data_root=str(tmp_path / "c.npz"), n_images=6,
+                       n_views=4, n_classes=2, n_per_class=8, n_t=10, fit_range=(2, 10), layers=["output"],
+                       finite_sample_repeats=0, progress=False)
+    t = res["temporal"]["output"]
+    assert res["settings"]["temporal"]["n_clips"] == 6 and res["settings"]["temporal"]["frames_per_window"] == 4
+    assert t["capacity"]["capacity"] > 0 and t["capacity"]["radius"] > 0 and t["capacity"]["dimension"] > 0
+    assert len(t["capacity"]["alpha"]) == 6 and "output" in res["class"] and "output" in res["augmentation"]
+    report = (tmp_path / "geo" / "report.md").read_text()
+    assert "## Temporal manifolds" in report and "Temporal manifolds: 6 clips x 4 frames" in report
