@@ -123,9 +123,9 @@ def bench(folder: Path, files: list[Path], windows: int, k: int, w: int, size: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 files of 10 s and 40 windows (a check, not a figure)")
-    ap.add_argument("--files", type=int, default=4)
+    ap.add_argument("--files", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--windows", type=int, default=200)
+    ap.add_argument("--windows", type=int, default=120)
     ap.add_argument("--gops", default="default,30", help="keyframe intervals to test: 'default' (libx264's) or frames")
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--window", type=int, default=16)
