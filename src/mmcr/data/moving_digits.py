@@ -4,9 +4,10 @@ Each clip shows one digit moving across a black ``size`` x ``size`` canvas: the 
 20 x 20 core changes smoothly (a sinusoid between 0.3 and 0.6 of the canvas, random phase and period)
 while it travels at a random constant speed and direction, bouncing off the canvas edges. Clips of
 the train split are made from the mnist5k train digits, those of the test split from its test
-digits, so the two never share a digit image. The label of a clip is its digit. Everything is a pure function of ``seed`` (and the
-split): numpy draws the trajectories, and each frame is the digit resampled into its box by a pair of
-antialiased (triangle-filter) matrices in float64. Generated clips are cached like decoded data.
+digits, so the two never share a digit image. The label of a clip is its digit. Everything is a pure
+function of ``seed`` (and the split): numpy draws the trajectories, and each frame is the digit
+resampled into its box by a pair of antialiased (triangle-filter) matrices in float64. Generated
+clips are cached like decoded data.
 """
 
 from __future__ import annotations
