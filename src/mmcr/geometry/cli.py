@@ -109,13 +109,16 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(json.dumps(line))
         return 0
     comp = compare_models(args.models, args.dataset, args.out, labels=labels, **kwargs)
-    summary = {
-        m["label"]: {
-            layer: round(v[m["label"]]["capacity"], 4)
-            for layer, v in comp["summary"]["augmentation"].items()
-            if v[m["label"]] is not None
-        }
-        for m in comp["models"]
-    }
-    print(json.dumps({"out": str(args.out), "augmentation_capacity": summary}))
+    line = {"out": str(args.out)}
+    for kind in ("temporal", "augmentation"):
+        if kind in comp["summary"]:
+            line[f"{kind}_capacity"] = {
+                m["label"]: {
+                    layer: round(v[m["label"]]["capacity"], 4)
+                    for layer, v in comp["summary"][kind].items()
+                    if v[m["label"]] is not None
+                }
+                for m in comp["models"]
+            }
+    print(json.dumps(line))
     return 0
