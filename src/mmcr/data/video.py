@@ -243,13 +243,17 @@ class FileClips(torch.utils.data.Dataset):
         return os.path.join(self.root, self.entries[clip]["path"])
 
     def read(self, clip: int, frames) -> torch.Tensor:
+        return self._read(clip, frames)[0]
+
+    def _read(self, clip: int, frames) -> tuple[torch.Tensor, int]:
+        """The frames and the clip they came from (another one when ``clip`` was skipped)."""
         frames = [int(f) for f in frames]
         for step in range(len(self.entries)):
             c = (clip + step) % len(self.entries)
             want = [min(f, int(self.lengths[c]) - 1) for f in frames]
             try:
                 arr = self._decode(c, want)
-                return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+                return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), c
             except (OSError, ValueError, SyntaxError) as exc:
                 if self.on_error == "raise":
                     raise DatasetError(f"cannot decode clip {self.path(c)}: {exc}; fix or delete it, or pass "
@@ -260,8 +264,8 @@ class FileClips(torch.utils.data.Dataset):
         raise DatasetError(f"no clip of {self.split!r} could be decoded; check the files")
 
     def __getitem__(self, item) -> tuple[torch.Tensor, int]:
-        clip, frames = item
-        return self.read(clip, frames), int(self.labels[clip])
+        x, used = self._read(*item)
+        return x, int(self.labels[used])
 
     def subset(self, indices, split: str | None = None):
         return type(self)([self.entries[int(i)] for i in indices], self.root, self.classes, self.size,
@@ -279,8 +283,9 @@ class FileClips(torch.utils.data.Dataset):
             images, clips = [], []
             for c in range(len(self)):
                 f = even_frames(int(self.lengths[c]), self.still_frames)
-                images.append(self.read(c, f).numpy())
-                clips.append(np.full(len(f), c, dtype=np.int64))
+                x, used = self._read(c, f)  # a skipped clip's stand-in keeps its own label
+                images.append(x.numpy())
+                clips.append(np.full(len(f), used, dtype=np.int64))
             arr, clip = np.concatenate(images), np.concatenate(clips)
             if C.write_entry(entry, {"stills": (arr, clip)}, {"source": self.root}):
                 hit = C.load_split(entry, "stills")
