@@ -5,6 +5,7 @@ clips (16 frames of 32 px) and 1-6 training steps keep the file fast."""
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from fractions import Fraction
@@ -326,3 +327,17 @@ def test_analyze_measures_temporal_manifolds_beside_class_manifolds(tmp_path):
     assert len(t["capacity"]["alpha"]) == 6 and "output" in res["class"] and "output" in res["augmentation"]
     report = (tmp_path / "geo" / "report.md").read_text()
     assert "## Temporal manifolds" in report and "Temporal manifolds: 6 clips x 4 frames" in report
+
+
+def test_a_clip_that_breaks_after_indexing_is_skipped_or_raises(tmp_path):
+    root = video_tree(tmp_path / "v", per_class=1, splits=("train",))
+    ds = load_dataset("videofolder", root=str(root), split="train", cache_dir=tmp_path / "c", size=SIZE, lazy=True)
+    (root / "train" / "class0" / "clip0.mp4").write_bytes(b"\0" * 100)  # changed since it was indexed
+    with pytest.warns(UserWarning, match="skipped undecodable clip .*clip0.mp4"):
+        x, label = ds[(0, (1, 2))]
+    assert label == 1 and ds.skipped == 1 and torch.equal(x, ds.read(1, [1, 2]))  # the stand-in's own label
+    ds = copy.copy(ds)  # as a new worker gets it: no open containers
+    ds.on_error = "raise"
+    (root / "train" / "class1" / "clip0.mp4").write_bytes(b"\0" * 100)
+    with pytest.raises(DatasetError, match="cannot decode clip .*class1/clip0.mp4.*on_error='skip'"):
+        ds.read(1, [0])
