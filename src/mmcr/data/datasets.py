@@ -688,9 +688,24 @@ _LOADERS = {
     "stl10": (lambda root, split, cache_dir, **kw: _load_stl10(root, split, **kw), ("download", "size")),
     "imagefolder": (_load_imagefolder, ("size", "on_error", "lazy")),
     "archive": (_load_archive, ("size", "on_error")),
-    "npz": (lambda root, split, cache_dir, **kw: _load_npz(root, split, **kw), ("size", "layout")),
+    "npz": (lambda root, split, cache_dir, **kw: _clips("video", "load_npz")(root, split, cache_dir, **kw),
+            ("size", "layout", "still_frames")),
     "webdataset": (load_webdataset, ("size", "on_error", "shuffle_buffer", "manifest", "lazy")),
+    # clip sets (temporal MMCR; mmcr.data.video builds on this module, so it is imported when used)
+    "videofolder": (lambda *a, **kw: _clips("video", "load_videofolder")(*a, **kw),
+                    ("size", "on_error", "lazy", "still_frames")),
+    "framefolder": (lambda *a, **kw: _clips("video", "load_framefolder")(*a, **kw),
+                    ("size", "on_error", "lazy", "still_frames", "fps")),
+    "moving-digits": (lambda *a, **kw: _clips("moving_digits", "load_moving_digits")(*a, **kw),
+                      ("size", "frames", "seed", "still_frames")),
 }
+
+
+def _clips(module: str, loader: str):
+    """A clip loader of ``mmcr.data.<module>`` (imported on use: those modules import this one)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"mmcr.data.{module}"), loader)
 
 DATASET_NAMES = tuple(_LOADERS)
 

@@ -45,11 +45,13 @@ def dataset_spec(run_cfg: RunConfig | None, dataset: str | None, root: str | Non
 def load_split_pair(model_src: ModelSource, dataset: str | None, root: str | None, train_split: str,
                     test_split: str):
     """The training and test splits through :func:`mmcr.data.load_dataset`."""
-    from mmcr.data import load_dataset
+    from mmcr.data import load_dataset, still_images
 
     name, root, options, cache_dir = dataset_spec(model_src.config, dataset, root)
-    train = _labelled(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir, **options))
-    test = _labelled(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir, **options))
+    train = _labelled(still_images(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir,
+                                                     **options)))
+    test = _labelled(still_images(load_dataset(name, root=root, split=test_split, cache_dir=cache_dir,
+                                                    **options)))
     where = f"{test_split} split of {name}" + (f" {root}" if root else "")
     check_test_classes(train.labels, test.labels, where, train_split)
     if name in ("archive", "imagefolder", "npz") and root:  # name results after the data, not its format

@@ -29,7 +29,11 @@ class KnnSettings:
 
 
 def knn_top1(backbone: nn.Module, bank_ds, query_ds, transform, knn: KnnSettings, dist_info: DistInfo) -> dict:
-    """Weighted kNN of ``query_ds`` against the memory bank ``bank_ds`` (top-1/top-5 in percent)."""
+    """Weighted kNN of ``query_ds`` against the memory bank ``bank_ds`` (top-1/top-5 in percent); clip
+    sets are evaluated on their still frames (``mmcr.data.still_images``)."""
+    from mmcr.data import still_images
+
+    bank_ds, query_ds = still_images(bank_ds), still_images(query_ds)
     ftr, ytr = dataset_features(backbone, bank_ds, transform, dist_info=dist_info, max_n=knn.max_train)
     fq, yq = dataset_features(backbone, query_ds, transform, dist_info=dist_info)
     return knn_accuracy(ftr, ytr, fq, yq, k=knn.k, temperature=knn.temperature, num_classes=len(bank_ds.classes))
@@ -57,6 +61,8 @@ def final_evaluation(backbone: nn.Module, random_backbone: nn.Module, cfg, trans
         test = load_dataset(d.name, root=d.root, split=d.test_split, cache_dir=d.cache_dir, **d.options)
         if list(bank.classes) != list(test.classes):
             raise ValueError(f"the {d.test_split!r} split's classes differ from the training split's")
+        if not bool((bank.labels >= 0).any()):
+            raise ValueError("the training split has no labels (clips outside class folders)")
         if hasattr(bank, "labels") and hasattr(test, "labels"):  # streamed shards hold no label list up front
             check_test_classes(bank.labels[bank.labels >= 0], test.labels[test.labels >= 0],
                                f"{d.test_split!r} split")

@@ -1,9 +1,11 @@
 """``mmcr analyze``: manifold geometry of a model's layers on a data set, as JSON, plots and a report.
 
-Two kinds of manifolds are built from the data set:
+Two kinds of manifolds are built from the data set, three for clip data sets:
 
 - augmentation manifolds: P images x M augmented views (the manifolds MMCR compresses);
-- class manifolds: P classes x M clean images each.
+- class manifolds: P classes x M clean images each;
+- temporal manifolds (clip sets): P clips x M frames of one window (the run's window rule), the
+  manifolds temporal MMCR compresses; the images of the other two kinds are the clips' still frames.
 
 Features are taken at chosen layers with forward hooks (conv maps are flattened and, above
 ``max_features`` dimensions, reduced by a fixed Gaussian random projection, which preserves the
@@ -192,7 +194,7 @@ def run_analysis(
     see the same images and views; each model keeps its own normalisation (a random-init model takes
     the reference's)."""
     from mmcr.augment import MultiViewAugment
-    from mmcr.data import load_dataset
+    from mmcr.data import is_clip_set, load_dataset, still_images
     from mmcr.evaluate.api import dataset_spec
     from mmcr.models import load_pretrained
 
@@ -226,6 +228,8 @@ def run_analysis(
         dataset = "digits"
     name, root, options, cache_dir = dataset_spec(data_src, dataset, data_root)
     ds = load_dataset(name, root=root, split=split, cache_dir=cache_dir, **options)
+    clips = ds if is_clip_set(ds) else None
+    ds = still_images(ds)  # clips: their still frames are the images of the other manifolds
     size = int(ds.images.shape[-1])
     views_cfg = reference.augment if reference is not None else (own.augment if own is not None else None)
     if views_cfg is not None:  # a run's augmentation (the model's own, or the comparison's reference)
@@ -297,6 +301,11 @@ def run_analysis(
     finally:
         taps.close()
 
+    temporal = None
+    if clips is not None:  # temporal manifolds: P clips x M frames of one window
+        temporal_cfg = (reference or own).temporal if (reference or own) is not None else None
+        temporal = _temporal_manifolds(clips, temporal_cfg, n_images, n_views, layer_names, backbone,
+                                       clean, max_features, batch_size, dev, rng, seed)
     img_labels = ds.labels[torch.as_tensor(img_idx)].numpy()
     results: dict[str, Any] = {
         "model": str(model),
@@ -321,12 +330,18 @@ def run_analysis(
         "class": {},
     }
     extras: dict[str, dict[str, Any]] = {"augmentation": {}, "class": {}}
+    if temporal is not None:
+        results["temporal"], extras["temporal"] = {}, {}
+        results["settings"]["temporal"] = temporal["settings"]
     with _progress() as bar:
-        task = bar.add_task("geometry per layer", total=2 * len(layer_names), visible=progress)
+        task = bar.add_task("geometry per layer", total=len(extras) * len(layer_names), visible=progress)
         for n in layer_names:
             A = torch.cat(feats_aug[n]).double().numpy()
             C = torch.cat(feats_cls[n]).double().numpy().reshape(len(classes), n_per_class, -1)
-            for kind, X, lab in (("augmentation", A, img_labels), ("class", C, None)):
+            kinds = [("augmentation", A, img_labels), ("class", C, None)]
+            if temporal is not None:
+                kinds.insert(0, ("temporal", temporal["features"][n], temporal["labels"]))
+            for kind, X, lab in kinds:
                 r = _layer_measures(X, lab, opts, seed)
                 extras[kind][n] = {"fit": r["spectrum"].pop("_fit", None), "hist": r.pop("_hist")}
                 results[kind][n] = r
@@ -340,6 +355,36 @@ def run_analysis(
     write_text_atomic(out / "results.json", json.dumps(json_safe(results), indent=2), what="analysis results")
     write_text_atomic(out / "report.md", _report(results, plots), what="analysis report")
     return results
+
+
+def _temporal_manifolds(clips, temporal_cfg, n_clips: int, n_frames: int, layers: list[str], backbone, clean,
+                        max_features: int, batch_size: int, dev, rng, seed: int) -> dict[str, Any]:
+    """Features of P clips x M frames of one window each (the run's window rule, or the defaults),
+    the clips spread over classes: the manifolds temporal MMCR compresses."""
+    from mmcr.augment.temporal import WindowSampler
+    from mmcr.run.config import TemporalConfig
+
+    t = temporal_cfg if temporal_cfg is not None else TemporalConfig()
+    sampler = WindowSampler.from_config(t, n_frames, seed)
+    table = sampler.table(clips.lengths.numpy(), None if clips.fps is None else clips.fps.numpy(), clips.names)
+    picked = _pick_images(clips.labels, n_clips, rng)
+    first_sample = {int(c): i for i, c in reversed(list(enumerate(table.clip.tolist())))}
+    clip_ids, frames = sampler.frames_of(table, 0, [first_sample[int(c)] for c in picked])
+    taps = FeatureTaps(backbone, layers, max_features=max_features, seed=seed)
+    feats: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    per_batch = max(1, batch_size // n_frames)
+    try:
+        for s in range(0, len(clip_ids), per_batch):
+            windows = [clips.read(int(c), f) for c, f in zip(clip_ids[s: s + per_batch], frames[s: s + per_batch])]
+            f = taps(clean(torch.cat(windows).to(dev)))
+            for n in layers:
+                feats[n].append(f[n].reshape(len(windows), n_frames, -1))
+    finally:
+        taps.close()
+    settings = {"n_clips": len(clip_ids), "frames_per_window": n_frames, "window": t.window, "unit": t.unit,
+                "sampling": t.sampling}
+    return {"features": {n: torch.cat(v).double().numpy() for n, v in feats.items()},
+            "labels": clips.labels[torch.as_tensor(clip_ids)].numpy(), "settings": settings}
 
 
 def _last_parameters(model: nn.Module, limit: int = 2_000_000) -> list[str]:

@@ -102,17 +102,23 @@ def run_analyze(args: argparse.Namespace) -> int:
     )
     if len(args.models) == 1:
         res = run_analysis(args.models[0], args.dataset, args.out, **kwargs)
-        summary = {n: round(res["augmentation"][n]["capacity"]["capacity"], 4) for n in res["layers"]}
-        print(json.dumps({"out": str(args.out), "augmentation_capacity": summary}))
+        line = {"out": str(args.out)}
+        for kind in ("temporal", "augmentation"):
+            if kind in res:
+                line[f"{kind}_capacity"] = {n: round(res[kind][n]["capacity"]["capacity"], 4) for n in res["layers"]}
+        print(json.dumps(line))
         return 0
     comp = compare_models(args.models, args.dataset, args.out, labels=labels, **kwargs)
-    summary = {
-        m["label"]: {
-            layer: round(v[m["label"]]["capacity"], 4)
-            for layer, v in comp["summary"]["augmentation"].items()
-            if v[m["label"]] is not None
-        }
-        for m in comp["models"]
-    }
-    print(json.dumps({"out": str(args.out), "augmentation_capacity": summary}))
+    line = {"out": str(args.out)}
+    for kind in ("temporal", "augmentation"):
+        if kind in comp["summary"]:
+            line[f"{kind}_capacity"] = {
+                m["label"]: {
+                    layer: round(v[m["label"]]["capacity"], 4)
+                    for layer, v in comp["summary"][kind].items()
+                    if v[m["label"]] is not None
+                }
+                for m in comp["models"]
+            }
+    print(json.dumps(line))
     return 0

@@ -19,6 +19,7 @@ from mmcr.geometry.report import (
     fmt,
     geometry_sections,
     json_safe,
+    kinds_in,
     layer_union,
     overlay_plot,
     settings_line,
@@ -129,7 +130,7 @@ def _run_config(source):
 def _summary(entries) -> dict[str, Any]:
     """kind -> layer -> label -> {capacity, radius, dimension} (None where a model lacks the layer)."""
     out: dict[str, Any] = {}
-    for kind in ("augmentation", "class"):
+    for kind in kinds_in(entries):
         out[kind] = {}
         for layer in layer_union(entries):
             out[kind][layer] = {}

@@ -17,7 +17,7 @@ import numpy as np
 from mmcr.run.files import save_figure
 
 DASH = "—"
-KINDS = ("augmentation", "class")
+KINDS = ("temporal", "augmentation", "class")  # temporal: clip data sets only
 QUANTITIES = ("capacity", "radius", "dimension")
 
 
@@ -49,6 +49,11 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def kinds_in(entries: list[tuple[str | None, dict]]) -> list[str]:
+    """The manifold kinds some model's results have, in the order of KINDS."""
+    return [k for k in KINDS if any(k in res for _, res in entries)]
 
 
 def layer_union(entries: list[tuple[str | None, dict]]) -> list[str]:
@@ -184,8 +189,9 @@ def overlay_plot(entries: list[tuple[str | None, dict]], path: Path) -> None:
     """Mean-field capacity, radius and dimension per layer; rows: manifold kinds; one line per model."""
     plt = _plt()
     layers = layer_union(entries)
-    fig, axes = plt.subplots(len(KINDS), 3, figsize=(13, 3.4 * len(KINDS)), squeeze=False)
-    for row, kind in enumerate(KINDS):
+    kinds = kinds_in(entries)
+    fig, axes = plt.subplots(len(kinds), 3, figsize=(13, 3.4 * len(kinds)), squeeze=False)
+    for row, kind in enumerate(kinds):
         for col, q in enumerate(QUANTITIES):
             ax = axes[row, col]
             for label, res in entries:
@@ -209,8 +215,9 @@ def finite_sample_plot(entries: list[tuple[str | None, dict]], path: Path) -> bo
     layers = layer_union(entries)
     styles = ["-", "--", ":", "-."]
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(len(KINDS), 3, figsize=(13, 3.4 * len(KINDS)), squeeze=False)
-    for row, kind in enumerate(KINDS):
+    kinds = kinds_in(entries)
+    fig, axes = plt.subplots(len(kinds), 3, figsize=(13, 3.4 * len(kinds)), squeeze=False)
+    for row, kind in enumerate(kinds):
         for col, q in enumerate(QUANTITIES):
             ax = axes[row, col]
             for e, (label, res) in enumerate(entries):
@@ -243,13 +250,15 @@ def settings_line(res: dict) -> str:
         f"n_t={s['n_t']}, correlated={s['correlated']}, seed={s['seed']}"
         + (f", finite-sample check with {fs} repeats per size" if fs else "")
         + "."
+        + (f" Temporal manifolds: {t['n_clips']} clips x {t['frames_per_window']} frames of a window of "
+           f"{t['window']:g} {t['unit']} ({t['sampling']})." if (t := s.get("temporal")) else "")
     )
 
 
 def geometry_sections(entries: list[tuple[str | None, dict]]) -> list[str]:
     """The per-kind geometry tables and finite-sample tables, as markdown lines."""
     lines: list[str] = []
-    for kind in KINDS:
+    for kind in kinds_in(entries):
         lines += [f"## {kind.capitalize()} manifolds", ""] + geometry_table(entries, kind) + [""]
         fs = finite_sample_table(entries, kind)
         if fs:

@@ -128,6 +128,15 @@ def _augment_presets():
     return TRAIN_PRESETS
 
 
+def _temporal(name: str):
+    def get():
+        from mmcr.augment import temporal
+
+        return getattr(temporal, name)
+
+    return get
+
+
 def _optimizers():
     from mmcr.train.optim import OPTIMIZERS
 
@@ -222,6 +231,25 @@ class AugmentConfig:
     small_size: int | None = _field(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
     small_scale: list[float] = _field([0.05, 0.4], check=Range(0, 1, lo_open=True),
                                       doc="area fraction range of the small crops")
+
+
+@dataclass
+class TemporalConfig:
+    """Temporal views of clip data sets (videofolder, framefolder, moving-digits, npz with videos_*): a
+    manifold is a window of one clip and its augment.views frames are the views (mmcr.augment.temporal).
+    Augmentation-only MMCR on still frames: window=1 with spatial=frame."""
+
+    window: float = _field(8.0, check=POSITIVE, doc="the window the frames of a manifold are drawn from, in "
+                                                     "temporal.unit (frames: an integer)")
+    unit: str = _field("frames", choices=_choices(_temporal("UNITS")), doc="unit of window and segment")
+    sampling: str = _field("random", choices=_choices(_temporal("SAMPLING")),
+                           doc="frames of a window: random (without replacement) or strided (evenly spaced)")
+    spatial: str = _field("none", choices=_choices(_temporal("SPATIAL")),
+                          doc="spatial augmentation of the frames (augment.preset/overrides): none, one draw per "
+                              "window, or one per frame")
+    segment: float | None = _field(None, check=POSITIVE, resume="fixed",
+                                   doc="cut clips into segments of this length (temporal.unit), one window each "
+                                       "per epoch; null = one window per clip")
 
 
 @dataclass
@@ -322,6 +350,7 @@ class RunConfig:
     out: str | None = _field(None, resume="free", doc="run directory")
     data: DataConfig = _section(DataConfig)
     augment: AugmentConfig = _section(AugmentConfig)
+    temporal: TemporalConfig = _section(TemporalConfig)
     model: ModelConfig = _section(ModelConfig)
     objective: ObjectiveConfig = _section(ObjectiveConfig)
     optim: OptimConfig = _section(OptimConfig)
@@ -472,6 +501,17 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.overwrite and cfg.train.resume is not None:
         raise ConfigError(f"train.overwrite=true starts a new run in place of the old one, so it cannot go with "
                           f"train.resume={cfg.train.resume} (--resume); drop one of them")
+    _validate_temporal(cfg.temporal)
+
+
+def _validate_temporal(t: TemporalConfig) -> None:
+    if t.unit == "frames" and not float(t.window).is_integer():
+        raise ConfigError(f"temporal.window must be a whole number of frames with temporal.unit=frames, got {t.window}")
+    if t.segment is not None and t.segment < t.window:
+        raise ConfigError(f"temporal.segment ({t.segment}) must be at least temporal.window ({t.window})")
+    if t.unit == "frames" and t.window == 1 and t.spatial == "none":
+        raise ConfigError("temporal.window=1 with temporal.spatial=none makes every view the same frame; set "
+                          "temporal.spatial=frame (augmentation-only MMCR on frames) or a longer window")
 
 
 # ------------------------------------------------------------------------------------ YAML + CLI

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmcr.augment import MultiViewAugment
 from mmcr.distributed import DistInfo
 from mmcr.train.chunked import chunked_forward_backward
 from mmcr.train.optim import skips_on_device
@@ -184,10 +185,11 @@ def augment_shard(aug, images: torch.Tensor, global_batch: int, dist_info: DistI
                   gen: torch.Generator) -> torch.Tensor:
     """Views of this rank's images, identical to the views those images get in a one-process run.
 
-    ``images`` is a uint8 batch (B, 3, H, W), or views already cropped by the data workers (B, k, 3, h, w),
-    which only get the flips, colour, blur and solarisation. Every rank draws the parameters of all
-    ``global_batch * k`` views from the same generator state
-    (on the host, so no device value is read) and keeps its own rows. The loader gives rank r the
+    ``images`` is a uint8 batch (B, 3, H, W); views already cropped by the data workers (B, k, 3, h, w),
+    which only get the flips, colour, blur and solarisation; or, for temporal views
+    (:class:`mmcr.augment.temporal.TemporalViews`), windows of k frames (B, k, 3, H, W). Every rank
+    draws the parameters of all ``global_batch * k`` views from the same generator state (on the host,
+    so no device value is read) and keeps its own rows. The loader gives rank r the
     global-batch positions r, r + W, r + 2W, ... (interleaved shares, see mmcr.data.loader), so the
     views do not depend on the number of ranks.
     """
@@ -197,6 +199,6 @@ def augment_shard(aug, images: torch.Tensor, global_batch: int, dist_info: DistI
         pos = torch.arange(b) * dist_info.world_size + dist_info.rank
         view_idx = (pos[:, None] * aug.views + torch.arange(aug.views)).flatten()
         params = _select_views(params, view_idx)
-    if images.ndim == 5:  # (B, k, 3, h, w): views the data workers cut from the full images
+    if images.ndim == 5 and isinstance(aug, MultiViewAugment):  # views the workers cut from the full images
         return aug.apply_views(images, params)
     return aug.apply(images, params)

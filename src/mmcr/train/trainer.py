@@ -76,7 +76,8 @@ class Run:
 def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run, TrainState]:
     """Data, loader, augmentation, model, objective, optimiser and schedule from a config."""
     from mmcr.augment import MultiViewAugment
-    from mmcr.data import load_dataset, make_loader, split_train_val
+    from mmcr.augment.temporal import TemporalViews, WindowSampler
+    from mmcr.data import load_dataset, make_clip_loader, make_loader, split_train_val
     from mmcr.objectives import build_objective
 
     device, tc = dist_info.device, cfg.train
@@ -86,12 +87,24 @@ def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run
     d = cfg.data
     full = load_dataset(d.name, root=d.root, split=d.train_split, cache_dir=d.cache_dir, **d.options)
     train_ds, val_ds = split_train_val(full, d.val_fraction, cfg.seed) if d.val_fraction > 0 else (full, None)
-    augment = MultiViewAugment.from_config(cfg.augment, seed=cfg.seed)
+    clips = _check_temporal(cfg, full)
+    if clips:  # a manifold is a window of a clip; its frames are the views
+        augment = TemporalViews.from_config(cfg.augment, cfg.temporal, seed=cfg.seed)
+    else:
+        augment = MultiViewAugment.from_config(cfg.augment, seed=cfg.seed)
     small_augment = MultiViewAugment.small_crops_from_config(cfg.augment, seed=cfg.seed)
-    source, decode_device = _training_source(cfg, train_ds, augment, device)
-    loader = make_loader(source, batch_size=global_batch // dist_info.world_size, shuffle=True, drop_last=True,
-                         seed=cfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-                         num_workers=d.num_workers, device=_data_device(train_ds, device), decode_device=decode_device)
+    per_rank = dict(batch_size=global_batch // dist_info.world_size, shuffle=True, drop_last=True, seed=cfg.seed,
+                    rank=dist_info.rank, world_size=dist_info.world_size, num_workers=d.num_workers,
+                    device=_data_device(train_ds, device))
+    if clips:
+        if d.full_image_views:
+            raise ConfigError("data.full_image_views cuts views from still images; clips take temporal views: "
+                              "set data.full_image_views=false")
+        loader = make_clip_loader(train_ds, windows=WindowSampler.from_config(cfg.temporal, cfg.augment.views,
+                                                                              cfg.seed), **per_rank)
+    else:
+        source, decode_device = _training_source(cfg, train_ds, augment, device)
+        loader = make_loader(source, decode_device=decode_device, **per_rank)
     steps_per_epoch = len(loader)
     total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.epochs * steps_per_epoch,
                                                                                  tc.max_steps)
@@ -164,12 +177,29 @@ def _training_source(cfg: RunConfig, ds, augment, device: torch.device):
 
 
 def _data_device(ds, device: torch.device) -> torch.device | None:
-    """Keep an in-memory training set on the accelerator when it takes under a quarter of its free
-    memory: batches are then gathered there, with no host-to-device copy per step."""
-    if device.type != "cuda" or not hasattr(ds, "images"):
+    """Keep an in-memory training set (images, or the frames of clips) on the accelerator when it takes
+    under a quarter of its free memory: batches are then gathered there, with no host-to-device copy."""
+    stored = getattr(ds, "images", getattr(ds, "frames", None))
+    if device.type != "cuda" or stored is None:
         return None
     free, _ = torch.cuda.mem_get_info(device)
-    return device if ds.images.numel() < free // 4 else None
+    return device if stored.numel() < free // 4 else None
+
+
+def _check_temporal(cfg: RunConfig, ds) -> bool:
+    """Whether the run trains on clips (temporal views); the temporal section is refused for images,
+    and multi-crop for clips, by name."""
+    from mmcr.data import is_clip_set
+    from mmcr.run.config import TemporalConfig
+
+    if not is_clip_set(ds):
+        if cfg.temporal != TemporalConfig():
+            raise ConfigError(f"temporal.* configure the windows of clip data sets (videofolder, framefolder, "
+                              f"moving-digits, npz with videos_*); {cfg.data.name} holds still images: remove them")
+        return False
+    if cfg.augment.small_views:
+        raise ConfigError("augment.small_views (multi-crop) is not available with temporal views; set it to 0")
+    return True
 
 
 def _check_finite_weights(run: Run, state: TrainState) -> None:
