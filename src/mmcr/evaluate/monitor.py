@@ -61,9 +61,9 @@ def final_evaluation(backbone: nn.Module, random_backbone: nn.Module, cfg, trans
         test = load_dataset(d.name, root=d.root, split=d.test_split, cache_dir=d.cache_dir, **d.options)
         if list(bank.classes) != list(test.classes):
             raise ValueError(f"the {d.test_split!r} split's classes differ from the training split's")
-        if not bool((bank.labels >= 0).any()):
-            raise ValueError("the training split has no labels (clips outside class folders)")
         if hasattr(bank, "labels") and hasattr(test, "labels"):  # streamed shards hold no label list up front
+            if not bool((bank.labels >= 0).any()):
+                raise ValueError("the training split has no labels (clips outside class folders)")
             check_test_classes(bank.labels[bank.labels >= 0], test.labels[test.labels >= 0],
                                f"{d.test_split!r} split")
     except (ValueError, FileNotFoundError) as e:
