@@ -685,9 +685,9 @@ def run_detection(
     """
     from mmcr.distributed import cleanup, convert_sync_batchnorm, setup
     from mmcr.models import load_pretrained
-    from mmcr.run import layout
-    from mmcr.run.checkpoint import DETECTION, load_latest, save_checkpoint
-    from mmcr.run.files import open_append, write_text_atomic
+    from mmcr.rundir import layout
+    from mmcr.rundir.checkpoint import DETECTION, load_latest, save_checkpoint
+    from mmcr.rundir.files import open_append, write_text_atomic
 
     require_pycocotools()
     t_start = time.perf_counter()

@@ -41,7 +41,7 @@ from mmcr.geometry.report import (
 from mmcr.geometry.sampling import capacity_vs_points
 from mmcr.geometry.simcap import simulated_capacity
 from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
-from mmcr.run.files import check_output, save_figure, write_text_atomic
+from mmcr.rundir.files import check_output, save_figure, write_text_atomic
 
 OUTPUT_LAYER = "output"
 
