@@ -13,8 +13,8 @@ from mmcr.evaluate.features import dataset_features, eval_transform_for, extract
 from mmcr.evaluate.knn import knn_accuracy, knn_scores, topk_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, LogisticModel, fit_logistic, linear_probe, sklearn_C
 from mmcr.evaluate.results import record_result
-from mmcr.evaluate.sources import SOURCE_HELP, ModelSource, load_pretrained
 from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
+from mmcr.evaluate.sources import SOURCE_HELP, ModelSource, load_pretrained
 from mmcr.evaluate.transfer import TRANSFER_DATASETS, transfer_dataset, transfer_probe
 
 __all__ = [
