@@ -29,11 +29,12 @@ from mmcr.rundir import layout
 from mmcr.rundir.metrics import MetricsLog
 from mmcr.train import resume as R
 from mmcr.train.chunked import resolve_view_chunk
+from mmcr.train.context import StepContext
 from mmcr.train.hooks import Interrupted, NonFiniteLossError, StepLogger, StopRule, StopSignals
 from mmcr.train.optim import base_lr, build_optimizer, build_scheduler
 from mmcr.train.progress import ProgressDisplay
 from mmcr.train.state import NonFiniteCounter, TrainState, rng_state
-from mmcr.train.step import StepContext, train_step
+from mmcr.train.step import train_step
 
 __all__ = ["NonFiniteLossError", "Interrupted", "train", "train_one_epoch", "resolve_run_dir"]
 
