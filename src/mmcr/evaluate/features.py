@@ -16,7 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from mmcr.augment import EvalTransform
+from mmcr.augment import EvalTransform, eval_transform_of
 from mmcr.data import ShardSet, make_loader
 from mmcr.distributed import DistInfo, gather_rows, resolve_device
 
@@ -31,7 +31,7 @@ def eval_transform_for(
     random models. ``size``/``resize`` override the crop and the short-side resize; ``crop=False`` keeps
     the images' size (data already at its final size, as in transfer)."""
     cfg = model_src.config if model_src is not None else None
-    tf = EvalTransform.from_config(cfg.augment, size=size, resize=resize) if cfg is not None else EvalTransform(
+    tf = eval_transform_of(cfg.augment, size=size, resize=resize) if cfg is not None else EvalTransform(
         size=size, resize=resize
     )
     if not crop:
