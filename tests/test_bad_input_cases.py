@@ -287,7 +287,7 @@ def test_labels_are_checked_where_every_data_set_is_built():
 
 # ----------------------------------------------------------------------------------- out of memory
 def test_out_of_memory_in_detection_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
-    import mmcr.evaluate.detection as det
+    import mmcr.evaluate.detection.run as det  # run_detection calls train_loop from there
     from test_evaluate_detection import SMALL, make_voc
 
     voc = make_voc(tmp_path / "voc", n_trainval=6, n_test=2)
