@@ -135,4 +135,4 @@ def test_argparse_helpers(tmp_path, capsys):
     args = p.parse_args(["s", "--print-config", "--rate", "5"])
     assert schema.print_config(args, schema.config_from_args(args, Outer))
     assert "rate: 5.0" in capsys.readouterr().out
-    assert "(rate; default 0.1)" in p.format_help()
+    assert "[rate, default 0.1]" in p.format_help()
