@@ -38,7 +38,7 @@ import yaml
 
 __all__ = [
     "AT_LEAST_1", "FRACTION", "FRACTION_OPEN", "NON_NEGATIVE", "POSITIVE", "RESUME_RULES", "SEED",
-    "ConfigChange", "ConfigError", "FieldInfo", "Range", "add_config_arguments", "build", "check_seed",
+    "ConfigChange", "ConfigError", "FieldInfo", "HelpConfig", "Range", "add_config_arguments", "build", "check_seed",
     "config_changes", "config_flag", "config_from_args", "describe", "dump_yaml", "flatten", "merge", "nest",
     "normalise_numbers", "option", "parse_override", "print_config", "read_yaml", "replace", "resolve", "resume_rule",
     "section", "subsection", "to_dict",
@@ -459,7 +459,7 @@ def help_text(cls) -> str:
 _FLAGS = "_config_flags"  # parser default: {dest: (key, flag)} of the flags that set config fields
 
 
-class _HelpConfig(argparse.Action):
+class HelpConfig(argparse.Action):
     """``--help-config``: prints every key and exits 0 during parsing (no positional arguments needed)."""
 
     def __init__(self, option_strings, dest, section_cls=None, **kwargs):
@@ -480,7 +480,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, section_cls, *, config
                             help=f"YAML file of {what} (keys as in --help-config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"set any of the {what}, e.g. --set {describe(section_cls)[0].key}=... (repeatable)")
-    parser.add_argument("--help-config", action=_HelpConfig, section_cls=section_cls,
+    parser.add_argument("--help-config", action=HelpConfig, section_cls=section_cls,
                         help=f"list every key of the {what} with its default, valid values and meaning, then exit")
     parser.add_argument("--print-config", action="store_true",
                         help=f"print the resolved {what} as YAML and exit")
@@ -538,7 +538,7 @@ def config_data(args: argparse.Namespace, section_cls, base: dict | None = None)
             continue
         value = getattr(args, dest)
         if key in given and given[key] != value:
-            raise ConfigError(f"{flag} {value} contradicts --set {key}={given[key]}; give {key} once")
+            raise ConfigError(f"{flag} {value} contradicts {key}={given[key]} (from --set); give {key} once")
         typ, meta = _field_spec(section_cls, key)
         merge(data, nest(key, check_value(flag, typ, meta, value)))
     return data

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmcr.evaluate.settings import KnnSettings, LinearSettings, SemiSettings, TransferSettings
+from mmcr.evaluate.settings import BrainscoreExportSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
 from mmcr.models.loading import SOURCE_HELP
-from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config
+from mmcr.schema import HelpConfig, add_config_arguments, config_flag, config_from_args, print_config
 
 #: The section of each ``mmcr eval`` subcommand (its handler is ``mmcr.evaluate.api.run_<name>``).
 EVALUATIONS = {"knn": KnnSettings, "linear": LinearSettings, "semi": SemiSettings, "transfer": TransferSettings}
@@ -125,36 +125,36 @@ def brainscore_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help=SOURCE_HELP)
     p.add_argument("out_dir", help="plugin folder to write (its name becomes the plugin's folder name)")
-    p.add_argument("--identifier", required=True, help="the Brain-Score model identifier (no hyphens)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--region-layer-map", metavar="FILE", help='JSON {"V1": layer, "V2": ..., "V4": ..., "IT": ...}')
-    how.add_argument("--choose-layers", metavar="NEURAL.npz",
-                     help="choose each region's layer by held-out neural predictivity on these recordings "
-                          "(images (S,H,W,3) uint8; V1/V2/V4/IT (S,n) or (reps,S,n); optional labels (S,))")
-    p.add_argument("--layers", type=_layer_list, default=None,
-                   help="candidate layers for --choose-layers (default: the ResNet stages)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size the model sees (default: the run's crop size; 224 for named models)")
-    p.add_argument("--stimuli", type=int, default=None,
-                   help="generated stimuli for the spectra when no recordings are given (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seeds random-init sources and the generated stimuli")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="where the spectra and layer choice are computed (cpu, cuda)")
-    p.add_argument("--weights-url", default=None,
-                   help="where the plugin downloads weights.safetensors if its folder lacks it (sha256-checked); "
-                        "for submissions whose weights exceed Brain-Score's 50 MB zip limit")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    add_config_arguments(p, BrainscoreExportSettings, what="export settings")
+    B = BrainscoreExportSettings
+    config_flag(p, "--identifier", "identifier", B)
+    config_flag(p, "--region-layer-map", "region_layer_map", B, metavar="FILE")
+    config_flag(p, "--choose-layers", "choose_layers", B, metavar="NEURAL.npz",
+                help="choose each region's layer by held-out neural predictivity on these recordings "
+                     "(images (S,H,W,3) uint8; V1/V2/V4/IT (S,n) or (reps,S,n); optional labels (S,))")
+    config_flag(p, "--layers", "layers", B, type=_layer_list)
+    for flag, key in (("--image-size", "image_size"), ("--stimuli", "stimuli"), ("--seed", "seed"),
+                      ("--batch-size", "batch_size")):
+        config_flag(p, flag, key, B, type=int)
+    config_flag(p, "--device", "device", B)
+    config_flag(p, "--weights-url", "weights_url", B)
+    config_flag(p, "--force", "force", B, action="store_const", const=True)
     return p
 
 
 def _export_brainscore(args) -> int:
     from mmcr.evaluate.brainscore import export_brainscore_plugin
 
+    s = config_from_args(args, BrainscoreExportSettings)
+    if print_config(args, s):
+        return 0
+    if s.identifier is None:
+        raise ValueError("mmcr export brainscore needs --identifier NAME (the Brain-Score model identifier)")
     meta = export_brainscore_plugin(
-        args.source, args.out_dir, args.identifier, region_layer_map=args.region_layer_map,
-        choose_layers_from=args.choose_layers, candidate_layers=args.layers, image_size=args.image_size,
-        n_stimuli=args.stimuli, seed=args.seed, force=args.force, batch_size=args.batch_size, device=args.device,
-        weights_url=args.weights_url,
+        args.source, args.out_dir, s.identifier, region_layer_map=s.region_layer_map,
+        choose_layers_from=s.choose_layers, candidate_layers=s.layers, image_size=s.image_size,
+        n_stimuli=s.stimuli, seed=s.seed, force=s.force, batch_size=s.batch_size, device=s.device,
+        weights_url=s.weights_url,
     )
     print(f"wrote Brain-Score plugin {meta['identifier']!r} to {meta['path']} ({meta['commitment']}: "
           + ", ".join(f"{r} {layer}" for r, layer in meta["region_layer_map"].items())
@@ -232,5 +232,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", help=f"{SOURCE_HELP}; or 'brainscore' for a Brain-Score plugin")
     p.add_argument("out", help="output file: .pt/.pth or .safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("--help-config", action=HelpConfig, section_cls=BrainscoreExportSettings,
+                   help="list every setting of mmcr export brainscore (plain export has none), then exit")
     p.set_defaults(func=_export)
     return p
