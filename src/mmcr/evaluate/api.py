@@ -20,12 +20,12 @@ from mmcr.evaluate.transfer import transfer_probe
 from mmcr.schema import resolve
 
 if TYPE_CHECKING:
-    from mmcr.models import ModelSource
+    from mmcr.evaluate.sources import ModelSource
     from mmcr.run.config import RunConfig
 
 
 def _load_model(source: str | Path, device=None):
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
 
     return load_pretrained(source)
 

@@ -11,8 +11,8 @@ import argparse
 import json
 
 from mmcr.evaluate.settings import BrainscoreExportSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
+from mmcr.evaluate.sources import SOURCE_HELP
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
-from mmcr.models.loading import SOURCE_HELP
 from mmcr.schema import HelpConfig, add_config_arguments, config_flag, config_from_args, print_config
 
 #: The section of each ``mmcr eval`` subcommand (its handler is ``mmcr.evaluate.api.run_<name>``).
