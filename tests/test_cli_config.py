@@ -14,7 +14,7 @@ COMMANDS = [
     (["eval", "linear", "SRC"], "weight_decays", ("aug_passes=2", {"aug_passes": 2})),
     (["eval", "semi", "SRC"], "head_init", ("epochs=4", {"epochs": 4})),
     (["eval", "transfer", "SRC"], "num_workers", ("dataset=dtd", {"dataset": "dtd"})),
-    (["eval", "detection", "SRC", "--root", "VOC"], "solver.lr", ("solver.max_iter=10", {"solver": {"max_iter": 10}})),
+    (["eval", "detection", "SRC", "--root", "VOC"], "solver.lr", ("solver.lr=0.01", {"solver": {"lr": 0.01}})),
     (["analyze", "SRC", "--out", "OUT"], "n_views", ("n_t=9", {"n_t": 9})),
     (["export", "brainscore", "SRC", "OUT"], "identifier", ("seed=5", {"seed": 5})),
     (["data", "shard", "FOLDER", "OUT"], "shard_size", ("shard_size=9", {"shard_size": 9})),
@@ -78,3 +78,30 @@ def test_analysis_and_export_settings_refuse_unknown_names():
         resolve(AnalysisSettings, None, {"fit_range": [5, 2]})
     with pytest.raises(ConfigError, match="region_layer_map or choose_layers, not both"):
         resolve(BrainscoreExportSettings, None, {"region_layer_map": "a.json", "choose_layers": "b.npz"})
+
+
+def test_detection_defaults_are_the_shipped_preset_and_protocols_are_checked():
+    from mmcr.evaluate.detection.config import DetectionConfig, detection_config, detection_preset_path
+    from mmcr.schema import read_yaml
+
+    assert DetectionConfig.from_dict(read_yaml(detection_preset_path("voc-c4"))) == DetectionConfig()
+    cfg = detection_config(None, ["protocols.voc07.iterations=100", "protocols.mine={train: [2012/train], "
+                                  "test: 2007/test, iterations: 5, steps: [3]}"])
+    assert cfg.protocols["voc07"] == {"train": ["2007/trainval"], "test": "2007/test", "iterations": 100,
+                                      "steps": [5400, 6600]}  # a protocol given in part keeps the rest
+    assert cfg.protocols["mine"]["steps"] == [3]
+    for override, match in [("protocols.voc07.steps=[9,2]", r"invalid value \[9, 2\] for protocols.voc07.steps"),
+                            ("protocols.voc07.iterations=-1", r"protocols.voc07.iterations must be >= 0, got -1"),
+                            ("protocols.x={train: [a]}", "protocols.x needs the fields .* missing test"),
+                            ("protocols.voc07.train=[2007]", "give 'YEAR/SET' image sets"),
+                            ("solver.gamma=0", r"solver.gamma must be in \(0, 1\], got 0.0")]:
+        with pytest.raises(ConfigError, match=match):
+            detection_config(None, [override])
+
+
+def test_detection_flags_contradicting_set_are_refused(tmp_path, capsys):
+    argv = ["eval", "detection", "src", "--root", str(tmp_path), "--print-config"]
+    assert main([*argv, "--norm", "frozen", "--set", "model.norm=frozen"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["norm"] == "frozen"
+    assert main([*argv, "--workers", "2", "--set", "solver.num_workers=3"]) == 2
+    assert "--workers 2 contradicts solver.num_workers=3 (from --set)" in capsys.readouterr().err

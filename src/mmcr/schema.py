@@ -449,7 +449,8 @@ def help_text(cls) -> str:
     """The ``--help-config`` listing: one line per key, ``key = default  (valid)  # doc``."""
     lines = []
     for info in describe(cls):
-        default = yaml.safe_dump(info.default, default_flow_style=True).strip().removesuffix("...").strip()
+        default = yaml.safe_dump(info.default, default_flow_style=True, width=10**9).strip()
+        default = default.removesuffix("...").strip()
         doc = f"  # {info.doc}" if info.doc else ""
         lines.append(f"{info.key} = {default}  ({info.valid}){doc}")
     return "\n".join(lines)
@@ -460,14 +461,16 @@ _FLAGS = "_config_flags"  # parser default: {dest: (key, flag)} of the flags tha
 
 
 class HelpConfig(argparse.Action):
-    """``--help-config``: prints every key and exits 0 during parsing (no positional arguments needed)."""
+    """``--help-config``: prints every key and exits 0 during parsing (no positional arguments needed).
+    ``section_cls`` may be a function returning the class, for sections of modules imported only when used."""
 
     def __init__(self, option_strings, dest, section_cls=None, **kwargs):
         self.section_cls = section_cls
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(help_text(self.section_cls))
+        cls = self.section_cls if isinstance(self.section_cls, type) else self.section_cls()
+        print(help_text(cls))
         parser.exit(0)
 
 

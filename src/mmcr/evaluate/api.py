@@ -210,26 +210,9 @@ def run_semi(source: str | Path, settings: SemiSettings | None = None, *, device
 
         flip_p = 0.5 if max(MultiViewAugment.from_config(model_src.config.augment).probs["flip_p"]) > 0 else 0.0
     aug = FinetuneAugment(mean=tf.mean, std=tf.std, size=tf.size, flip_p=flip_p)
-    res = finetune(
-        model,
-        train.images[idx],
-        train.labels[idx],
-        test.images,
-        test.labels,
-        num_classes=len(train.classes),
-        epochs=s.epochs,
-        min_steps=s.min_steps,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        head_lr=s.head_lr,
-        weight_decay=s.weight_decay,
-        head_init=s.head_init,
-        train_transform=aug,
-        eval_transform=tf,
-        seed=s.seed,
-        device=device,
-        progress=s.progress,
-    )
+    res = finetune(model, train.images[idx], train.labels[idx], test.images, test.labels,
+                   num_classes=len(train.classes), settings=s.finetune_settings(), train_transform=aug,
+                   eval_transform=tf, device=device)
     res.update({"dataset": name, "subset": subset, "flip_p": flip_p, "step": model_src.step})
     tag = f"{name}_{Path(s.subset_file).stem if s.subset_file else f'{s.fraction:g}'}"
     res["json"] = str(record_result("semi", res, source, out, tag=tag,

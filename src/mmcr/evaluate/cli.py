@@ -13,7 +13,7 @@ import json
 from mmcr.evaluate.settings import BrainscoreExportSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
 from mmcr.evaluate.sources import SOURCE_HELP
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
-from mmcr.schema import HelpConfig, add_config_arguments, config_flag, config_from_args, print_config
+from mmcr.schema import HelpConfig, add_config_arguments, config_flag, config_from_args, dump_yaml, print_config
 
 #: The section of each ``mmcr eval`` subcommand (its handler is ``mmcr.evaluate.api.run_<name>``).
 EVALUATIONS = {"knn": KnnSettings, "linear": LinearSettings, "semi": SemiSettings, "transfer": TransferSettings}
@@ -72,9 +72,20 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _detection_config():
+    from mmcr.evaluate.detection.config import DetectionConfig  # the detection package loads when used
+
+    return DetectionConfig
+
+
 def _detection(args) -> int:
     from mmcr.evaluate.detection import run_detection
+    from mmcr.evaluate.detection.config import detection_config, flag_overrides
 
+    if args.print_config:  # the resolved preset, as the run would read it (flags included)
+        flags = {"model.norm": ("--norm", args.norm), "solver.num_workers": ("--workers", args.workers)}
+        print(dump_yaml(detection_config(args.config, flag_overrides(args.overrides, flags))), end="")
+        return 0
     res = run_detection(
         args.source,
         args.root,
@@ -206,6 +217,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding VOCdevkit/VOC2007 (and VOC2012), or VOCdevkit")
     p.add_argument("--protocol", default="voc07+12", help="voc07+12 (default: 07+12 trainval -> 07 test) or voc07")
     p.add_argument("--config", default=None, help="YAML with preset fields to change (default: the voc-c4 preset)")
+    p.add_argument("--help-config", action=HelpConfig, section_cls=_detection_config,
+                   help="list every key of the detection config with its default, valid values and meaning, then exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved detection config as YAML and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a preset field, e.g. --set solver.lr=0.01 (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="schedule length; lr steps keep their fractions")

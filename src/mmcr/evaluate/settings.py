@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from mmcr.data import DATASET_NAMES
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
-from mmcr.evaluate.semi import HEAD_INITS, MIN_STEPS
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
 from mmcr.schema import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, ConfigError, Range, option, section
 
 OPEN_FRACTION = Range(0, 1, lo_open=True, hi_open=True)
+MIN_STEPS = 500  # the floor of fine-tuning's optimiser steps; fixed in advance (see mmcr.evaluate.semi)
+HEAD_INITS = ("linear", "random")
 
 
 def _datasets() -> list[str]:
@@ -60,17 +61,37 @@ class LinearSettings(ProbeSettings):
 
 
 @section
-class SemiSettings(FeatureSettings):
-    fraction: float = option(0.01, check=Range(0, 1, lo_open=True), doc="class-balanced label fraction")
-    subset_file: str | None = option(None, doc="file of indices or file names (ImageNet subset lists)")
+class FinetuneSettings:
+    """How :func:`mmcr.evaluate.semi.finetune` trains: SGD (momentum 0.9, Nesterov), cosine schedule."""
+
     epochs: int = option(30, check=AT_LEAST_1, doc="epochs, raised when they give fewer than min_steps steps")
     min_steps: int = option(MIN_STEPS, check=NON_NEGATIVE, doc="least number of optimiser steps")
+    batch_size: int = option(256, check=AT_LEAST_1, doc="images per step")
     lr: float = option(0.01, check=POSITIVE, doc="backbone learning rate")
     head_lr: float = option(0.1, check=POSITIVE, doc="classifier learning rate")
     weight_decay: float = option(0.0, check=NON_NEGATIVE, doc="weight decay of the fine-tuning")
     head_init: str = option("linear", choices=lambda: list(HEAD_INITS),
                             doc="linear: start from the linear probe on the same subset (reported beside); random")
+    grad_clip: float | None = option(1.0, check=POSITIVE, doc="max gradient norm (null = no clipping)")
+    probe_weight_decays: list[float] | None = option(None, check=NON_NEGATIVE, validate=_weight_decays,
+                                                     doc="L2 strengths of the starting probe (default: the "
+                                                         "linear probe's)")
     seed: int = option(0, check=SEED, doc="seeds the subset, the head and the batches")
+    progress: bool = option(False, doc="show progress bars")
+
+
+@section
+class SemiSettings(FinetuneSettings, FeatureSettings):
+    """``mmcr eval semi``: the data and features of every evaluation, the labelled subset, and how
+    fine-tuning trains (:class:`FinetuneSettings`)."""
+
+    fraction: float = option(0.01, check=Range(0, 1, lo_open=True), doc="class-balanced label fraction")
+    subset_file: str | None = option(None, doc="file of indices or file names (ImageNet subset lists)")
+    progress: bool = option(True, doc="show progress bars")
+
+    def finetune_settings(self) -> FinetuneSettings:
+        """The fine-tuning part of these settings."""
+        return FinetuneSettings.from_dict({f: getattr(self, f) for f in FinetuneSettings.__dataclass_fields__})
 
 
 @section

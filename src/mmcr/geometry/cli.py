@@ -6,7 +6,7 @@ import argparse
 import json
 
 from mmcr.geometry.settings import AnalysisSettings
-from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config, to_dict
+from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -74,18 +74,15 @@ def run_analyze(args: argparse.Namespace) -> int:
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels is not None and len(args.models) == 1:
         raise ValueError("--labels names the models of a comparison; give it with two or more models")
-    kwargs = {k: v for k, v in to_dict(settings).items() if k not in ("dataset", "root")}
-    kwargs.update(data_root=settings.root, fit_range=tuple(settings.fit_range), device=args.device)
-    dataset = settings.dataset
     if len(args.models) == 1:
-        res = run_analysis(args.models[0], dataset, args.out, **kwargs)
+        res = run_analysis(args.models[0], None, args.out, settings, device=args.device)
         line = {"out": str(args.out)}
         for kind in ("temporal", "augmentation"):
             if kind in res:
                 line[f"{kind}_capacity"] = {n: round(res[kind][n]["capacity"]["capacity"], 4) for n in res["layers"]}
         print(json.dumps(line))
         return 0
-    comp = compare_models(args.models, dataset, args.out, labels=labels, **kwargs)
+    comp = compare_models(args.models, None, args.out, labels=labels, settings=settings, device=args.device)
     line = {"out": str(args.out)}
     for kind in ("temporal", "augmentation"):
         if kind in comp["summary"]:
