@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmcr.evaluate import api
 from mmcr.evaluate.settings import BrainscoreExportSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
 from mmcr.evaluate.sources import SOURCE_HELP
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
@@ -61,8 +62,6 @@ def _print(kind: str, res: dict) -> None:
 
 def _evaluate(args) -> int:
     """``mmcr eval knn|linear|semi|transfer``: the settings from the flags, --config and --set, then the run."""
-    from mmcr.evaluate import api
-
     cls = EVALUATIONS[args.eval_command]
     settings = config_from_args(args, cls)
     if print_config(args, settings):
@@ -79,6 +78,7 @@ def _detection_config():
 
 
 def _detection(args) -> int:
+    # the detection package (torchvision's detection models) loads only when it is used
     from mmcr.evaluate.detection import run_detection
     from mmcr.evaluate.detection.config import detection_config, flag_overrides
 

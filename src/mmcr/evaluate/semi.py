@@ -140,20 +140,10 @@ def _probe_head(
                   "linear_weight_decay": chosen["weight_decay"]}
 
 
-def finetune(
-    backbone: nn.Module,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    num_classes: int | None = None,
-    settings: FinetuneSettings | None = None,
-    *,
-    train_transform: Callable | None = None,
-    eval_transform: Callable | None = None,
-    device: str | torch.device | None = None,
-    **changes,
-) -> dict:
+def finetune(backbone: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+             test_labels: torch.Tensor, num_classes: int | None = None, settings: FinetuneSettings | None = None, *,
+             train_transform: Callable | None = None, eval_transform: Callable | None = None,
+             device: str | torch.device | None = None, **changes) -> dict:
     """Fine-tune ``backbone`` (modified in place) with a linear head by SGD (momentum 0.9, Nesterov) and
     a cosine schedule; ``lr`` for the backbone, ``head_lr`` for the head.
 
