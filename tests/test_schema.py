@@ -136,3 +136,13 @@ def test_argparse_helpers(tmp_path, capsys):
     assert schema.print_config(args, schema.config_from_args(args, Outer))
     assert "rate: 5.0" in capsys.readouterr().out
     assert "[rate, default 0.1]" in p.format_help()
+
+
+def test_a_section_made_at_run_time_checks_like_a_declared_one():
+    Opts = schema.make_section("Opts", {"lmbda": (float, option(0.0, check=schema.NON_NEGATIVE, doc="weight")),
+                                        "kind": (str | None, option(None, choices=lambda: ["a", "b"]))})
+    assert Opts.from_dict({"lmbda": 1}).lmbda == 1.0 and Opts().kind is None
+    with pytest.raises(ConfigError, match=r"^lmbda must be >= 0 and finite, got -1.0$"):
+        Opts.from_dict({"lmbda": -1})
+    with pytest.raises(ConfigError, match=r"^unknown config key 'lam'; valid keys here: kind, lmbda$"):
+        schema.resolve(Opts, None, {"lam": 1})

@@ -23,7 +23,7 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("preset", nargs="?", default=None,
                    help=f"a shipped preset ({', '.join(available_presets())}) or a YAML config file "
                         f"(default {DEFAULT_PRESET})")
-    add_config_arguments(p, RunConfig, what="run config")
+    add_config_arguments(p, RunConfig, what="run config", example="optim.lr=2e-3")
     config_flag(p, "--out", "out", RunConfig, help="run directory (default: runs/<name>-<time>)")
     config_flag(p, "--resume", "train.resume", RunConfig,
                 help="'auto' continues the newest valid checkpoint in --out; or a checkpoint path")

@@ -39,9 +39,9 @@ import yaml
 __all__ = [
     "AT_LEAST_1", "FRACTION", "FRACTION_OPEN", "NON_NEGATIVE", "POSITIVE", "RESUME_RULES", "SEED",
     "ConfigChange", "ConfigError", "FieldInfo", "HelpConfig", "Range", "add_config_arguments", "build", "check_seed",
-    "config_changes", "config_flag", "config_from_args", "describe", "dump_yaml", "flatten", "merge", "nest",
-    "normalise_numbers", "option", "parse_override", "print_config", "read_yaml", "replace", "resolve", "resume_rule",
-    "section", "subsection", "to_dict",
+    "config_changes", "config_flag", "config_from_args", "describe", "dump_yaml", "flatten", "make_section", "merge",
+    "nest", "normalise_numbers", "option", "parse_override", "print_config", "read_yaml", "replace", "resolve",
+    "resume_rule", "section", "subsection", "to_dict",
 ]
 
 
@@ -142,6 +142,14 @@ def section(cls):
     if "replace" not in cls.__dict__:
         cls.replace = replace
     return cls
+
+
+def make_section(name: str, fields: dict[str, tuple[Any, Any]], doc: str = ""):
+    """A section built at run time (``{field: (type, option(...))}``), e.g. the options of a registered
+    builder; the same checks and messages as a declared one."""
+    namespace = {"__annotations__": {k: typ for k, (typ, _) in fields.items()}, "__doc__": doc,
+                 **{k: f for k, (_, f) in fields.items()}}
+    return section(type(name, (), namespace))
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -475,14 +483,15 @@ class HelpConfig(argparse.Action):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, section_cls, *, config_file: bool = True,
-                         what: str = "settings") -> None:
+                         what: str = "settings", example: str | None = None) -> None:
     """``--config FILE.yaml``, ``--set key=value`` (repeatable), ``--help-config`` and ``--print-config``
     over ``section_cls``; :func:`config_from_args` resolves them (defaults <- file <- --set <- flags)."""
     if config_file:
         parser.add_argument("--config", metavar="FILE.yaml", default=None,
                             help=f"YAML file of {what} (keys as in --help-config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"set any of the {what}, e.g. --set {describe(section_cls)[0].key}=... (repeatable)")
+                        help=f"set any of the {what}, e.g. --set {example or describe(section_cls)[0].key + '=...'} "
+                             "(repeatable)")
     parser.add_argument("--help-config", action=HelpConfig, section_cls=section_cls,
                         help=f"list every key of the {what} with its default, valid values and meaning, then exit")
     parser.add_argument("--print-config", action="store_true",
