@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmcr.data.settings import ShardSettings
+from mmcr.data.shardwrite import write_shards
 from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config
 
 
@@ -25,8 +26,6 @@ def add_data_parser(sub) -> None:
 
 
 def _shard(args) -> int:
-    from mmcr.data.shardwrite import write_shards
-
     settings = config_from_args(args, ShardSettings)
     if print_config(args, settings):
         return 0

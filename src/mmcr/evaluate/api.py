@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mmcr.augment import MultiViewAugment
+from mmcr.data import load_dataset, still_images
 from mmcr.evaluate.export import check_export_path, export_backbone
 from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.knn import check_test_classes, knn_accuracy
@@ -16,6 +18,7 @@ from mmcr.evaluate.linear import linear_probe
 from mmcr.evaluate.results import destination, record_result
 from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
 from mmcr.evaluate.settings import KnnSettings, LinearSettings, ProbeSettings, SemiSettings, TransferSettings
+from mmcr.evaluate.sources import load_pretrained
 from mmcr.evaluate.transfer import transfer_probe
 from mmcr.schema import resolve
 
@@ -25,8 +28,6 @@ if TYPE_CHECKING:
 
 
 def _load_model(source: str | Path, device=None):
-    from mmcr.evaluate.sources import load_pretrained
-
     return load_pretrained(source)
 
 
@@ -46,8 +47,6 @@ def dataset_spec(run_cfg: RunConfig | None, dataset: str | None, root: str | Non
 def load_split_pair(model_src: ModelSource, dataset: str | None, root: str | None, train_split: str,
                     test_split: str):
     """The training and test splits through :func:`mmcr.data.load_dataset`."""
-    from mmcr.data import load_dataset, still_images
-
     name, root, options, cache_dir = dataset_spec(model_src.config, dataset, root)
     train = _labelled(still_images(load_dataset(name, root=root, split=train_split, cache_dir=cache_dir,
                                                      **options)))
@@ -129,8 +128,6 @@ def run_knn(source: str | Path, settings: KnnSettings | None = None, *, device: 
 
 def _augmented_passes(model, model_src, train, s: LinearSettings, device) -> list[torch.Tensor]:
     """``s.aug_passes`` feature passes of the run's training augmentation (one view per image each)."""
-    from mmcr.augment import MultiViewAugment
-
     if model_src.config is None:
         raise ValueError("--aug-passes uses the run's training augmentation; give a run directory or "
                          "checkpoint of ours, or use --aug-passes 0")
@@ -206,8 +203,6 @@ def run_semi(source: str | Path, settings: SemiSettings | None = None, *, device
     tf = eval_transform_for(model_src, size=s.size)
     flip_p = 0.5
     if model_src.config is not None:
-        from mmcr.augment import MultiViewAugment
-
         flip_p = 0.5 if max(MultiViewAugment.from_config(model_src.config.augment).probs["flip_p"]) > 0 else 0.0
     aug = FinetuneAugment(mean=tf.mean, std=tf.std, size=tf.size, flip_p=flip_p)
     res = finetune(model, train.images[idx], train.labels[idx], test.images, test.labels,

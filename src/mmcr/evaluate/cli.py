@@ -11,6 +11,9 @@ import argparse
 import json
 
 from mmcr.evaluate import api
+from mmcr.evaluate.brainscore import export_brainscore_plugin
+from mmcr.evaluate.detection import run_detection
+from mmcr.evaluate.detection.config import DetectionConfig, detection_config, flag_overrides
 from mmcr.evaluate.settings import BrainscoreExportSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
 from mmcr.evaluate.sources import SOURCE_HELP
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
@@ -71,16 +74,7 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _detection_config():
-    from mmcr.evaluate.detection.config import DetectionConfig  # the detection package loads when used
-
-    return DetectionConfig
-
-
 def _detection(args) -> int:
-    # the detection package (torchvision's detection models) loads only when it is used
-    from mmcr.evaluate.detection import run_detection
-    from mmcr.evaluate.detection.config import detection_config, flag_overrides
 
     if args.print_config:  # the resolved preset, as the run would read it (flags included)
         flags = {"model.norm": ("--norm", args.norm), "solver.num_workers": ("--workers", args.workers)}
@@ -112,9 +106,7 @@ def _export(args) -> int:
     if args.rest:
         raise ValueError(f"unexpected arguments {' '.join(args.rest)}; use mmcr export SOURCE FILE, or mmcr export "
                          "brainscore SOURCE OUT_DIR --identifier NAME")
-    from mmcr.evaluate.api import run_export
-
-    meta = run_export(args.source, args.out)
+    meta = api.run_export(args.source, args.out)
     print(f"exported {meta['arch']} backbone to {meta['path']}")
     return 0
 
@@ -154,8 +146,6 @@ def brainscore_parser() -> argparse.ArgumentParser:
 
 
 def _export_brainscore(args) -> int:
-    from mmcr.evaluate.brainscore import export_brainscore_plugin
-
     s = config_from_args(args, BrainscoreExportSettings)
     if print_config(args, s):
         return 0
@@ -217,7 +207,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding VOCdevkit/VOC2007 (and VOC2012), or VOCdevkit")
     p.add_argument("--protocol", default="voc07+12", help="voc07+12 (default: 07+12 trainval -> 07 test) or voc07")
     p.add_argument("--config", default=None, help="YAML with preset fields to change (default: the voc-c4 preset)")
-    p.add_argument("--help-config", action=HelpConfig, section_cls=_detection_config,
+    p.add_argument("--help-config", action=HelpConfig, section_cls=DetectionConfig,
                    help="list every key of the detection config with its default, valid values and meaning, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved detection config as YAML and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -32,8 +32,7 @@ from mmcr.evaluate.features import extract_features, progress_bar
 from mmcr.evaluate.knn import check_class_labels, topk_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, fit_logistic, linear_probe
 from mmcr.evaluate.settings import HEAD_INITS, MIN_STEPS, FinetuneSettings  # noqa: F401 - re-exported
-from mmcr.run.config import Range, check_seed
-from mmcr.schema import resolve
+from mmcr.schema import Range, check_seed, resolve
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:

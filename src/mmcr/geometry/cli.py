@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmcr.geometry.analyze import run_analysis
+from mmcr.geometry.compare import compare_models
 from mmcr.geometry.settings import AnalysisSettings
 from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config
 
@@ -65,9 +67,6 @@ def _ranks(text: str) -> list[int]:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Handler of ``mmcr analyze``; returns the exit status."""
-    from mmcr.geometry.analyze import run_analysis
-    from mmcr.geometry.compare import compare_models
-
     settings = config_from_args(args, AnalysisSettings)
     if print_config(args, settings):
         return 0

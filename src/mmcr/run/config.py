@@ -24,7 +24,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mmcr import schema
+from mmcr import augment, data, models, objectives, schema
+from mmcr.augment import temporal
+from mmcr.data.datasets import MAX_IMAGE_SIZE  # noqa: F401 - the limit of data.options.size, re-exported
+from mmcr.models import momentum
+from mmcr.rundir.files import write_text_atomic
+from mmcr.rundir.layout import CONFIG_FILE
 from mmcr.schema import (  # noqa: F401 - the engine's names, re-exported where users import them
     AT_LEAST_1,
     FRACTION,
@@ -42,9 +47,6 @@ from mmcr.schema import (  # noqa: F401 - the engine's names, re-exported where 
     subsection,
 )
 
-#: Largest working image side (``data.options.size``): far beyond any recipe (ImageNet: 224), far below
-#: sizes that cannot fit in memory for any data set.
-MAX_IMAGE_SIZE = 4096
 #: Largest ``train.threads``: above it a thread pool only exhausts memory (it is clamped to the machine's
 #: cores, with a warning, when the run starts).
 MAX_THREADS = 1024
@@ -58,33 +60,26 @@ def _choices(getter: Callable[[], Any]) -> Callable[[], list[str]]:
 
 
 def _objectives():
-    from mmcr.objectives import OBJECTIVES
-
-    return OBJECTIVES
+    return objectives.OBJECTIVES
 
 
 def _datasets():
-    from mmcr.data import DATASET_NAMES
-
-    return DATASET_NAMES
+    return data.DATASET_NAMES
 
 
 def _augment_presets():
-    from mmcr.augment import TRAIN_PRESETS
-
-    return TRAIN_PRESETS
+    return augment.TRAIN_PRESETS
 
 
 def _temporal(name: str):
     def get():
-        from mmcr.augment import temporal
-
         return getattr(temporal, name)
 
     return get
 
 
 def _optimizers():
+    # mmcr.train imports this module at its top: its registries are read when a value is checked
     from mmcr.train.optim import OPTIMIZERS
 
     return OPTIMIZERS
@@ -97,17 +92,13 @@ def _schedules():
 
 
 def _momentum_schedules():
-    from mmcr.models.momentum import SCHEDULES
-
-    return SCHEDULES
+    return momentum.SCHEDULES
 
 
 def _check_backbone(name: str) -> str | None:
-    from mmcr.models import available_backbones, is_backbone_name
-
-    if is_backbone_name(name):
+    if models.is_backbone_name(name):
         return None
-    return f"choose one of {', '.join(available_backbones())}"
+    return f"choose one of {', '.join(models.available_backbones())}"
 
 
 def _check_view_chunk(value) -> str | None:
@@ -301,9 +292,7 @@ def validate(cfg: RunConfig) -> None:
     """Cross-field checks that single values cannot express."""
     if cfg.model.momentum.enabled and cfg.objective.name != "mmcr":
         raise ConfigError("model.momentum.enabled is supported with objective.name=mmcr only")
-    from mmcr.models import SMALL_BACKBONES
-
-    if cfg.model.backbone in SMALL_BACKBONES and not cfg.model.cifar_stem:
+    if cfg.model.backbone in models.SMALL_BACKBONES and not cfg.model.cifar_stem:
         raise ConfigError(
             f"model.backbone={cfg.model.backbone} always has the CIFAR stem (3x3 stride-1 conv, no max-pool); "
             "set model.cifar_stem=true or choose a torchvision ResNet for the ImageNet stem"
@@ -374,15 +363,11 @@ def read_run_config(path: str | Path) -> RunConfig:
     """The config of a run directory (``config.yaml``) or a config file."""
     path = Path(path)
     if path.is_dir():
-        from mmcr.rundir.layout import CONFIG_FILE
-
         path = path / CONFIG_FILE
     return RunConfig.from_dict(read_yaml(path))
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    from mmcr.rundir.files import write_text_atomic
-
     write_text_atomic(path, schema.dump_yaml(cfg))
 
 
