@@ -29,7 +29,7 @@ from mmcr.augment import functional as AF
 from mmcr.augment.eval import EvalTransform
 from mmcr.augment.functional import check_images
 from mmcr.augment.presets import PRESETS
-from mmcr.run.config import check_seed
+from mmcr.schema import check_seed
 
 _TRAIN_KEYS = set(PRESETS["cifar"]) | {"blur_kernel_size"}
 _PROB_KEYS = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")

@@ -26,6 +26,11 @@ from mmcr.data import cache as C
 from mmcr.data import views as V
 from mmcr.data.decode import IMAGE_EXTENSIONS, BadFiles, DatasetError, decode_image, is_image_name
 from mmcr.data.shards import load_webdataset
+from mmcr.schema import Range
+
+#: Largest working image side (``size``, a run's ``data.options.size``): far beyond any recipe (ImageNet:
+#: 224), far below sizes that cannot fit in memory for any data set.
+MAX_IMAGE_SIZE = 4096
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -772,8 +777,6 @@ def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **k
         )
     size = kw.get("size")
     if size is not None:
-        from mmcr.run.config import MAX_IMAGE_SIZE, Range
-
         kw["size"] = Range(1, MAX_IMAGE_SIZE).check("size", size, integer=True, error=DatasetError)
     for flag in ("download", "lazy"):
         if flag in kw and not isinstance(kw[flag], bool):

@@ -21,7 +21,7 @@ from mmcr.data.decode import DatasetError
 from mmcr.data.order import epoch_order, one_line_worker_errors
 from mmcr.data.shards import ShardLoader, ShardSet
 from mmcr.data.views import decode_encoded
-from mmcr.run.config import check_seed
+from mmcr.schema import check_seed
 
 __all__ = ["InMemoryLoader", "ShardLoader", "WorkerLoader", "epoch_order", "make_loader"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmcr.data.decode import DatasetError
-from mmcr.run.config import check_seed
+from mmcr.schema import check_seed
 
 
 def split_train_val(ds, val_fraction: float = 0.1, seed: int = 0):

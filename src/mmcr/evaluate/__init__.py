@@ -14,6 +14,7 @@ from mmcr.evaluate.knn import knn_accuracy, knn_scores, topk_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, LogisticModel, fit_logistic, linear_probe, sklearn_C
 from mmcr.evaluate.results import record_result
 from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
+from mmcr.evaluate.settings import FinetuneSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
 from mmcr.evaluate.sources import SOURCE_HELP, ModelSource, load_pretrained
 from mmcr.evaluate.transfer import TRANSFER_DATASETS, transfer_dataset, transfer_probe
 
@@ -23,6 +24,11 @@ __all__ = [
     "ModelSource",
     "TRANSFER_DATASETS",
     "FinetuneAugment",
+    "FinetuneSettings",
+    "KnnSettings",
+    "LinearSettings",
+    "SemiSettings",
+    "TransferSettings",
     "LogisticModel",
     "backbone_state_dict",
     "build_plain_model",

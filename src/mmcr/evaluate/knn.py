@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcr.distributed import resolve_device
-from mmcr.run.config import AT_LEAST_1, POSITIVE
+from mmcr.schema import AT_LEAST_1, POSITIVE
 
 
 def _check(train_feats, train_labels, test_feats, test_labels, k, temperature):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from mmcr.distributed import resolve_device
 from mmcr.evaluate.features import progress_bar
 from mmcr.evaluate.knn import check_class_labels, topk_accuracy
-from mmcr.run.config import NON_NEGATIVE, check_seed
+from mmcr.schema import NON_NEGATIVE, check_seed
 
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 

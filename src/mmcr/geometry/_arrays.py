@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmcr.schema import check_seed
+
 
 def to_tensor(x: Any, device: torch.device | str | None = None) -> torch.Tensor:
     """Any array-like as a float64 tensor (numpy -> CPU; torch keeps its device unless ``device`` is given)."""
@@ -75,8 +77,6 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def checked_seed(seed: int | None) -> int | None:
     """``seed`` under the one rule of mmcr's seeds (an integer in [0, 2**32 - 1]); None stays None (fresh entropy)."""
-    from mmcr.run.config import check_seed
-
     return None if seed is None else check_seed(seed)
 
 
