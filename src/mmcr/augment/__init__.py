@@ -9,9 +9,18 @@ deterministic view (B, 3, h, w) that evaluation uses; ``mmcr.augment.functional`
 from mmcr.augment import functional
 from mmcr.augment.eval import EvalTransform
 from mmcr.augment.multiview import MultiViewAugment, ViewParams, check_images
-from mmcr.augment.presets import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, PRESETS, TRAIN_PRESETS
+from mmcr.augment.presets import (
+    AUGMENT_PRESETS,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    TRAIN_PRESETS,
+)
 
 __all__ = [
+    "AUGMENT_PRESETS",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",

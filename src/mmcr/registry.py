@@ -1,0 +1,193 @@
+"""The one shape of every name a user chooses: data sets, backbones, objectives, optimisers, schedules,
+augmentation presets and evaluations.
+
+A :class:`Registry` maps a name to an :class:`Entry` (builder, accepted options, one-line doc). Config
+choices, ``--help-config``, error messages and ``mmcr list`` all read the registries, so a component is a
+valid choice everywhere as soon as it is registered (timm's rule: the registry is the single source of
+names, listing and validation). Options are a typed section of the schema engine, so an option error
+reads like a config error: it names the option and its valid range.
+
+    OBJECTIVES = Registry("objective", "objectives")
+
+    @OBJECTIVES.register("mmcr", options=options_section("mmcr", lmbda=option(0.0, float, check=NON_NEGATIVE)),
+                         doc="Maximum Manifold Capacity: -||C||_* (+ lmbda x local nuclear norms)")
+    class MMCRLoss(nn.Module): ...
+
+A *family* is one entry for every name with a prefix (``timm:<name>``): ``get("timm:vit_small_patch16_224")``
+resolves to it and its builder gets the full name. This module sits at the bottom: it imports nothing from
+mmcr but the schema engine; each registry lives beside the components it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# ---- the schema engine (adapter: the one import that moves when the engine leaves mmcr.run.config) ----
+from mmcr.run.config import ConfigError as SchemaError
+from mmcr.run.config import Range
+from mmcr.run.config import _build as _build_section
+from mmcr.run.config import _field as _schema_field
+from mmcr.run.config import _optional as _schema_optional
+
+__all__ = ["Entry", "Registry", "RegistryError", "all_registries", "option", "options_section"]
+
+
+class RegistryError(ValueError):
+    """A name that is not registered, or an option its entry does not take; the message lists what is valid."""
+
+
+def option(default: Any, typ: Any, *, check: Range | None = None, choices: tuple | None = None, doc: str = ""):
+    """One accepted option: its default, type (``int | None``, ``bool``, ``str``, ...), range or choices."""
+    return default, typ, check, choices, doc
+
+
+def options_section(title: str, **options) -> type:
+    """A typed schema section (a dataclass) of ``option(...)`` values, the ``options`` of an entry."""
+    fields = []
+    for key, (default, typ, check, choices, doc) in options.items():
+        listed = None if choices is None else (lambda c=tuple(choices): list(c))
+        fields.append((key, typ, _schema_field(default, check=check, choices=listed, doc=doc)))
+    cls_name = "".join(p.capitalize() for p in title.replace("-", "_").replace(":", "_").split("_")) + "Options"
+    return dataclasses.make_dataclass(cls_name, fields)
+
+
+def describe_options(section: type | None) -> list[tuple[str, Any, str]]:
+    """``(option, default, meaning; range or choices)`` of a section, for listings and help texts."""
+    if section is None:
+        return []
+    out = []
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parts = [f.metadata.get("doc") or ""]
+        if f.metadata.get("check") is not None:
+            base = _schema_optional(hints[f.name])[0]
+            parts.append(f.metadata["check"].describe(base is int))
+        if f.metadata.get("choices") is not None:
+            parts.append("one of " + ", ".join(map(str, f.metadata["choices"]())))
+        out.append((f.name, default, "; ".join(p for p in parts if p)))
+    return out
+
+
+# --------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: ``builder`` makes the component, ``options`` (a schema section, or None: takes
+    none) says which keyword options it accepts, ``doc`` is its one-line description."""
+
+    name: str
+    builder: Callable
+    options: type | None
+    doc: str
+    family: bool = False  # one entry for every ``<prefix><name>`` (name is "<prefix><name>")
+    loose: bool = False  # option values are checked by the builder (numbers or pairs the schema cannot type)
+
+    @property
+    def prefix(self) -> str:
+        return self.name.split("<", 1)[0] if self.family else self.name
+
+    def option_names(self) -> list[str]:
+        return [] if self.options is None else [f.name for f in dataclasses.fields(self.options)]
+
+
+_REGISTRIES: dict[str, Registry] = {}
+
+
+class Registry:
+    """Names of one kind (``kind``: "data set"; ``plural``: "datasets", the name ``mmcr list`` shows).
+    ``error``: the RegistryError subclass its lookups raise (a data set's also is a DatasetError)."""
+
+    def __init__(self, kind: str, plural: str, error: type[RegistryError] = RegistryError):
+        if plural in _REGISTRIES:
+            raise RegistryError(f"a registry of {plural} exists already ({_REGISTRIES[plural].kind}); reuse it")
+        self.kind, self.plural, self.error = kind, plural, error
+        self._entries: dict[str, Entry] = {}
+        _REGISTRIES[plural] = self
+
+    def register(self, name: str, builder: Callable | None = None, *, options: type | None = None,
+                 doc: str = "", family: bool = False, loose: bool = False):
+        """Register ``builder`` under ``name``; without ``builder``, a decorator. ``family``: ``name`` is
+        ``"<prefix><placeholder>"`` (``"timm:<name>"``) and the entry answers every name with that prefix.
+        ``loose``: :meth:`check_options` checks the option names only; the builder checks their values."""
+        if not doc or "\n" in doc:
+            raise ValueError(f"{self.kind} {name!r} needs a one-line doc")
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise TypeError(f"options of {self.kind} {name!r} must be a schema section (options_section(...))")
+        if family and "<" not in name:
+            raise ValueError(f"a family name looks like 'prefix:<name>', got {name!r}")
+
+        def add(fn: Callable) -> Callable:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered already")
+            self._entries[name] = Entry(name, fn, options, doc, family, loose)
+            return fn
+
+        return add if builder is None else add(builder)
+
+    # ------------------------------------------------------------------------------------- reading
+    def names(self) -> list[str]:
+        """Every registered name, in registration order (families as ``prefix:<name>``)."""
+        return list(self._entries)
+
+    def entries(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def _find(self, name: str) -> Entry | None:
+        name = str(name)
+        if name in self._entries and not self._entries[name].family:
+            return self._entries[name]
+        for e in self._entries.values():
+            if e.family and name.startswith(e.prefix) and len(name) > len(e.prefix):
+                return e
+        return None
+
+    def __contains__(self, name: object) -> bool:
+        return self._find(str(name)) is not None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:  # ``for name in OBJECTIVES``, ``sorted(OBJECTIVES)``: the names
+        return iter(self.names())
+
+    def get(self, name: str) -> Entry:
+        """The entry of ``name`` (a family's for ``prefix:anything``), else a one-line error listing the names."""
+        entry = self._find(name)
+        if entry is None:
+            raise self.error(f"unknown {self.kind} {str(name)!r}; choose one of {', '.join(self.names())}")
+        return entry
+
+    def check_options(self, name: str, mapping: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
+        """``mapping`` validated against the options of ``name``: the given keys with checked (and coerced)
+        values; an unknown key or a bad value is a one-line error. ``where`` prefixes value errors
+        (``"data.options."`` in a run config)."""
+        entry = self.get(name)
+        mapping = dict(mapping or {})
+        accepted = entry.option_names()
+        unknown = [k for k in mapping if k not in accepted]
+        if unknown:
+            takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+            raise self.error(f"unknown option {str(unknown[0])!r} for {self.kind} {str(name)!r}; {takes}")
+        if not mapping or entry.loose:
+            return mapping
+        try:
+            built = _build_section(entry.options, mapping, where)
+        except SchemaError as e:
+            raise self.error(str(e)) from None
+        return {k: getattr(built, k) for k in mapping}
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """The default of every option ``name`` takes."""
+        return {key: default for key, default, _ in describe_options(self.get(name).options)}
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.plural!r}: {', '.join(self.names())})"
+
+
+def all_registries() -> list[Registry]:
+    """Every registry created so far (``mmcr list`` imports the modules that hold them first)."""
+    return list(_REGISTRIES.values())
