@@ -112,7 +112,8 @@ class Registry:
                  doc: str = "", family: bool = False, loose: bool = False):
         """Register ``builder`` under ``name``; without ``builder``, a decorator. ``family``: ``name`` is
         ``"<prefix><placeholder>"`` (``"timm:<name>"``) and the entry answers every name with that prefix.
-        ``loose``: :meth:`check_options` checks the option names only; the builder checks their values."""
+        ``loose``: :meth:`check_options` checks the option names only (none with ``options=None``: free-form
+        options, as timm.create_model's); the builder checks their values."""
         if not doc or "\n" in doc:
             raise ValueError(f"{self.kind} {name!r} needs a one-line doc")
         if options is not None and not dataclasses.is_dataclass(options):
@@ -167,6 +168,8 @@ class Registry:
         (``"data.options."`` in a run config)."""
         entry = self.get(name)
         mapping = dict(mapping or {})
+        if entry.loose and entry.options is None:  # free-form options, every one checked by the builder
+            return mapping
         accepted = entry.option_names()
         unknown = [k for k in mapping if k not in accepted]
         if unknown:

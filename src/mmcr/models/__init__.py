@@ -2,6 +2,7 @@
 and loading a backbone from any source (run, checkpoint, torchvision, timm, random init)."""
 
 from mmcr.models.backbones import (
+    BACKBONES,
     SMALL_BACKBONES,
     SmallResNet,
     apply_cifar_stem,
@@ -14,6 +15,7 @@ from mmcr.models.loading import SOURCE_HELP, ModelSource, build_encoder, load_pr
 from mmcr.models.momentum import MomentumEncoder
 
 __all__ = [
+    "BACKBONES",
     "SMALL_BACKBONES",
     "SOURCE_HELP",
     "Encoder",
