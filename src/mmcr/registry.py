@@ -9,8 +9,8 @@ reads like a config error: it names the option and its valid range.
 
     OBJECTIVES = Registry("objective", "objectives")
 
-    @OBJECTIVES.register("mmcr", options=options_section("mmcr", lmbda=option(0.0, float, check=NON_NEGATIVE)),
-                         doc="Maximum Manifold Capacity: -||C||_* (+ lmbda x local nuclear norms)")
+    @OBJECTIVES.register("mmcr", doc="MMCR: lmbda x mean ||Z_b||_* - ||C||_*", options=options_section(
+        "mmcr", lmbda=(float, option(0.0, check=NON_NEGATIVE, doc="weight of the local nuclear norms"))))
     class MMCRLoss(nn.Module): ...
 
 A *family* is one entry for every name with a prefix (``timm:<name>``): ``get("timm:vit_small_patch16_224")``
@@ -21,56 +21,30 @@ mmcr but the schema engine; each registry lives beside the components it names.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# ---- the schema engine (adapter: the one import that moves when the engine leaves mmcr.run.config) ----
-from mmcr.run.config import ConfigError as SchemaError
-from mmcr.run.config import Range
-from mmcr.run.config import _build as _build_section
-from mmcr.run.config import _field as _schema_field
-from mmcr.run.config import _optional as _schema_optional
+from mmcr import schema
 
-__all__ = ["Entry", "Registry", "RegistryError", "all_registries", "option", "options_section"]
+__all__ = ["Entry", "Registry", "RegistryError", "all_registries", "describe_options", "options_section"]
 
 
 class RegistryError(ValueError):
     """A name that is not registered, or an option its entry does not take; the message lists what is valid."""
 
 
-def option(default: Any, typ: Any, *, check: Range | None = None, choices: tuple | None = None, doc: str = ""):
-    """One accepted option: its default, type (``int | None``, ``bool``, ``str``, ...), range or choices."""
-    return default, typ, check, choices, doc
-
-
-def options_section(title: str, **options) -> type:
-    """A typed schema section (a dataclass) of ``option(...)`` values, the ``options`` of an entry."""
-    fields = []
-    for key, (default, typ, check, choices, doc) in options.items():
-        listed = None if choices is None else (lambda c=tuple(choices): list(c))
-        fields.append((key, typ, _schema_field(default, check=check, choices=listed, doc=doc)))
+def options_section(title: str, **options: tuple[Any, Any]) -> type:
+    """A schema section (a dataclass) from ``key=(type, mmcr.schema.option(default, ...))`` pairs: the
+    ``options`` of an entry, checked by :func:`mmcr.schema.build` like any config section."""
+    fields = [(key, typ, spec) for key, (typ, spec) in options.items()]
     cls_name = "".join(p.capitalize() for p in title.replace("-", "_").replace(":", "_").split("_")) + "Options"
     return dataclasses.make_dataclass(cls_name, fields)
 
 
-def describe_options(section: type | None) -> list[tuple[str, Any, str]]:
-    """``(option, default, meaning; range or choices)`` of a section, for listings and help texts."""
-    if section is None:
-        return []
-    out = []
-    hints = typing.get_type_hints(section)
-    for f in dataclasses.fields(section):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        parts = [f.metadata.get("doc") or ""]
-        if f.metadata.get("check") is not None:
-            base = _schema_optional(hints[f.name])[0]
-            parts.append(f.metadata["check"].describe(base is int))
-        if f.metadata.get("choices") is not None:
-            parts.append("one of " + ", ".join(map(str, f.metadata["choices"]())))
-        out.append((f.name, default, "; ".join(p for p in parts if p)))
-    return out
+def describe_options(section: type | None) -> list[schema.FieldInfo]:
+    """``(key, default, doc, valid values)`` of every option of a section, for listings and help texts."""
+    return [] if section is None else schema.describe(section)
 
 
 # --------------------------------------------------------------------------------------- registry
@@ -178,14 +152,14 @@ class Registry:
         if not mapping or entry.loose:
             return mapping
         try:
-            built = _build_section(entry.options, mapping, where)
-        except SchemaError as e:
+            built = schema.build(entry.options, mapping, where)
+        except schema.ConfigError as e:
             raise self.error(str(e)) from None
         return {k: getattr(built, k) for k in mapping}
 
     def defaults(self, name: str) -> dict[str, Any]:
         """The default of every option ``name`` takes."""
-        return {key: default for key, default, _ in describe_options(self.get(name).options)}
+        return {info.key: info.default for info in describe_options(self.get(name).options)}
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.plural!r}: {', '.join(self.names())})"

@@ -7,7 +7,8 @@ keys (the entry's options).
 
 import copy
 
-from mmcr.registry import Registry, option, options_section
+from mmcr.registry import Registry, options_section
+from mmcr.schema import option
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -90,7 +91,7 @@ def _register_preset(name: str, settings: dict) -> None:
     """A preset's entry: the builder returns a copy of its settings; the options are the override keys
     with the preset's values as defaults (their values are checked by MultiViewAugment: loose)."""
     keys = {**settings, "blur_kernel_size": None}  # the kernel size follows blur_sigma unless overridden
-    section = options_section(name, **{k: option(copy.deepcopy(v), object, doc="") for k, v in keys.items()})
+    section = options_section(name, **{k: (object, option(copy.deepcopy(v))) for k, v in keys.items()})
     AUGMENT_PRESETS.register(name, lambda: copy.deepcopy(settings), options=section,
                              doc=_DOCS.get(name, f"the {name} augmentation preset"), loose=True)
 

@@ -13,8 +13,9 @@ from mmcr.data.decode import DatasetError
 from mmcr.data.moving_digits import load_moving_digits
 from mmcr.data.shards import load_webdataset
 from mmcr.data.video import STILL_FRAMES, load_framefolder, load_npz, load_videofolder
-from mmcr.registry import Registry, RegistryError, option, options_section
-from mmcr.run.config import AT_LEAST_1, MAX_IMAGE_SIZE, POSITIVE, SEED, Range
+from mmcr.registry import Registry, RegistryError, options_section
+from mmcr.run.config import MAX_IMAGE_SIZE
+from mmcr.schema import AT_LEAST_1, POSITIVE, SEED, Range, option
 
 __all__ = ["DATASETS", "DATASET_NAMES", "DatasetChoiceError", "dataset_options", "load_dataset"]
 
@@ -26,14 +27,14 @@ class DatasetChoiceError(RegistryError, DatasetError):
 DATASETS = Registry("data set", "datasets", error=DatasetChoiceError)
 
 # The options data sets share; each entry's section picks those it honours.
-_SIZE = option(None, int | None, check=Range(1, MAX_IMAGE_SIZE),
-               doc="working side in px (short side resized, centre-cropped); null = as stored")
-_FRACTION = option(0.2, float, check=Range(0, 1, lo_open=True, hi_open=True),
-                   doc="share of the images in the fixed stratified test split")
-_DOWNLOAD = option(False, bool, doc="let torchvision fetch the files into root (needs internet)")
-_ON_ERROR = option("skip", str, choices=("skip", "raise"), doc="undecodable files: skip (counted) or raise")
-_STILL = option(None, int | None, check=AT_LEAST_1,
-                doc=f"frames per clip that stand for it as still images in evaluation (null = {STILL_FRAMES})")
+_SIZE = (int | None, option(None, check=Range(1, MAX_IMAGE_SIZE),
+               doc="working side in px (short side resized, centre-cropped); null = as stored"))
+_FRACTION = (float, option(0.2, check=Range(0, 1, lo_open=True, hi_open=True),
+                   doc="share of the images in the fixed stratified test split"))
+_DOWNLOAD = (bool, option(False, doc="let torchvision fetch the files into root (needs internet)"))
+_ON_ERROR = (str, option("skip", choices=lambda: ("skip", "raise"), doc="undecodable files: skip (counted) or raise"))
+_STILL = (int | None, option(None, check=AT_LEAST_1,
+                doc=f"frames per clip that stand for it as still images in evaluation (null = {STILL_FRAMES})"))
 
 
 def _sized(title: str, **more):
@@ -73,40 +74,40 @@ _register("stl10", _stl10, options=_sized("stl10", download=_DOWNLOAD),
           doc="STL-10 in torchvision's binary format under root (unlabelled images get label -1)")
 _register("imagefolder", D._load_imagefolder,
           options=_sized("imagefolder", on_error=_ON_ERROR,
-                         lazy=option(False, bool, doc="decode files on demand in loader workers (needs size)")),
+                         lazy=(bool, option(False, doc="decode files on demand in loader workers (needs size)"))),
           doc="a folder root/[split/]class/image, decoded once and cached (or streamed with lazy)")
 _register("archive", D._load_archive, options=_sized("archive", on_error=_ON_ERROR),
           doc="a .tar/.tar.gz/.zip of an image folder tree, decoded once and cached")
 _register("npz", load_npz,
-          options=_sized("npz", layout=option("auto", str, choices=D.NPZ_LAYOUTS,
-                                              doc="axis order of image arrays (auto: where the channels are)"),
+          options=_sized("npz", layout=(str, option("auto", choices=lambda: D.NPZ_LAYOUTS,
+                                              doc="axis order of image arrays (auto: where the channels are)")),
                          still_frames=_STILL),
           doc="an .npz of images + labels (x_train, y_train, ...) or of clips (videos_<split>)")
 _register("webdataset", load_webdataset,
           options=_sized("webdataset", on_error=_ON_ERROR,
-                         shuffle_buffer=option(1000, int, check=AT_LEAST_1, doc="samples held per stream"),
-                         manifest=option(None, str | None, doc="manifest.json with the counts of remote shards"),
-                         lazy=option(True, bool, doc="shards are always streamed (true only)")),
+                         shuffle_buffer=(int, option(1000, check=AT_LEAST_1, doc="samples held per stream")),
+                         manifest=(str | None, option(None, doc="manifest.json with the counts of remote shards")),
+                         lazy=(bool, option(True, doc="shards are always streamed (true only)"))),
           doc="tar shards streamed per rank and worker (a folder with manifest.json or a shard pattern)")
 _register("videofolder", load_videofolder,
           options=_sized("videofolder", on_error=_ON_ERROR,
-                         lazy=option(None, bool | None, doc="stream windows from the files; null: by size"),
+                         lazy=(bool | None, option(None, doc="stream windows from the files; null: by size")),
                          still_frames=_STILL),
           doc="video files under root/[split/][class/] as clips (temporal MMCR; needs PyAV)")
 _register("framefolder", load_framefolder,
           options=_sized("framefolder", on_error=_ON_ERROR,
-                         lazy=option(None, bool | None, doc="stream windows from the files; null: by size"),
+                         lazy=(bool | None, option(None, doc="stream windows from the files; null: by size")),
                          still_frames=_STILL,
-                         fps=option(None, float | None, check=POSITIVE, doc="frame rate, for windows in seconds")),
+                         fps=(float | None, option(None, check=POSITIVE, doc="frame rate, for windows in seconds"))),
           doc="folders of numbered frame images, one per clip, under root/[split/][class/]")
 _register("moving-digits", load_moving_digits,
           options=options_section(
               "moving-digits",
-              size=option(32, int, check=Range(8, MAX_IMAGE_SIZE), doc="side of the frames in px"),
-              frames=option(16, int, check=AT_LEAST_1, doc="frames per clip"),
-              seed=option(0, int, check=SEED, doc="seed of the trajectories"),
-              still_frames=option(STILL_FRAMES, int, check=AT_LEAST_1,
-                                  doc="frames per clip that stand for it as still images in evaluation")),
+              size=(int, option(32, check=Range(8, MAX_IMAGE_SIZE), doc="side of the frames in px")),
+              frames=(int, option(16, check=AT_LEAST_1, doc="frames per clip")),
+              seed=(int, option(0, check=SEED, doc="seed of the trajectories")),
+              still_frames=(int, option(STILL_FRAMES, check=AT_LEAST_1,
+                                  doc="frames per clip that stand for it as still images in evaluation"))),
           doc="generated clips of mnist5k digits moving on a canvas (offline, temporal MMCR)")
 
 DATASET_NAMES = tuple(DATASETS.names())

@@ -57,22 +57,24 @@ def _choices(getter: Callable[[], Any]) -> Callable[[], list[str]]:
     return lambda: sorted(getter())
 
 
+# The registries sit above the schema (they import the components they name), so the choices are read
+# from them when a value is checked; a newly registered name is valid at once.
 def _objectives():
     from mmcr.objectives import OBJECTIVES
 
-    return OBJECTIVES
+    return OBJECTIVES.names()
 
 
 def _datasets():
-    from mmcr.data import DATASET_NAMES
+    from mmcr.data.registry import DATASETS
 
-    return DATASET_NAMES
+    return DATASETS.names()
 
 
 def _augment_presets():
-    from mmcr.augment import TRAIN_PRESETS
+    from mmcr.augment.presets import AUGMENT_PRESETS
 
-    return TRAIN_PRESETS
+    return AUGMENT_PRESETS.names()
 
 
 def _temporal(name: str):
@@ -87,27 +89,25 @@ def _temporal(name: str):
 def _optimizers():
     from mmcr.train.optim import OPTIMIZERS
 
-    return OPTIMIZERS
+    return OPTIMIZERS.names()
 
 
 def _schedules():
-    from mmcr.train.optim import SCHEDULES
+    from mmcr.train.optim import LR_SCHEDULES
 
-    return SCHEDULES
+    return LR_SCHEDULES.names()
 
 
 def _momentum_schedules():
-    from mmcr.models.momentum import SCHEDULES
+    from mmcr.models.momentum import MOMENTUM_SCHEDULES
 
-    return SCHEDULES
+    return MOMENTUM_SCHEDULES.names()
 
 
 def _check_backbone(name: str) -> str | None:
-    from mmcr.models import available_backbones, is_backbone_name
+    from mmcr.models.backbones import BACKBONES
 
-    if is_backbone_name(name):
-        return None
-    return f"choose one of {', '.join(available_backbones())}"
+    return None if name in BACKBONES else f"choose one of {', '.join(BACKBONES.names())}"
 
 
 def _check_view_chunk(value) -> str | None:
