@@ -87,8 +87,8 @@ def _encoder_config(k: int, d: int):
 
 def trained_state(d: int, cache: Path, train_missing: bool) -> dict | None:
     """Encoder weights after the digits preset's pretraining at output dimension d (None if not available)."""
-    from mmcr.run import layout
-    from mmcr.run.checkpoint import find_checkpoint
+    from mmcr.rundir import layout
+    from mmcr.rundir.checkpoint import find_checkpoint
 
     run = cache / f"d{d}"
     if not (run.is_dir() and layout.list_checkpoints(run)):

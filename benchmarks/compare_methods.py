@@ -210,9 +210,9 @@ def measure_curve(run_dir: Path, device, keep_last: bool = True) -> list[dict]:
     from mmcr.evaluate.features import eval_transform_for
     from mmcr.evaluate.monitor import KnnSettings, knn_top1
     from mmcr.models import load_pretrained
-    from mmcr.run import layout
-    from mmcr.run.report import write_report
-    from mmcr.train.monitor import read_metrics
+    from mmcr.rundir import layout
+    from mmcr.rundir.metrics import read_metrics
+    from mmcr.rundir.report import write_report
 
     recs = read_metrics(run_dir)
     start = next(r["wall_time"] for r in recs if r.get("event") == "start")
@@ -426,9 +426,9 @@ def main() -> None:
     from mmcr.distributed import resolve_device
     from mmcr.evaluate import eval_transform_for
     from mmcr.models import load_pretrained
-    from mmcr.run.report import knn_training_time
+    from mmcr.rundir.metrics import read_metrics
+    from mmcr.rundir.report import knn_training_time
     from mmcr.train import train
-    from mmcr.train.monitor import read_metrics
 
     device = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def _cpu() -> float:
 
 def val_knn(run_dir: Path) -> float:
     """The trainer's own kNN on the validation clips' still frames, measured when the run finished."""
-    from mmcr.train.monitor import read_metrics
+    from mmcr.rundir.metrics import read_metrics
 
     return [r["knn_val_top1"] for r in read_metrics(run_dir) if "knn_val_top1" in r][-1]
 

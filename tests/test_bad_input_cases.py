@@ -14,8 +14,8 @@ import torch
 
 from mmcr.cli import main
 from mmcr.data import DatasetError, ImageDataset, LazyImageFolder, load_dataset
-from mmcr.run import layout
 from mmcr.run.config import load_config
+from mmcr.rundir import layout
 from mmcr.train import train
 
 BASE = [

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from mmcr.cli import main
-from mmcr.run import layout
-from mmcr.run.checkpoint import (
+from mmcr.run.config import load_config
+from mmcr.rundir import layout
+from mmcr.rundir.checkpoint import (
     CheckpointError,
     InvalidCheckpointError,
     UnsafeCheckpointError,
@@ -22,7 +23,6 @@ from mmcr.run.checkpoint import (
     load_latest,
     read_checkpoint,
 )
-from mmcr.run.config import load_config
 from mmcr.train import train
 
 BASE = [
@@ -112,7 +112,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_library_function(h
     from mmcr.evaluate.brainscore import export_brainscore_plugin
     from mmcr.geometry.analyze import run_analysis
     from mmcr.models import load_pretrained
-    from mmcr.run.checkpoint import load_torch_data
+    from mmcr.rundir.checkpoint import load_torch_data
 
     marker, files = hostile
     renamed = tmp_path / "evil_export.pt"  # an "exported backbone" carrying the payload

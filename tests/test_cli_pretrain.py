@@ -52,7 +52,7 @@ def test_pretrain_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_report_rewrite_keeps_evaluation_lines(tmp_path):
-    from mmcr.run.report import eval_line, write_report
+    from mmcr.rundir.report import eval_line, write_report
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": -3.0}\n')
     line = eval_line("knn", "digits", {"top1": 90.0}, {}, "knn_digits.json")

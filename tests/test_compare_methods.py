@@ -84,7 +84,7 @@ def test_curve_interval_scales_with_views(cm):
 
 
 def test_knn_training_time_leaves_out_monitoring_and_resume_gaps(tmp_path):
-    from mmcr.run.report import knn_training_time, write_report
+    from mmcr.rundir.report import knn_training_time, write_report
 
     recs = [
         {"event": "start", "wall_time": 1000.0, "step": 0},

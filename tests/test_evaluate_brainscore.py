@@ -43,8 +43,8 @@ def tiny_run(tmp_path_factory):
     """A run directory (digits preset: small ResNet, CIFAR stem, 16 px, mean/std 0.5) with BatchNorm
     statistics that are not the init's."""
     from mmcr.models import build_encoder
-    from mmcr.run import save_checkpoint
     from mmcr.run.config import load_config
+    from mmcr.rundir import save_checkpoint
 
     run = tmp_path_factory.mktemp("run")
     cfg = load_config("digits", ["augment.overrides.mean=[0.3, 0.4, 0.5]", "augment.overrides.std=[0.6, 0.5, 0.4]"])

@@ -24,9 +24,9 @@ from mmcr.evaluate.detection import (
     build_c4_detector,
     detection_ap,
     load_detection_config,
-    lr_factor,
     protocol_schedule,
     run_detection,
+    step_lr_factor,
 )
 from mmcr.models import load_pretrained
 from mmcr.run.config import ConfigError
@@ -237,11 +237,11 @@ def test_config_overrides_are_checked():
 
 def test_lr_schedule_warmup_and_steps():
     solver = {"gamma": 0.1, "warmup_iters": 100, "warmup_factor": 0.001}
-    assert lr_factor(0, solver, [18000, 22000]) == pytest.approx(0.001)
-    assert lr_factor(50, solver, [18000, 22000]) == pytest.approx(0.5005)
-    assert lr_factor(100, solver, [18000, 22000]) == 1.0
-    assert lr_factor(18000, solver, [18000, 22000]) == pytest.approx(0.1)
-    assert lr_factor(23999, solver, [18000, 22000]) == pytest.approx(0.01)
+    assert step_lr_factor(0, solver, [18000, 22000]) == pytest.approx(0.001)
+    assert step_lr_factor(50, solver, [18000, 22000]) == pytest.approx(0.5005)
+    assert step_lr_factor(100, solver, [18000, 22000]) == 1.0
+    assert step_lr_factor(18000, solver, [18000, 22000]) == pytest.approx(0.1)
+    assert step_lr_factor(23999, solver, [18000, 22000]) == pytest.approx(0.01)
 
 
 def test_stream_is_resumable_and_split_across_ranks():

@@ -27,7 +27,7 @@ from mmcr.evaluate import (
 )
 from mmcr.evaluate.cli import add_eval_parser, add_export_parser
 from mmcr.models import build_encoder, load_pretrained
-from mmcr.run import CHECKPOINT_FORMAT
+from mmcr.rundir import CHECKPOINT_FORMAT
 
 MODEL_CFG = {"backbone": "resnet_tiny", "cifar_stem": True, "projector": {"hidden": [32], "out_dim": 16}}
 

@@ -54,8 +54,8 @@ def test_feature_taps_reject_unknown_layers():
 def _run_with_own_statistics(run):
     """A run directory whose checkpoint was made with other statistics than CIFAR's and a 12 px crop."""
     from mmcr.models import build_encoder
-    from mmcr.run import save_checkpoint
     from mmcr.run.config import load_config
+    from mmcr.rundir import save_checkpoint
 
     cfg = load_config("digits", ["augment.overrides.size=12", "augment.overrides.mean=[0.3, 0.2, 0.1]",
                                  "augment.overrides.std=[0.7, 0.6, 0.5]", "model.projector.hidden=[16]"])

@@ -11,8 +11,8 @@ import torch
 from mmcr.cli import main
 from mmcr.evaluate import export_backbone
 from mmcr.models import build_encoder, load_pretrained
-from mmcr.run import save_checkpoint
 from mmcr.run.config import load_config
+from mmcr.rundir import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

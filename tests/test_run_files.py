@@ -8,9 +8,9 @@ import stat
 import pytest
 import torch
 
-from mmcr.run import layout
-from mmcr.run.checkpoint import CheckpointError, find_checkpoint, load_latest, read_checkpoint, save_checkpoint
-from mmcr.run.files import RunFileError, save_torch_atomic, write_text_atomic
+from mmcr.rundir import layout
+from mmcr.rundir.checkpoint import CheckpointError, find_checkpoint, load_latest, read_checkpoint, save_checkpoint
+from mmcr.rundir.files import RunFileError, save_torch_atomic, write_text_atomic
 
 
 def _names(run):

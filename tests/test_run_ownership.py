@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mmcr.cli import main
-from mmcr.run import layout
 from mmcr.run.config import ConfigError, load_config
+from mmcr.rundir import layout
+from mmcr.rundir.metrics import read_metrics
 from mmcr.train import train
-from mmcr.train.monitor import read_metrics
 
 BASE = [
     "train.batch_size=32", "augment.views=2", "model.projector.hidden=[32]", "model.projector.out_dim=16",
@@ -56,7 +56,7 @@ def _err(capsys) -> str:
 def test_a_second_process_on_the_same_run_directory_is_refused_by_name(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mmcr.run.files import RunLock; l = RunLock(sys.argv[1]); "
+        [sys.executable, "-c", "import sys, time; from mmcr.rundir.files import RunLock; l = RunLock(sys.argv[1]); "
          "print('locked', flush=True); time.sleep(120)", str(out)],
         stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
@@ -170,7 +170,7 @@ def test_writes_never_follow_links_out_of_a_run(trained, tmp_path, capsys):
     train(_cfg(run, "train.resume=auto", "train.max_steps=3"))
     assert victim.read_text() == "mine\n"
     assert not any((run / n).is_symlink() for n in ("metrics.jsonl", "loss.png", "summary.json"))
-    from mmcr.run.files import RunFileError, open_append
+    from mmcr.rundir.files import RunFileError, open_append
 
     with pytest.raises(RunFileError, match="symbolic link"):
         (run / "x.log").symlink_to(victim)

@@ -132,7 +132,7 @@ def test_chunked_training_resumes_bit_for_bit(tmp_path):
     train(load_config("digits", base + [f"out={tmp_path / 'ref'}", "train.max_steps=4"]))
     train(load_config("digits", base + [f"out={tmp_path / 'cut'}", "train.max_steps=2"]))
     train(load_config("digits", base + [f"out={tmp_path / 'cut'}", "train.max_steps=4", "train.resume=auto"]))
-    from mmcr.run import layout
+    from mmcr.rundir import layout
 
     ref = torch.load(layout.checkpoint_path(tmp_path / "ref", 4), weights_only=True)
     cut = torch.load(layout.checkpoint_path(tmp_path / "cut", 4), weights_only=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcr.train.monitor import read_metrics
+from mmcr.rundir.metrics import read_metrics
 
 ARGS = [
     "train.max_steps=8",

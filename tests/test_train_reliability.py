@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from mmcr.cli import main
-from mmcr.run import layout
 from mmcr.run.config import ConfigError, load_config
+from mmcr.rundir import layout
+from mmcr.rundir.metrics import read_metrics
 from mmcr.train import train
-from mmcr.train.monitor import read_metrics
 
 BASE = [
     "train.batch_size=32",
@@ -221,8 +221,8 @@ def test_a_cache_that_cannot_be_written_is_not_fatal(tmp_path, monkeypatch):
 
 
 def test_a_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous(tmp_path, monkeypatch, capsys):
-    import mmcr.run.checkpoint as ck
-    from mmcr.run.files import RunFileError
+    import mmcr.rundir.checkpoint as ck
+    from mmcr.rundir.files import RunFileError
 
     real = ck.save_torch_atomic
     calls = {"n": 0}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmcr.run import layout
+from mmcr.rundir import layout
+from mmcr.rundir.metrics import read_metrics
 from mmcr.train import load_config, train
-from mmcr.train.monitor import read_metrics
 
 ARGS = [
     "train.epochs=4",

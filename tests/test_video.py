@@ -268,8 +268,8 @@ def test_moving_digits_chunked_momentum_and_simclr(tmp_path):
 
 
 def test_resume_replays_the_same_windows_bit_for_bit(tmp_path):
-    from mmcr.run import layout
-    from mmcr.run.checkpoint import read_checkpoint
+    from mmcr.rundir import layout
+    from mmcr.rundir.checkpoint import read_checkpoint
 
     args = TRAIN + ["data.options={size: 16, frames: 8}", "augment.overrides.size=16", "eval.final=false",
                     "train.max_steps=6", "train.checkpoint_every_steps=2", "temporal.spatial=window",

@@ -48,8 +48,8 @@ def _digits_run(work: Path) -> Path:
 
 
 def _cifar_resnet50_run(work: Path) -> Path:
-    from mmcr.run import save_checkpoint
     from mmcr.run.config import load_config
+    from mmcr.rundir import save_checkpoint
 
     cfg = load_config("cifar10", [])
     torch.manual_seed(1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcr.run.files import default_mode, describe_write_failure
+from mmcr.rundir.files import default_mode, describe_write_failure
 
 CACHE_VERSION = 2  # 2: per-image file names in meta.json
 

@@ -459,7 +459,7 @@ def scan_shard(path: Path, cache_dir=None) -> dict:
         pass  # counted up to the damage; reading reports it
     out = {"count": len(keys), "labels": [labels.get(k, -1) for k in keys]}
     try:
-        from mmcr.run.files import write_text_atomic
+        from mmcr.rundir.files import write_text_atomic
 
         write_text_atomic(entry, json.dumps(out), what="shard index")
     except (OSError, ValueError):

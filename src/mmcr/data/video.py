@@ -545,7 +545,7 @@ def _cached_index(kind: str, root: Path, folder: Path, split: str, items: list[t
         return json.loads(path.read_text())
     index = build()
     try:
-        from mmcr.run.files import write_text_atomic
+        from mmcr.rundir.files import write_text_atomic
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(index), what="video index")

@@ -44,7 +44,7 @@ from torch import nn
 from mmcr.evaluate.export import backbone_state_dict
 from mmcr.evaluate.features import eval_transform_for, layer_features, layer_summary
 from mmcr.geometry import neural_predictivity, participation_ratio, power_law_exponent
-from mmcr.run.files import default_mode
+from mmcr.rundir.files import default_mode
 
 REGIONS = ("V1", "V2", "V4", "IT")
 PLUGIN_FORMAT = "mmcr-brainscore-plugin-v1"
@@ -467,7 +467,7 @@ def _write_folder(out_dir: Path, write) -> None:
         write(tmp)
         _replace_dir(tmp, out_dir)
     except OSError as e:
-        from mmcr.run.files import RunFileError, describe_write_failure
+        from mmcr.rundir.files import RunFileError, describe_write_failure
 
         raise RunFileError(describe_write_failure(out_dir, e) + "; nothing was written") from e
     finally:

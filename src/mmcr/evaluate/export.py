@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from mmcr.models import apply_cifar_stem, build_backbone
-from mmcr.run.files import RunFileError, check_output, write_atomic, write_text_atomic
+from mmcr.rundir.files import RunFileError, check_output, write_atomic, write_text_atomic
 
 EXPORT_FORMAT = "mmcr-backbone-v1"
 
@@ -98,8 +98,8 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing).
 
     Read as data only: ``.safetensors`` hold nothing else, ``.pt`` files load with ``weights_only=True``
-    and must hold a mapping of names to tensors (see :func:`mmcr.run.checkpoint.load_torch_data`)."""
-    from mmcr.run.checkpoint import InvalidCheckpointError, is_state_dict, load_torch_data
+    and must hold a mapping of names to tensors (see :func:`mmcr.rundir.checkpoint.load_torch_data`)."""
+    from mmcr.rundir.checkpoint import InvalidCheckpointError, is_state_dict, load_torch_data
 
     path = Path(path)
     if not path.exists():

@@ -131,6 +131,50 @@ def _split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[
     return np.sort(tr), np.sort(va)
 
 
+def _check_probe_inputs(train_feats, train_labels, weight_decays, seed, val_feats, val_labels, val_fraction):
+    """``train_feats`` as (passes, N, D), after the checks of every argument."""
+    if train_feats.ndim == 2:
+        train_feats = train_feats[None]
+    if train_feats.ndim != 3 or train_feats.shape[1] != train_labels.shape[0]:
+        raise ValueError(
+            f"train_feats must be (N, D) or (passes, N, D) matching train_labels ({train_labels.shape[0]},), "
+            f"got {tuple(train_feats.shape)}"
+        )
+    if not weight_decays:
+        raise ValueError("weight_decays is empty; give at least one candidate")
+    for wd in weight_decays:
+        NON_NEGATIVE.check("every weight decay", wd)
+    check_seed(seed)
+    if train_feats.shape[1] == 0:
+        raise ValueError("the probe needs at least one training feature vector, got 0")
+    if (val_feats is None) != (val_labels is None):
+        raise ValueError("give both val_feats and val_labels, or neither")
+    if val_feats is None and not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    return train_feats
+
+
+def _probe_splits(train_feats, train_labels, val_feats, val_labels, val_fraction: float, seed: int):
+    """(fit, validation, full) rows: validation carved by image from the clean pass, or the official one."""
+    P = train_feats.shape[0]
+
+    def rows(idx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        f = train_feats if idx is None else train_feats[:, torch.as_tensor(idx)]
+        lab = train_labels if idx is None else train_labels[torch.as_tensor(idx)]
+        return f.reshape(-1, f.shape[-1]), lab.repeat(P)
+
+    if val_feats is None:
+        tr_idx, va_idx = _split_indices(train_labels.cpu().numpy(), val_fraction, seed)
+        fit_x, fit_y = rows(tr_idx)
+        val_x, val_y = train_feats[0, torch.as_tensor(va_idx)], train_labels[torch.as_tensor(va_idx)]
+        full_x, full_y = rows(None)
+    else:
+        fit_x, fit_y = rows(None)
+        val_x, val_y = val_feats, val_labels
+        full_x, full_y = torch.cat([fit_x, val_feats]), torch.cat([fit_y, val_labels])
+    return fit_x, fit_y, val_x, val_y, full_x, full_y
+
+
 def linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -158,24 +202,8 @@ def linear_probe(
     validation accuracy of every candidate, sizes and time.
     """
     t0 = time.perf_counter()
-    if train_feats.ndim == 2:
-        train_feats = train_feats[None]
-    if train_feats.ndim != 3 or train_feats.shape[1] != train_labels.shape[0]:
-        raise ValueError(
-            f"train_feats must be (N, D) or (passes, N, D) matching train_labels ({train_labels.shape[0]},), "
-            f"got {tuple(train_feats.shape)}"
-        )
-    if not weight_decays:
-        raise ValueError("weight_decays is empty; give at least one candidate")
-    for wd in weight_decays:
-        NON_NEGATIVE.check("every weight decay", wd)
-    check_seed(seed)
-    if train_feats.shape[1] == 0:
-        raise ValueError("the probe needs at least one training feature vector, got 0")
-    if (val_feats is None) != (val_labels is None):
-        raise ValueError("give both val_feats and val_labels, or neither")
-    if val_feats is None and not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    train_feats = _check_probe_inputs(train_feats, train_labels, weight_decays, seed, val_feats, val_labels,
+                                      val_fraction)
     dev = resolve_device(device)
     P, N, _ = train_feats.shape
     if num_classes is None:
@@ -183,20 +211,8 @@ def linear_probe(
     check_class_labels(train_labels, int(num_classes), "train_labels")
     check_class_labels(test_labels, int(num_classes), "test_labels")
 
-    def rows(idx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-        f = train_feats if idx is None else train_feats[:, torch.as_tensor(idx)]
-        lab = train_labels if idx is None else train_labels[torch.as_tensor(idx)]
-        return f.reshape(-1, f.shape[-1]), lab.repeat(P)
-
-    if val_feats is None:
-        tr_idx, va_idx = _split_indices(train_labels.cpu().numpy(), val_fraction, seed)
-        fit_x, fit_y = rows(tr_idx)
-        val_x, val_y = train_feats[0, torch.as_tensor(va_idx)], train_labels[torch.as_tensor(va_idx)]
-        full_x, full_y = rows(None)
-    else:
-        fit_x, fit_y = rows(None)
-        val_x, val_y = val_feats, val_labels
-        full_x, full_y = torch.cat([fit_x, val_feats]), torch.cat([fit_y, val_labels])
+    fit_x, fit_y, val_x, val_y, full_x, full_y = _probe_splits(train_feats, train_labels, val_feats, val_labels,
+                                                               val_fraction, seed)
     fit_x, fit_y = fit_x.to(dev), fit_y.to(dev)
 
     val_top1: dict[str, float] = {}

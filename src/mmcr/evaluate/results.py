@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmcr.run import layout
-from mmcr.run.files import RunFileError, check_inside, check_output, open_append, write_text_atomic
-from mmcr.run.report import eval_line
+from mmcr.rundir import layout
+from mmcr.rundir.files import RunFileError, check_inside, check_output, open_append, write_text_atomic
+from mmcr.rundir.report import eval_line
 
 
 def run_dir_of(source: str | Path) -> Path | None:
@@ -62,7 +62,7 @@ def record_result(
 
 def destination(kind: str, source: str | Path, out: str | Path | None = None,
                 tag: str | None = None) -> tuple[Path, Path]:
-    """``(JSON path, report.md)`` of an evaluation's result, refused (:class:`~mmcr.run.files.RunFileError`)
+    """``(JSON path, report.md)`` of an evaluation's result, refused (:class:`~mmcr.rundir.files.RunFileError`)
     when it would replace a run's checkpoint or record, follow a link out of the run, or append to a
     linked report. Evaluations call it before they start, so a bad ``--out`` costs no computation."""
     if out is not None and str(out).endswith(".json"):

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
+from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from mmcr.distributed import resolve_device
-from mmcr.evaluate.features import progress_bar
+from mmcr.evaluate.features import extract_features, progress_bar
 from mmcr.evaluate.knn import check_class_labels, topk_accuracy
+from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, fit_logistic, linear_probe
 from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
 
 
@@ -123,8 +124,6 @@ def _probe_head(
 ) -> tuple[nn.Linear, dict]:
     """The linear probe on the subset's frozen features as an ``nn.Linear`` (its standardisation folded
     into the weights, so the head gives the probe's scores on raw features) and its test accuracy."""
-    from mmcr.evaluate.features import extract_features
-    from mmcr.evaluate.linear import fit_logistic, linear_probe
 
     ftr, _ = extract_features(backbone, train_images, transform=eval_tf, batch_size=batch_size, device=dev)
     fte, _ = extract_features(backbone, test_images, transform=eval_tf, batch_size=batch_size, device=dev)
@@ -179,22 +178,8 @@ def finetune(
     Returns test top-1/top-5 (percent), the linear probe's beside them, the final training loss, the
     number of steps and sizes.
     """
-    from mmcr.augment import EvalTransform
-    from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
-
-    if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
-        raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
-    AT_LEAST_1.check("epochs", epochs, integer=True)
-    AT_LEAST_1.check("batch_size", batch_size, integer=True)
-    NON_NEGATIVE.check("min_steps", min_steps, integer=True)
-    POSITIVE.check("lr", lr)
-    POSITIVE.check("head_lr", head_lr)
-    NON_NEGATIVE.check("weight_decay", weight_decay)
-    check_seed(seed)
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip}")
-    if head_init not in HEAD_INITS:
-        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+    _check_settings(train_images, train_labels, epochs, batch_size, min_steps, lr, head_lr, weight_decay, seed,
+                    grad_clip, head_init)
     t0 = time.perf_counter()
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -225,36 +210,9 @@ def finetune(
     bs = min(batch_size, N)
     steps_per_epoch = N // bs + (N % bs >= 2)  # a straggler batch of one image is skipped (see below)
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    y_all = train_labels.to(torch.int64)
-    last_loss = float("nan")
-    steps = 0
-    model.train()
-    with progress_bar(total, "fine-tune", enabled=progress) as advance:
-        for _ in range(epochs):
-            perm = torch.randperm(N, generator=gen)
-            for i in range(0, N, bs):
-                idx = perm[i : i + bs]
-                if idx.numel() < 2 and N >= 2:  # BatchNorm needs two samples; fold the straggler away
-                    continue
-                x = train_transform(train_images[idx].to(dev), generator=gen)
-                loss = F.cross_entropy(model(x), y_all[idx].to(dev))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-                sched.step()
-                steps += 1
-                advance()
-            last_loss = loss.item()
-    model.eval()
-    scores = []
-    with torch.no_grad():
-        for i in range(0, test_images.shape[0], batch_size):
-            scores.append(model(eval_tf(test_images[i : i + batch_size].to(dev))).float())
-    acc = topk_accuracy(torch.cat(scores), test_labels.to(dev))
+    steps, last_loss = _train(model, opt, train_images, train_labels, train_transform, epochs, steps_per_epoch, bs,
+                              grad_clip, gen, dev, progress)
+    acc = _test_accuracy(model, eval_tf, test_images, test_labels, batch_size, dev)
     return {
         "top1": acc["top1"],
         "top5": acc["top5"],
@@ -272,3 +230,60 @@ def finetune(
         "final_train_loss": last_loss,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _check_settings(train_images, train_labels, epochs, batch_size, min_steps, lr, head_lr, weight_decay, seed,
+                    grad_clip, head_init) -> None:
+    if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
+        raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
+    AT_LEAST_1.check("epochs", epochs, integer=True)
+    AT_LEAST_1.check("batch_size", batch_size, integer=True)
+    NON_NEGATIVE.check("min_steps", min_steps, integer=True)
+    POSITIVE.check("lr", lr)
+    POSITIVE.check("head_lr", head_lr)
+    NON_NEGATIVE.check("weight_decay", weight_decay)
+    check_seed(seed)
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip}")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+
+
+def _train(model, opt, images, labels, transform, epochs: int, steps_per_epoch: int, bs: int, grad_clip, gen,
+           dev, progress: bool) -> tuple[int, float]:
+    """SGD over ``epochs`` shuffled epochs with the cosine schedule; the steps taken and the last loss."""
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    y_all = labels.to(torch.int64)
+    N = images.shape[0]
+    last_loss = float("nan")
+    steps = 0
+    model.train()
+    with progress_bar(total, "fine-tune", enabled=progress) as advance:
+        for _ in range(epochs):
+            perm = torch.randperm(N, generator=gen)
+            for i in range(0, N, bs):
+                idx = perm[i : i + bs]
+                if idx.numel() < 2 and N >= 2:  # BatchNorm needs two samples; fold the straggler away
+                    continue
+                x = transform(images[idx].to(dev), generator=gen)
+                loss = F.cross_entropy(model(x), y_all[idx].to(dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                sched.step()
+                steps += 1
+                advance()
+            last_loss = loss.item()
+    return steps, last_loss
+
+
+def _test_accuracy(model, eval_tf, images, labels, batch_size: int, dev) -> dict:
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for i in range(0, images.shape[0], batch_size):
+            scores.append(model(eval_tf(images[i : i + batch_size].to(dev))).float())
+    return topk_accuracy(torch.cat(scores), labels.to(dev))

@@ -26,8 +26,12 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD, MultiViewAugment
+from mmcr.augment.temporal import WindowSampler
+from mmcr.data import is_clip_set, load_dataset, still_images
+from mmcr.evaluate.api import dataset_spec
 from mmcr.geometry._arrays import checked_seed
-from mmcr.geometry.alignment import centroid_similarity, subspace_alignment
+from mmcr.geometry.alignment import centroid_similarity, gradient_coherence, subspace_alignment
 from mmcr.geometry.capacity import manifold_capacity
 from mmcr.geometry.elliptical import elliptical_geometry
 from mmcr.geometry.report import (
@@ -41,7 +45,10 @@ from mmcr.geometry.report import (
 from mmcr.geometry.sampling import capacity_vs_points
 from mmcr.geometry.simcap import simulated_capacity
 from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
-from mmcr.run.files import check_output, save_figure, write_text_atomic
+from mmcr.models import load_pretrained
+from mmcr.objectives import build_objective
+from mmcr.run.config import TemporalConfig
+from mmcr.rundir.files import check_output, save_figure, write_text_atomic
 
 OUTPUT_LAYER = "output"
 
@@ -150,6 +157,117 @@ def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict
     return res
 
 
+def _check_sizes(n_images, n_views, n_classes, n_per_class, kappa, finite_sample_repeats) -> None:
+    for name, v in (("n_images", n_images), ("n_views", n_views), ("n_classes", n_classes),
+                    ("n_per_class", n_per_class)):
+        if int(v) < 2:
+            raise ValueError(f"{name} must be at least 2, got {v}")
+    if not (math.isfinite(float(kappa)) and kappa >= 0):
+        raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
+    if int(finite_sample_repeats) != finite_sample_repeats or finite_sample_repeats < 0:
+        raise ValueError(
+            f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"
+        )
+
+
+def _views_for(model: str, own, reference, augment_preset: str | None, n_views: int, seed: int, size: int):
+    """The augmentation of the manifolds and its preset name: the model's run's, the comparison's
+    reference (in the model's own statistics), or ``augment_preset`` at the images' size."""
+    views_cfg = reference.augment if reference is not None else (own.augment if own is not None else None)
+    if views_cfg is None:  # a model without a run: the preset at the images' size
+        preset = augment_preset or "cifar"
+        return MultiViewAugment(preset, views=n_views, seed=seed, size=size), preset
+    over = dict(views_cfg.overrides)
+    if reference is not None and own is not None:  # each model sees the views in its own statistics
+        own_aug = MultiViewAugment.from_config(own.augment, views=1, seed=0)
+        over.update(mean=list(own_aug.mean), std=list(own_aug.std))
+    elif reference is not None and not model.startswith("random:"):  # torchvision/timm weights
+        over.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    return MultiViewAugment(views_cfg.preset, views=n_views, seed=seed, **over), views_cfg.preset
+
+
+def _class_manifolds(labels: torch.Tensor, n_classes: int, n_per_class: int, rng, dataset) -> tuple[list, np.ndarray]:
+    """P classes x M clean images: the first ``n_classes`` classes with ``n_per_class`` images."""
+    classes = [c for c in np.unique(labels.numpy()) if c >= 0]
+    counts = {c: int((labels == int(c)).sum()) for c in classes}
+    classes = [c for c in classes if counts[c] >= n_per_class][:n_classes]
+    if len(classes) < 2:
+        raise ValueError(f"fewer than 2 classes of {dataset!r} have {n_per_class} images; lower --n-per-class")
+    idx = np.stack([rng.choice(np.flatnonzero(labels.numpy() == c), n_per_class, replace=False) for c in classes])
+    return classes, idx
+
+
+def _features(ds, taps, layer_names, aug, clean, img_idx, cls_idx, n_views, batch_size, n_grad, dev, progress):
+    """Layer features of the augmentation manifolds (P images x M views) and the class manifolds, and
+    the first ``n_grad`` images' views (for the gradient coherence)."""
+    feats_aug: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
+    feats_cls: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
+    per_batch = max(1, batch_size // n_views)
+    kept_views: list[torch.Tensor] = []
+    try:
+        with _progress() as bar:
+            task = bar.add_task("features: augmentation manifolds", total=len(img_idx), visible=progress)
+            for s in range(0, len(img_idx), per_batch):
+                idx = torch.as_tensor(img_idx[s : s + per_batch])
+                views = aug(ds.images[idx].to(dev))  # (b, M, 3, h, w)
+                if sum(len(v) for v in kept_views) < n_grad:
+                    kept_views.append(views[: n_grad - sum(len(v) for v in kept_views)])
+                f = taps(views.flatten(0, 1))
+                for n in layer_names:
+                    feats_aug[n].append(f[n].reshape(len(idx), n_views, -1))
+                bar.advance(task, len(idx))
+            flat = cls_idx.reshape(-1)
+            task = bar.add_task("features: class manifolds", total=len(flat), visible=progress)
+            for s in range(0, len(flat), batch_size):
+                idx = torch.as_tensor(flat[s : s + batch_size])
+                f = taps(clean(ds.images[idx].to(dev)))
+                for n in layer_names:
+                    feats_cls[n].append(f[n])
+                bar.advance(task, len(idx))
+    finally:
+        taps.close()
+    return feats_aug, feats_cls, kept_views
+
+
+def _measure(results, feats_aug, feats_cls, temporal, layer_names, img_labels, n_classes, n_per_class, opts, seed,
+             progress) -> dict:
+    """Every measure per layer and kind of manifold into ``results``; the plots' extras returned."""
+    extras: dict[str, dict[str, Any]] = {"augmentation": {}, "class": {}}
+    if temporal is not None:
+        results["temporal"], extras["temporal"] = {}, {}
+        results["settings"]["temporal"] = temporal["settings"]
+    with _progress() as bar:
+        task = bar.add_task("geometry per layer", total=len(extras) * len(layer_names), visible=progress)
+        for n in layer_names:
+            A = torch.cat(feats_aug[n]).double().numpy()
+            C = torch.cat(feats_cls[n]).double().numpy().reshape(n_classes, n_per_class, -1)
+            kinds = [("augmentation", A, img_labels), ("class", C, None)]
+            if temporal is not None:
+                kinds.insert(0, ("temporal", temporal["features"][n], temporal["labels"]))
+            for kind, X, lab in kinds:
+                r = _layer_measures(X, lab, opts, seed)
+                extras[kind][n] = {"fit": r["spectrum"].pop("_fit", None), "hist": r.pop("_hist")}
+                results[kind][n] = r
+                bar.advance(task)
+    return extras
+
+
+def _load(model: str, dataset, data_root, split: str, reference, seed: int, dev: torch.device, out: Path):
+    """The backbone (seeded: random-init baselines are reproducible) and the data set's still images
+    (and its clips, for a clip set)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone, model_src = load_pretrained(model, map_location=dev)
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # after the model: a refused source writes nothing
+    data_src = model_src.config if reference is None else reference
+    if dataset is None and data_src is None:
+        dataset = "digits"
+    name, root, options, cache_dir = dataset_spec(data_src, dataset, data_root)
+    ds = load_dataset(name, root=root, split=split, cache_dir=cache_dir, **options)
+    clips = ds if is_clip_set(ds) else None
+    return backbone.to(dev).eval(), model_src, name, still_images(ds), clips
+
+
 def run_analysis(
     model: str,
     dataset: str | None,
@@ -193,159 +311,41 @@ def run_analysis(
     comparisons) fixes the data set and the views' geometry and colour for every model, so that all
     see the same images and views; each model keeps its own normalisation (a random-init model takes
     the reference's)."""
-    from mmcr.augment import MultiViewAugment
-    from mmcr.data import is_clip_set, load_dataset, still_images
-    from mmcr.evaluate.api import dataset_spec
-    from mmcr.models import load_pretrained
-
-    for name, v in (
-        ("n_images", n_images),
-        ("n_views", n_views),
-        ("n_classes", n_classes),
-        ("n_per_class", n_per_class),
-    ):
-        if int(v) < 2:
-            raise ValueError(f"{name} must be at least 2, got {v}")
-    if not (math.isfinite(float(kappa)) and kappa >= 0):
-        raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
-    if int(finite_sample_repeats) != finite_sample_repeats or finite_sample_repeats < 0:
-        raise ValueError(
-            f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"
-        )
+    _check_sizes(n_images, n_views, n_classes, n_per_class, kappa, finite_sample_repeats)
     out = Path(out_dir)
-    for name in ("report.md", "results.json"):  # never over a run's own report (--out RUN)
-        check_output(out / name, what="the analysis")
+    for fname in ("report.md", "results.json"):  # never over a run's own report (--out RUN)
+        check_output(out / fname, what="the analysis")
     t0 = time.time()
     dev = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # random-init baselines ("random:<arch>") are reproducible too
-        backbone, model_src = load_pretrained(model, map_location=dev)
-    (out / "plots").mkdir(parents=True, exist_ok=True)  # after the model: a refused source writes nothing
-    backbone = backbone.to(dev).eval()
+    backbone, model_src, name, ds, clips = _load(model, dataset, data_root, split, reference, seed, dev, out)
     own = model_src.config
-    data_src = own if reference is None else reference
-    if dataset is None and data_src is None:
-        dataset = "digits"
-    name, root, options, cache_dir = dataset_spec(data_src, dataset, data_root)
-    ds = load_dataset(name, root=root, split=split, cache_dir=cache_dir, **options)
-    clips = ds if is_clip_set(ds) else None
-    ds = still_images(ds)  # clips: their still frames are the images of the other manifolds
-    size = int(ds.images.shape[-1])
-    views_cfg = reference.augment if reference is not None else (own.augment if own is not None else None)
-    if views_cfg is not None:  # a run's augmentation (the model's own, or the comparison's reference)
-        over = dict(views_cfg.overrides)
-        if reference is not None and own is not None:  # each model sees the views in its own statistics
-            own_aug = MultiViewAugment.from_config(own.augment, views=1, seed=0)
-            over.update(mean=list(own_aug.mean), std=list(own_aug.std))
-        elif reference is not None and not model.startswith("random:"):  # torchvision/timm weights
-            from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD
-
-            over.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
-        aug = MultiViewAugment(views_cfg.preset, views=n_views, seed=seed, **over)
-        augment_preset = views_cfg.preset
-    else:  # a model without a run: the preset at the images' size
-        augment_preset = augment_preset or "cifar"
-        aug = MultiViewAugment(augment_preset, views=n_views, seed=seed, size=size)
+    aug, augment_preset = _views_for(model, own, reference, augment_preset, n_views, seed, int(ds.images.shape[-1]))
     clean = aug.eval_transform()
     layer_names = layers or default_layers(backbone)
     taps = FeatureTaps(backbone, layer_names, max_features=max_features, seed=seed)
     rng = np.random.default_rng(checked_seed(seed))
-    opts = dict(
-        kappa=kappa,
-        n_t=n_t,
-        correlated=correlated,
-        simcap=simcap,
-        simcap_reps=simcap_reps,
-        fit_range=fit_range,
-        n_components=n_components,
-        finite_sample_repeats=int(finite_sample_repeats),
-    )
-
-    # Augmentation manifolds: P images x M views.
-    img_idx = _pick_images(ds.labels, n_images, rng)
-    # Class manifolds: P classes x M clean images.
-    classes = [c for c in np.unique(ds.labels.numpy()) if c >= 0]
-    counts = {c: int((ds.labels == int(c)).sum()) for c in classes}
-    classes = [c for c in classes if counts[c] >= n_per_class][:n_classes]
-    if len(classes) < 2:
-        raise ValueError(f"fewer than 2 classes of {dataset!r} have {n_per_class} images; lower --n-per-class")
-    cls_idx = np.stack(
-        [rng.choice(np.flatnonzero(ds.labels.numpy() == c), n_per_class, replace=False) for c in classes]
-    )
-
-    feats_aug: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
-    feats_cls: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
-    per_batch = max(1, batch_size // n_views)
+    opts = dict(kappa=kappa, n_t=n_t, correlated=correlated, simcap=simcap, simcap_reps=simcap_reps,
+                fit_range=fit_range, n_components=n_components, finite_sample_repeats=int(finite_sample_repeats))
+    img_idx = _pick_images(ds.labels, n_images, rng)  # augmentation manifolds: P images x M views
+    classes, cls_idx = _class_manifolds(ds.labels, n_classes, n_per_class, rng, dataset)
     n_grad = min(int(gradient_images), len(img_idx)) if gradient_objective else 0
-    kept_views: list[torch.Tensor] = []
-    try:
-        with _progress() as bar:
-            task = bar.add_task("features: augmentation manifolds", total=len(img_idx), visible=progress)
-            for s in range(0, len(img_idx), per_batch):
-                idx = torch.as_tensor(img_idx[s : s + per_batch])
-                views = aug(ds.images[idx].to(dev))  # (b, M, 3, h, w)
-                if sum(len(v) for v in kept_views) < n_grad:
-                    kept_views.append(views[: n_grad - sum(len(v) for v in kept_views)])
-                f = taps(views.flatten(0, 1))
-                for n in layer_names:
-                    feats_aug[n].append(f[n].reshape(len(idx), n_views, -1))
-                bar.advance(task, len(idx))
-            flat = cls_idx.reshape(-1)
-            task = bar.add_task("features: class manifolds", total=len(flat), visible=progress)
-            for s in range(0, len(flat), batch_size):
-                idx = torch.as_tensor(flat[s : s + batch_size])
-                f = taps(clean(ds.images[idx].to(dev)))
-                for n in layer_names:
-                    feats_cls[n].append(f[n])
-                bar.advance(task, len(idx))
-    finally:
-        taps.close()
-
+    feats_aug, feats_cls, kept_views = _features(ds, taps, layer_names, aug, clean, img_idx, cls_idx, n_views,
+                                                 batch_size, n_grad, dev, progress)
     temporal = None
     if clips is not None:  # temporal manifolds: P clips x M frames of one window
         temporal_cfg = (reference or own).temporal if (reference or own) is not None else None
         temporal = _temporal_manifolds(clips, temporal_cfg, n_images, n_views, layer_names, backbone,
                                        clean, max_features, batch_size, dev, rng, seed)
     img_labels = ds.labels[torch.as_tensor(img_idx)].numpy()
-    results: dict[str, Any] = {
-        "model": str(model),
-        "model_info": model_src.describe(),
-        "dataset": name,
-        "split": split,
-        "layers": layer_names,
-        "settings": dict(
-            opts,
-            n_images=len(img_idx),
-            n_views=n_views,
-            classes=[str(ds.classes[c]) if c < len(ds.classes) else str(c) for c in classes],
-            n_per_class=n_per_class,
-            max_features=max_features,
-            augment_preset=augment_preset,
-            views=aug.config,
-            clean_view=clean.config,
-            seed=seed,
-            fit_range=list(fit_range),
-        ),
-        "augmentation": {},
-        "class": {},
-    }
-    extras: dict[str, dict[str, Any]] = {"augmentation": {}, "class": {}}
-    if temporal is not None:
-        results["temporal"], extras["temporal"] = {}, {}
-        results["settings"]["temporal"] = temporal["settings"]
-    with _progress() as bar:
-        task = bar.add_task("geometry per layer", total=len(extras) * len(layer_names), visible=progress)
-        for n in layer_names:
-            A = torch.cat(feats_aug[n]).double().numpy()
-            C = torch.cat(feats_cls[n]).double().numpy().reshape(len(classes), n_per_class, -1)
-            kinds = [("augmentation", A, img_labels), ("class", C, None)]
-            if temporal is not None:
-                kinds.insert(0, ("temporal", temporal["features"][n], temporal["labels"]))
-            for kind, X, lab in kinds:
-                r = _layer_measures(X, lab, opts, seed)
-                extras[kind][n] = {"fit": r["spectrum"].pop("_fit", None), "hist": r.pop("_hist")}
-                results[kind][n] = r
-                bar.advance(task)
+    settings = dict(opts, n_images=len(img_idx), n_views=n_views, n_per_class=n_per_class,
+                    classes=[str(ds.classes[c]) if c < len(ds.classes) else str(c) for c in classes],
+                    max_features=max_features, augment_preset=augment_preset, views=aug.config,
+                    clean_view=clean.config, seed=seed, fit_range=list(fit_range))
+    results: dict[str, Any] = {"model": str(model), "model_info": model_src.describe(), "dataset": name,
+                               "split": split, "layers": layer_names, "settings": settings,
+                               "augmentation": {}, "class": {}}
+    extras = _measure(results, feats_aug, feats_cls, temporal, layer_names, img_labels, len(classes), n_per_class,
+                      opts, seed, progress)
     if n_grad >= 2:
         results["gradient_coherence"] = _gradient_coherence(
             backbone, gradient_objective, torch.cat(kept_views), img_labels[:n_grad]
@@ -361,8 +361,6 @@ def _temporal_manifolds(clips, temporal_cfg, n_clips: int, n_frames: int, layers
                         max_features: int, batch_size: int, dev, rng, seed: int) -> dict[str, Any]:
     """Features of P clips x M frames of one window each (the run's window rule, or the defaults),
     the clips spread over classes: the manifolds temporal MMCR compresses."""
-    from mmcr.augment.temporal import WindowSampler
-    from mmcr.run.config import TemporalConfig
 
     t = temporal_cfg if temporal_cfg is not None else TemporalConfig()
     sampler = WindowSampler.from_config(t, n_frames, seed)
@@ -402,8 +400,6 @@ def _last_parameters(model: nn.Module, limit: int = 2_000_000) -> list[str]:
 
 
 def _gradient_coherence(model: nn.Module, objective: str, views: torch.Tensor, labels: np.ndarray) -> dict:
-    from mmcr.geometry.alignment import gradient_coherence
-    from mmcr.objectives import build_objective
 
     names = _last_parameters(model)
     for p in model.parameters():
@@ -414,7 +410,7 @@ def _gradient_coherence(model: nn.Module, objective: str, views: torch.Tensor, l
 
 
 def _plots(results: dict, extras: dict, folder: Path) -> list[str]:
-    import matplotlib
+    import matplotlib  # heavy (about 0.3 s): imported when plots are drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

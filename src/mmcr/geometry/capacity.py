@@ -137,21 +137,9 @@ def capacity_vs_margin(
     )
 
 
-def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subspace, n_reps, max_rank, name):
-    for k in kappas:
-        if not np.isfinite(k) or k < 0:
-            raise ValueError(f"{name} must be finite margins >= 0, got {k}")
-    if t_vectors is None and (int(n_t) != n_t or n_t < 1):
-        raise ValueError(f"n_t must be a positive integer, got {n_t}")
-    seed = checked_seed(seed)
-    stacked = as_manifolds(manifolds)
-    ms = list(stacked.unbind(0)) if isinstance(stacked, torch.Tensor) else stacked
-    P = len(ms)
-    N = ms[0].shape[1]
-    dev = ms[0].device
-    centers = stacked.mean(1) if isinstance(stacked, torch.Tensor) else _centers(ms)
-    rho0 = center_correlation(centers)
-
+def _center_basis(center_subspace, correlated: bool, centers, N: int, dev, n_reps, max_rank, seed):
+    """The basis of the centres' shared subspace (given, found when ``correlated``, or None), the residual
+    correlations of the search, and whether the analysis is the correlated one."""
     V = None
     residual: list[float] = []
     if center_subspace is not None:
@@ -167,6 +155,25 @@ def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subs
     elif correlated:
         Vn, residual = find_center_subspace(to_numpy(centers), n_reps=n_reps, max_rank=max_rank, seed=seed)
         V = torch.as_tensor(Vn, device=dev)
+    return V, residual, correlated
+
+
+def _capacities(manifolds, kappas, n_t, t_vectors, correlated, seed, center_subspace, n_reps, max_rank, name):
+    for k in kappas:
+        if not np.isfinite(k) or k < 0:
+            raise ValueError(f"{name} must be finite margins >= 0, got {k}")
+    if t_vectors is None and (int(n_t) != n_t or n_t < 1):
+        raise ValueError(f"n_t must be a positive integer, got {n_t}")
+    seed = checked_seed(seed)
+    stacked = as_manifolds(manifolds)
+    ms = list(stacked.unbind(0)) if isinstance(stacked, torch.Tensor) else stacked
+    P = len(ms)
+    N = ms[0].shape[1]
+    dev = ms[0].device
+    centers = stacked.mean(1) if isinstance(stacked, torch.Tensor) else _centers(ms)
+    rho0 = center_correlation(centers)
+
+    V, residual, correlated = _center_basis(center_subspace, correlated, centers, N, dev, n_reps, max_rank, seed)
 
     # Global mean of all points (for equal-size manifolds, the mean of the centres).
     origin = centers.mean(0) if isinstance(stacked, torch.Tensor) else torch.cat(ms).mean(0)

@@ -24,7 +24,7 @@ from mmcr.geometry.report import (
     overlay_plot,
     settings_line,
 )
-from mmcr.run.files import check_output, write_text_atomic
+from mmcr.rundir.files import check_output, write_text_atomic
 
 
 def source_label(source: str) -> str:
@@ -117,8 +117,8 @@ def compare_models(
 
 def _run_config(source):
     """The RunConfig of a run directory or checkpoint of ours, else None."""
-    from mmcr.run.checkpoint import find_checkpoint
     from mmcr.run.config import RunConfig
+    from mmcr.rundir.checkpoint import find_checkpoint
 
     s = str(source)
     if s.startswith(("torchvision:", "timm:", "random:")) or not Path(s).exists():

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcr.run.files import save_figure
+from mmcr.rundir.files import save_figure
 
 DASH = "—"
 KINDS = ("temporal", "augmentation", "class")  # temporal: clip data sets only

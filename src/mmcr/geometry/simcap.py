@@ -153,62 +153,91 @@ def simulated_capacity(
     n_max = N if max_dim is None else int(max_dim)
     if not 1 <= n_max <= N:
         raise ValueError(f"max_dim must be between 1 and the feature count {N}, got {max_dim}")
-    X = np.concatenate(ms)
-    owner = np.concatenate([np.full(len(m), i) for i, m in enumerate(ms)])
-    rng = np.random.default_rng(checked_seed(seed))
-    labels = []
-    for _ in range(n_rep):
-        y = np.ones(P)
-        y[rng.choice(P, P // 2, replace=False)] = -1.0
-        labels.append(y[owner])
-    seeds = rng.integers(0, 2**63 - 1, size=n_rep)
-    # Nested directions: column j of dichotomy r's projection is the same for every n > j.
-    cols: list[np.ndarray] = [np.empty((N, 0)) for _ in range(n_rep)]
-    proj: list[np.ndarray] = [np.empty((len(X), 0)) for _ in range(n_rep)]
-    gens = [np.random.default_rng(int(s)) for s in seeds]
-    sep_at: list[int] = [n_max + 1] * n_rep  # smallest n known separable
-    nonsep_at: list[int] = [0] * n_rep  # largest n known non-separable (n = 0: both labels occur)
-    tried: dict[int, float] = {}
-    hints: list[np.ndarray | None] = [None] * n_rep  # certificate points from the last dimension tried
+    dich = _Dichotomies(ms, n_rep, n_max, checked_seed(seed))
+    lo, hi = _bracket(dich.fraction, P, n_max, tol)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = dich.fraction(mid)
+        if abs(p - 0.5) <= tol + 1e-12:
+            lo = hi = mid
+            break
+        if p > 0.5:
+            hi = mid
+        else:
+            lo = mid
+    n_vals = sorted(dich.tried)
+    p_vals = [dich.tried[k] for k in n_vals]
+    nc = _crossing(np.array(n_vals, float), np.array(p_vals))
+    return SimCapResult(
+        capacity=float(P / nc), n_critical=float(nc), n_values=n_vals, p_values=p_vals, n_rep=n_rep, seed=seed
+    )
 
-    def frac(n: int) -> float:
-        if n in tried:
-            return tried[n]
-        count = 0
-        for r in range(n_rep):
-            if n >= sep_at[r]:
-                count += 1
-                continue
-            if n <= nonsep_at[r]:
-                continue
-            while cols[r].shape[1] < n:
-                k = n - cols[r].shape[1]
-                W = gens[r].standard_normal((N, k))
-                W /= np.linalg.norm(W, axis=0)
-                cols[r] = np.hstack([cols[r], W])
-                proj[r] = np.hstack([proj[r], X @ W])
-            A = np.hstack([proj[r][:, :n], np.ones((len(X), 1))]) * labels[r][:, None]
-            verdict, used = _decide(A, hints[r])
-            if used is not None:
-                hints[r] = used
-            if verdict:
-                count += 1
-                sep_at[r] = n
-            else:
-                nonsep_at[r] = n
-        tried[n] = count / n_rep
-        return tried[n]
 
-    # Bracket from n = P/2 (where random points, the easiest manifolds, reach half separability) by
-    # halving or growing by 25%, then bisect.
+class _Dichotomies:
+    """``n_rep`` random dichotomies of the manifolds and their nested random projections: column j of
+    dichotomy r's projection is the same for every n > j, so each verdict bounds the others (separable at
+    n: separable above; not separable at n: not below) and certificates carry over between dimensions."""
+
+    def __init__(self, ms: list[np.ndarray], n_rep: int, n_max: int, seed: int):
+        P, self.N = len(ms), ms[0].shape[1]
+        self.X = np.concatenate(ms)
+        owner = np.concatenate([np.full(len(m), i) for i, m in enumerate(ms)])
+        rng = np.random.default_rng(seed)
+        self.labels = []
+        for _ in range(n_rep):
+            y = np.ones(P)
+            y[rng.choice(P, P // 2, replace=False)] = -1.0
+            self.labels.append(y[owner])
+        seeds = rng.integers(0, 2**63 - 1, size=n_rep)
+        self.n_rep = n_rep
+        self.cols: list[np.ndarray] = [np.empty((self.N, 0)) for _ in range(n_rep)]
+        self.proj: list[np.ndarray] = [np.empty((len(self.X), 0)) for _ in range(n_rep)]
+        self.gens = [np.random.default_rng(int(s)) for s in seeds]
+        self.sep_at: list[int] = [n_max + 1] * n_rep  # smallest n known separable
+        self.nonsep_at: list[int] = [0] * n_rep  # largest n known non-separable (n = 0: both labels occur)
+        self.tried: dict[int, float] = {}
+        self.hints: list[np.ndarray | None] = [None] * n_rep  # certificate points from the last dimension tried
+
+    def _separable(self, r: int, n: int) -> bool:
+        while self.cols[r].shape[1] < n:
+            W = self.gens[r].standard_normal((self.N, n - self.cols[r].shape[1]))
+            W /= np.linalg.norm(W, axis=0)
+            self.cols[r] = np.hstack([self.cols[r], W])
+            self.proj[r] = np.hstack([self.proj[r], self.X @ W])
+        A = np.hstack([self.proj[r][:, :n], np.ones((len(self.X), 1))]) * self.labels[r][:, None]
+        verdict, used = _decide(A, self.hints[r])
+        if used is not None:
+            self.hints[r] = used
+        return verdict
+
+    def fraction(self, n: int) -> float:
+        """The fraction of the dichotomies that are linearly separable in ``n`` projected dimensions."""
+        if n not in self.tried:
+            count = 0
+            for r in range(self.n_rep):
+                if n >= self.sep_at[r]:
+                    count += 1
+                elif n > self.nonsep_at[r]:
+                    if self._separable(r, n):
+                        count += 1
+                        self.sep_at[r] = n
+                    else:
+                        self.nonsep_at[r] = n
+            self.tried[n] = count / self.n_rep
+        return self.tried[n]
+
+
+def _bracket(frac, P: int, n_max: int, tol: float) -> tuple[int, int]:
+    """Dimensions ``lo < hi`` around the crossing of 1/2 (equal when one lands within ``tol``): from
+    n = P/2, where random points, the easiest manifolds, reach half separability, by halving or growing
+    by 25 %."""
     lo, hi = 0, None
     n = int(min(max(1, P // 2), n_max))
     going_up = None
     while True:
         p = frac(n)
         if abs(p - 0.5) <= tol + 1e-12:
-            lo = hi = n
-            break
+            return n, n
         if p > 0.5:
             hi = n
             if going_up or n <= 1:
@@ -228,27 +257,12 @@ def simulated_capacity(
             f"fewer than half of the dichotomies are separable even with {n_max} dimension(s); "
             "the manifolds are too entangled for a simulated capacity (capacity < P/N)"
         )
-    if hi == 1 and lo == 0 and tried[1] > 0.5 + tol + 1e-12:
+    if hi == 1 and lo == 0 and frac(1) > 0.5 + tol + 1e-12:
         raise ValueError(
-            f"{tried[1]:.0%} of the dichotomies are separable already in 1 dimension, so the critical dimension "
+            f"{frac(1):.0%} of the dichotomies are separable already in 1 dimension, so the critical dimension "
             f"is below the simulation's resolution (capacity > P = {P}); this needs more manifolds"
         )
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        p = frac(mid)
-        if abs(p - 0.5) <= tol + 1e-12:
-            lo = hi = mid
-            break
-        if p > 0.5:
-            hi = mid
-        else:
-            lo = mid
-    n_vals = sorted(tried)
-    p_vals = [tried[k] for k in n_vals]
-    nc = _crossing(np.array(n_vals, float), np.array(p_vals))
-    return SimCapResult(
-        capacity=float(P / nc), n_critical=float(nc), n_values=n_vals, p_values=p_vals, n_rep=n_rep, seed=seed
-    )
+    return lo, hi
 
 
 def _crossing(n: np.ndarray, p: np.ndarray) -> float:

@@ -38,7 +38,7 @@ def build_encoder(model_cfg: ModelConfig | dict) -> Encoder:
 def check_finite_weights(model: nn.Module, where: str | Path) -> None:
     """Refuse weights holding NaN/Inf (a diverged run): evaluating or exporting them would report chance
     accuracy or ship broken weights with no error."""
-    from mmcr.run.checkpoint import InvalidCheckpointError
+    from mmcr.rundir.checkpoint import InvalidCheckpointError
 
     bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
     if bad:
@@ -109,8 +109,8 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
     path = Path(s)
     if not path.exists():
         raise ValueError(f"model source {s!r} not found; give a {SOURCE_HELP}")
-    from mmcr.run.checkpoint import WEIGHTS, InvalidCheckpointError, find_checkpoint
     from mmcr.run.config import ConfigError, RunConfig
+    from mmcr.rundir.checkpoint import WEIGHTS, InvalidCheckpointError, find_checkpoint
 
     state, ckpt_path = find_checkpoint(path, map_location, require=WEIGHTS)  # read as data, entries checked
     try:
@@ -125,7 +125,7 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
         raise InvalidCheckpointError(
             f"{ckpt_path}: the weights do not match the model its config describes ({reason})") from e
     check_finite_weights(enc, ckpt_path)
-    from mmcr.run.layout import CHECKPOINT_DIR
+    from mmcr.rundir.layout import CHECKPOINT_DIR
 
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == CHECKPOINT_DIR else None
     src = ModelSource(arch=cfg.model.backbone, cifar_stem=enc.backbone.cifar_stem, source=str(ckpt_path),

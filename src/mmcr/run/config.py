@@ -371,14 +371,14 @@ def read_run_config(path: str | Path) -> RunConfig:
     """The config of a run directory (``config.yaml``) or a config file."""
     path = Path(path)
     if path.is_dir():
-        from mmcr.run.layout import CONFIG_FILE
+        from mmcr.rundir.layout import CONFIG_FILE
 
         path = path / CONFIG_FILE
     return RunConfig.from_dict(read_yaml(path))
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    from mmcr.run.files import write_text_atomic
+    from mmcr.rundir.files import write_text_atomic
 
     write_text_atomic(path, schema.dump_yaml(cfg))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from mmcr.run import checkpoint as ckpt
-from mmcr.run import layout
 from mmcr.run.config import ConfigChange, ConfigError, RunConfig, config_changes, read_run_config
-from mmcr.run.files import RunFileError, RunLock
+from mmcr.rundir import checkpoint as ckpt
+from mmcr.rundir import layout
+from mmcr.rundir.files import RunFileError, RunLock
 
 
 def claim_run_dir(run_dir: Path, dist_info) -> RunLock | None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmcr.models import MomentumEncoder
-from mmcr.run.checkpoint import CheckpointError
+from mmcr.rundir.checkpoint import CheckpointError
 
 # Objects with state_dict()/load_state_dict(), saved under these names.
 _STATEFUL = ("model", "momentum", "optimizer", "scheduler", "scaler")

@@ -23,14 +23,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mmcr import distributed as D
 from mmcr.models import MomentumEncoder, build_encoder
-from mmcr.run import checkpoint as ckpt
-from mmcr.run import layout
 from mmcr.run.config import ConfigError, RunConfig, dump_config
+from mmcr.rundir import checkpoint as ckpt
+from mmcr.rundir import layout
+from mmcr.rundir.metrics import MetricsLog
 from mmcr.train import resume as R
 from mmcr.train.chunked import resolve_view_chunk
 from mmcr.train.hooks import Interrupted, NonFiniteLossError, StepLogger, StopRule, StopSignals
-from mmcr.train.monitor import MetricsLog, ProgressDisplay
 from mmcr.train.optim import base_lr, build_optimizer, build_scheduler
+from mmcr.train.progress import ProgressDisplay
 from mmcr.train.state import NonFiniteCounter, TrainState, rng_state
 from mmcr.train.step import StepContext, train_step
 
@@ -345,8 +346,8 @@ def _train(cfg: RunConfig, dist_info: D.DistInfo, run_dir: Path) -> dict:
     if run.is_main:
         log.event("end", **summary)
         log.close()
-        from mmcr.run.files import write_text_atomic
-        from mmcr.run.report import write_report
+        from mmcr.rundir.files import write_text_atomic
+        from mmcr.rundir.report import write_report
 
         write_text_atomic(run_dir / layout.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n", what="summary")
         write_report(run_dir)

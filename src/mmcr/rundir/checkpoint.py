@@ -1,7 +1,7 @@
 """Checkpoints that survive kills, full disks and corruption, and that are read as data only.
 
 A checkpoint is one ``torch.save``d dict tagged with :data:`CHECKPOINT_FORMAT`, written atomically
-(:mod:`mmcr.run.files`). The newest ``keep`` are kept. Readers take the newest one that loads; a
+(:mod:`mmcr.rundir.files`). The newest ``keep`` are kept. Readers take the newest one that loads; a
 resuming run moves unreadable files aside (``checkpoints/corrupt/``) so that they never outrank, and
 never cause the rotation to delete, a good checkpoint.
 
@@ -16,16 +16,18 @@ name and type (:data:`WEIGHTS`, :data:`TRAINING`, :data:`DETECTION`) before anyt
 from __future__ import annotations
 
 import pickle
+import pickletools
 import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from mmcr.run import layout
-from mmcr.run.files import save_torch_atomic
+from mmcr.rundir import layout
+from mmcr.rundir.files import save_torch_atomic
 
 CHECKPOINT_FORMAT = "mmcr-checkpoint-v2"  # v2: the numpy RNG state as tensors (v1: numpy arrays)
 LEGACY_FORMATS = ("mmcr-checkpoint-v1",)
@@ -104,9 +106,7 @@ def check_entries(state: dict, path: str | Path, require: tuple[str, ...] = ()) 
 # --------------------------------------------------------------------------------------- loading
 def _legacy_globals() -> list:
     """What format v1 checkpoints hold besides tensors: the numpy RNG state (a uint32 array)."""
-    import numpy as np
-
-    try:
+    try:  # where numpy keeps _reconstruct depends on its major version
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1
         from numpy.core.multiarray import _reconstruct
@@ -130,7 +130,6 @@ def _unsafe_globals(path: Path) -> list[str]:
             return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception:  # a damaged archive
             return []
-    import pickletools
 
     names: list[str] = []  # from complete pickles only: random bytes can look like an opcode or two
     try:

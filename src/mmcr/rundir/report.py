@@ -8,14 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmcr.run import layout
+from mmcr.rundir import layout
+from mmcr.rundir.files import open_append, save_figure, write_text_atomic
+from mmcr.rundir.metrics import read_metrics
 
 _EVAL_MARK = " · eval "  # what makes a report line an evaluation line (written and recognised only here)
 
 
 def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: str | None = None,
           xlabel: str = "step") -> None:
-    import matplotlib
+    import matplotlib  # heavy (about 0.3 s); only a report with curves needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -26,7 +28,6 @@ def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: st
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    from mmcr.run.files import save_figure
 
     save_figure(fig, path, dpi=100)
     plt.close(fig)
@@ -85,7 +86,6 @@ def eval_line(kind: str, tag: str | None, metrics: dict[str, float], details: di
 
 def append_eval_line(report: str | Path, line: str) -> None:
     """Append one evaluation line to ``report`` (never through a symbolic link)."""
-    from mmcr.run.files import open_append
 
     with open_append(report, what="a report line") as f:
         f.write(line.rstrip("\n") + "\n")
@@ -93,7 +93,6 @@ def append_eval_line(report: str | Path, line: str) -> None:
 
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write ``report.md`` from ``metrics.jsonl`` and ``summary.json``, keeping evaluation lines."""
-    from mmcr.train.monitor import read_metrics
 
     run_dir = Path(run_dir)
     recs = read_metrics(run_dir)
@@ -122,7 +121,6 @@ def write_report(run_dir: str | Path) -> Path:
     path = run_dir / layout.REPORT_FILE
     evals = [ln for ln in path.read_text().splitlines() if _EVAL_MARK in ln] if path.exists() else []
     lines += ["## Evaluations", "", *evals] if evals else ["## Evaluations", ""]
-    from mmcr.run.files import write_text_atomic
 
     write_text_atomic(path, "\n".join(lines) + "\n", what="report")
     return path

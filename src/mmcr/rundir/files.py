@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+import torch
+
+from mmcr.rundir import layout
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -100,7 +105,6 @@ def write_text_atomic(path: str | Path, text: str, what: str = "file") -> Path:
 
 def save_torch_atomic(obj: Any, path: str | Path, what: str = "checkpoint") -> Path:
     """``torch.save`` through :func:`write_atomic`."""
-    import torch
 
     return write_atomic(path, lambda f: torch.save(obj, f), what)
 
@@ -146,7 +150,6 @@ def check_output(path: str | Path, source: str | Path | None = None, what: str =
     """``path`` unless writing it would replace a run's own checkpoint or record (``checkpoints/``,
     ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``report.md`` of a run directory) or the model
     ``source`` itself; else a :class:`RunFileError` naming the file and what to do."""
-    from mmcr.run import layout
 
     path = Path(path)
     reason = layout.protected_reason(path)
@@ -169,8 +172,7 @@ class RunLock:
     NAME = ".mmcr.lock"
 
     def __init__(self, directory: str | Path):
-        import fcntl
-        import socket
+        import fcntl  # Unix only: imported where the lock is taken
 
         self.directory = Path(directory)
         self.path = self.directory / self.NAME
