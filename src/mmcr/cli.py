@@ -92,11 +92,68 @@ def _check_one_resume(preset, overrides: list[str], resume: str) -> None:
                           "give the checkpoint to continue once")
 
 
+# The order ``mmcr list`` prints the registries in: data flows top to bottom.
+REGISTRY_ORDER = ("datasets", "augment_presets", "backbones", "objectives", "optimizers", "lr_schedules",
+                  "momentum_schedules", "evaluations")
+
+
+def _add_list_parser(sub) -> None:
+    p = sub.add_parser("list", help="print every registry: data sets, backbones, objectives, ... (names and docs)",
+                       description="Print the registries of names a config or command may choose. With a registry "
+                                   "name, also each entry's options with their defaults and valid values.")
+    p.add_argument("registry", nargs="?", help=f"one of {', '.join(REGISTRY_ORDER)}")
+    p.set_defaults(func=_list)
+
+
+def registries() -> list:
+    """Every registry, in :data:`REGISTRY_ORDER` (then any other), with the modules that fill them imported."""
+    import mmcr.augment.presets  # noqa: F401 - each import fills its registry
+    import mmcr.data.registry  # noqa: F401
+    import mmcr.evaluate.api  # noqa: F401
+    import mmcr.models.backbones  # noqa: F401
+    import mmcr.models.momentum  # noqa: F401
+    import mmcr.objectives  # noqa: F401
+    import mmcr.train.optim  # noqa: F401
+    from mmcr.registry import all_registries
+
+    rank = {name: i for i, name in enumerate(REGISTRY_ORDER)}
+    return sorted(all_registries(), key=lambda r: rank.get(r.plural, len(rank)))
+
+
+def _list(args) -> int:
+    import json
+
+    from mmcr.registry import RegistryError, describe_options
+
+    regs = registries()
+    if args.registry is not None:
+        wanted = args.registry.replace("-", "_")
+        regs = [r for r in regs if r.plural == wanted]
+        if not regs:
+            raise RegistryError(f"unknown registry {args.registry!r}; choose one of "
+                                f"{', '.join(r.plural for r in registries())}")
+    for i, reg in enumerate(regs):
+        print(("\n" if i else "") + f"{reg.plural} ({reg.kind})")
+        width = max(len(e.name) for e in reg.entries())
+        for e in reg.entries():
+            print(f"  {e.name:<{width}}  {e.doc}")
+            if args.registry is None:
+                continue
+            if e.options is None:
+                print("      " + ("options: free-form, checked by the builder" if e.loose else "options: none"))
+            for info in describe_options(e.options):
+                valid = "" if e.loose else f"  ({info.valid})"
+                doc = f"  # {info.doc}" if info.doc else ""
+                print(f"      {info.key} = {json.dumps(info.default, default=str)}{valid}{doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcr", description="Maximum Manifold Capacity Representations toolkit")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     _add_pretrain_parser(sub)
+    _add_list_parser(sub)
     try:
         from mmcr.evaluate.cli import add_eval_parser, add_export_parser
     except ImportError:  # pragma: no cover - evaluation always ships with the package

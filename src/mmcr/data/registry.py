@@ -77,7 +77,7 @@ _register("imagefolder", D._load_imagefolder,
                          lazy=(bool, option(False, doc="decode files on demand in loader workers (needs size)"))),
           doc="a folder root/[split/]class/image, decoded once and cached (or streamed with lazy)")
 _register("archive", D._load_archive, options=_sized("archive", on_error=_ON_ERROR),
-          doc="a .tar/.tar.gz/.zip of an image folder tree, decoded once and cached")
+          doc="a .tar/.tar.gz of an image folder tree ([prefix/]split/class/image), decoded once and cached")
 _register("npz", load_npz,
           options=_sized("npz", layout=(str, option("auto", choices=lambda: D.NPZ_LAYOUTS,
                                               doc="axis order of image arrays (auto: where the channels are)")),

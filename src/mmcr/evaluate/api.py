@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mmcr.evaluate.brainscore import export_brainscore_plugin
+from mmcr.evaluate.detection import run_detection
 from mmcr.evaluate.export import check_export_path, export_backbone
 from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.knn import check_test_classes, knn_accuracy
@@ -16,6 +18,7 @@ from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
 from mmcr.evaluate.results import destination, record_result
 from mmcr.evaluate.semi import MIN_STEPS, FinetuneAugment, class_balanced_subset, finetune, read_subset_file
 from mmcr.evaluate.transfer import transfer_probe
+from mmcr.registry import Registry
 from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
 
 if TYPE_CHECKING:
@@ -346,3 +349,17 @@ def run_export(source: str | Path, out: str | Path) -> dict:
     meta = export_backbone(model, model_src, out)
     meta["path"] = str(out)
     return meta
+
+
+# ------------------------------------------------------------------------------------------ registry
+# The evaluations, builder = the function that runs one. Their settings are keyword arguments (and CLI
+# flags) checked by each function, not an options section yet: options=None.
+EVALUATIONS = Registry("evaluation", "evaluations")
+EVALUATIONS.register("knn", run_knn, doc="weighted kNN top-1 of frozen features (k=200, T=0.1 unless the run says)")
+EVALUATIONS.register("linear", run_linear, doc="linear probe on frozen features, weight decay chosen on validation")
+EVALUATIONS.register("semi", run_semi, doc="semi-supervised fine-tuning on 1% or 10% of the labels (or a subset file)")
+EVALUATIONS.register("transfer", run_transfer,
+                     doc="linear probe on a transfer data set (Flowers-102, DTD, Food-101, CIFAR-100, STL-10)")
+EVALUATIONS.register("detection", run_detection, doc="Faster R-CNN R50-C4 fine-tuned on PASCAL VOC: AP, AP50, AP75")
+EVALUATIONS.register("brainscore", export_brainscore_plugin,
+                     doc="a Brain-Score vision plugin of the model (layers per region, spectra), scored by Brain-Score")

@@ -51,7 +51,7 @@ OBJECTIVES.register("mmcr", MMCRLoss, options=_MMCR,
 OBJECTIVES.register("simclr", SimCLRLoss, options=_SIMCLR, doc="SimCLR's NT-Xent (InfoNCE) over all k views")
 OBJECTIVES.register("infonce", SimCLRLoss, options=_SIMCLR, doc="another name of simclr")
 OBJECTIVES.register("barlow_twins", BarlowTwinsLoss, options=options_section(
-    "barlow_twins", lambda_offdiag=(float, option(0.0051, check=NON_NEGATIVE, doc="weight of the off-diagonal")),
+    "barlow_twins", lambda_offdiag=(float, option(0.0051, check=NON_NEGATIVE, doc="weight of the off-diagonal terms")),
     dtype=_DTYPE, gather=_GATHER), doc="Barlow Twins: cross-correlation of view pairs towards the identity")
 OBJECTIVES.register("vicreg", VICRegLoss, options=options_section(
     "vicreg", sim_coeff=(float, option(25.0, check=NON_NEGATIVE, doc="weight of the invariance term")),
