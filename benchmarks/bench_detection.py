@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from mmcr.evaluate.detection import build_c4_detector, load_detection_config, run_detection  # noqa: E402
-from mmcr.models import load_pretrained  # noqa: E402
+from mmcr.evaluate.sources import load_pretrained  # noqa: E402
 
 
 def _uptime() -> str:

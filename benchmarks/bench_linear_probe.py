@@ -39,7 +39,7 @@ def run_features(source: str, archive: str, n: int, n_test: int):
     """Backbone features of a pretrained model on the archive's train/test splits (eval preprocessing)."""
     from mmcr.data import load_dataset
     from mmcr.evaluate import eval_transform_for, extract_features
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
 
     backbone, src = load_pretrained(source)
     tf = eval_transform_for(src)

@@ -108,7 +108,7 @@ def encoder_embeddings(b: int, k: int, d: int, state: dict | None, seed: int) ->
     """Projector outputs (B, k, d) of the digits preset's encoder (random init or ``state``) on digits."""
     from mmcr.augment import MultiViewAugment
     from mmcr.data import load_dataset
-    from mmcr.models.loading import build_encoder
+    from mmcr.evaluate.sources import build_encoder
 
     cfg = _encoder_config(k, d)
     torch.manual_seed(seed)

@@ -209,7 +209,7 @@ def measure_curve(run_dir: Path, device, keep_last: bool = True) -> list[dict]:
     from mmcr.distributed import DistInfo
     from mmcr.evaluate.features import eval_transform_for
     from mmcr.evaluate.monitor import KnnSettings, knn_top1
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
     from mmcr.rundir import layout
     from mmcr.rundir.metrics import read_metrics
     from mmcr.rundir.report import write_report
@@ -425,7 +425,7 @@ def main() -> None:
     from mmcr.data import load_dataset
     from mmcr.distributed import resolve_device
     from mmcr.evaluate import eval_transform_for
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
     from mmcr.rundir.metrics import read_metrics
     from mmcr.rundir.report import knn_training_time
     from mmcr.train import train

@@ -35,7 +35,8 @@ def score_seed(preset: str, overrides: list[str], seed: int, out: Path) -> dict:
     from mmcr.evaluate.features import dataset_features
     from mmcr.evaluate.knn import knn_accuracy
     from mmcr.evaluate.monitor import _Pixels
-    from mmcr.models import build_encoder, load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
+    from mmcr.models import build_encoder
     from mmcr.run.config import load_config
     from mmcr.train import train
 

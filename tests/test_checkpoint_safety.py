@@ -110,8 +110,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_library_function(h
     from mmcr.evaluate import load_exported, read_exported
     from mmcr.evaluate.api import run_export, run_knn
     from mmcr.evaluate.brainscore import export_brainscore_plugin
+    from mmcr.evaluate.sources import load_pretrained
     from mmcr.geometry.analyze import run_analysis
-    from mmcr.models import load_pretrained
     from mmcr.rundir.checkpoint import load_torch_data
 
     marker, files = hostile
@@ -163,7 +163,7 @@ def test_format_v1_checkpoints_keep_loading_and_resuming(run, tmp_path):
     state.update(format="mmcr-checkpoint-v1", rng={**state["rng"], "numpy": np.random.get_state()})
     torch.save(state, path)
     assert read_checkpoint(path)["format"] == "mmcr-checkpoint-v1"
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
 
     assert load_pretrained(old)[1].step == 2  # what eval, export and analyze read
     summary = train(load_config("digits", BASE + [f"out={old}", "train.resume=auto", "train.max_steps=3"]))

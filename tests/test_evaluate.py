@@ -197,7 +197,7 @@ def test_extract_features_is_batch_invariant_and_restores_mode():
 def test_eval_transform_follows_the_run_config():
     from mmcr.augment import IMAGENET_MEAN
     from mmcr.evaluate.features import eval_transform_for
-    from mmcr.models import ModelSource
+    from mmcr.evaluate.sources import ModelSource
     from mmcr.run.config import load_config
 
     cfg = load_config("digits", ["augment.overrides.size=24", "augment.overrides.mean=[0.5,0.5,0.5]",

@@ -26,8 +26,8 @@ from mmcr.evaluate.brainscore import (
     spectrum_from_gram,
 )
 from mmcr.evaluate.features import eval_transform_for, layer_features
+from mmcr.evaluate.sources import load_pretrained
 from mmcr.geometry import eigenspectrum
-from mmcr.models import load_pretrained
 
 
 def _import_plugin_model(folder, name):

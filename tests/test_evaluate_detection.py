@@ -28,7 +28,7 @@ from mmcr.evaluate.detection import (
     run_detection,
     step_lr_factor,
 )
-from mmcr.models import load_pretrained
+from mmcr.evaluate.sources import load_pretrained
 from mmcr.run.config import ConfigError
 
 SHAPES = {"square": "tvmonitor", "disc": "pottedplant"}

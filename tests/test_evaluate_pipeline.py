@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+import mmcr.data as mmcr_data
 from mmcr.evaluate import (
     class_balanced_subset,
     export_backbone,
@@ -26,16 +27,23 @@ from mmcr.evaluate import (
     transfer_probe,
 )
 from mmcr.evaluate.cli import add_eval_parser, add_export_parser
-from mmcr.models import build_encoder, load_pretrained
+from mmcr.evaluate.sources import load_pretrained
+from mmcr.models import build_encoder
+from mmcr.run.config import RunConfig
 from mmcr.rundir import CHECKPOINT_FORMAT
 
 MODEL_CFG = {"backbone": "resnet_tiny", "cifar_stem": True, "projector": {"hidden": [32], "out_dim": 16}}
 
 
+def _encoder(model_cfg: dict):
+    """The encoder a run's ``model`` mapping describes."""
+    return build_encoder(RunConfig.from_dict({"model": model_cfg}).model)
+
+
 def _fake_run(tmp_path: Path, model_cfg=MODEL_CFG, crop: int = 32) -> Path:
     """A run directory holding one checkpoint in our format."""
     torch.manual_seed(0)
-    enc = build_encoder(model_cfg)
+    enc = _encoder(model_cfg)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     over = {"size": crop, "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -244,7 +252,7 @@ def test_cli_export_end_to_end(tmp_path, capsys):
 
 
 def test_cli_knn_and_linear_on_digits(tmp_path):
-    data = pytest.importorskip("mmcr.data", reason="mmcr.data not available yet")
+    data = mmcr_data
     if not hasattr(data, "load_dataset"):
         pytest.skip("mmcr.data.load_dataset not available yet")
     from mmcr.data import load_dataset
@@ -284,7 +292,7 @@ def _with_data_statistics(run: Path, images: torch.Tensor) -> None:
 
     path = next((run / "checkpoints").glob("*.pt"))
     state = torch.load(path, weights_only=True)
-    enc = build_encoder(MODEL_CFG)
+    enc = _encoder(MODEL_CFG)
     enc.load_state_dict(state["model"])
     for m in enc.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -297,7 +305,7 @@ def _with_data_statistics(run: Path, images: torch.Tensor) -> None:
 
 
 def test_cli_semi_on_digits(tmp_path):
-    data = pytest.importorskip("mmcr.data", reason="mmcr.data not available yet")
+    data = mmcr_data
     if not hasattr(data, "load_dataset"):
         pytest.skip("mmcr.data.load_dataset not available yet")
     tr = data.load_dataset("digits", split="train")

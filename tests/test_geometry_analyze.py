@@ -43,7 +43,7 @@ def test_analyze_writes_json_plots_and_report(tmp_path):
 
 
 def test_feature_taps_reject_unknown_layers():
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
 
     model, _ = load_pretrained("random:resnet_tiny")
     assert default_layers(model)[-1] == "output"

@@ -10,7 +10,8 @@ import torch
 
 from mmcr.cli import main
 from mmcr.evaluate import export_backbone
-from mmcr.models import build_encoder, load_pretrained
+from mmcr.evaluate.sources import load_pretrained
+from mmcr.models import build_encoder
 from mmcr.run.config import load_config
 from mmcr.rundir import save_checkpoint
 

@@ -17,7 +17,8 @@ import torch
 
 from mmcr.cli import main
 from mmcr.evaluate import read_exported
-from mmcr.models import build_backbone, load_pretrained
+from mmcr.evaluate.sources import load_pretrained
+from mmcr.models import build_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 

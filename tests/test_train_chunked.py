@@ -19,8 +19,9 @@ from mmcr.train.chunked import (
     resolve_view_chunk,
     view_major_chunks,
 )
+from mmcr.train.context import StepContext
 from mmcr.train.state import NonFiniteCounter, TrainState
-from mmcr.train.step import StepContext, forward_backward
+from mmcr.train.step import forward_backward
 
 
 def _net(bn: bool = False, dropout: float = 0.0) -> nn.Module:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mmcr.rundir import layout
+from mmcr.rundir.files import save_torch_atomic
 from mmcr.rundir.metrics import read_metrics
 from mmcr.train import load_config, train
 
@@ -103,3 +104,18 @@ def test_nonfinite_guard_stops_with_clear_message(tmp_path):
                    "eval.knn_every_epochs=0"]
     with pytest.raises(NonFiniteLossError, match="consecutive steps"):
         train(load_config("digits", args))
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    """The data order depends on the world size, so a checkpoint written by 2 processes does not resume
+    in 1 (the checkpoint is rewritten as a 2-process run's would be: no torchrun needed)."""
+    out = tmp_path / "run"
+    args = ARGS + [f"out={out}", "train.max_steps=2", "eval.knn_every_epochs=0"]
+    train(load_config("digits", args))
+    path = sorted((out / layout.CHECKPOINT_DIR).glob("ckpt_*.pt"))[-1]
+    state = torch.load(path, weights_only=True)
+    assert state["world_size"] == 1
+    state["world_size"] = 2
+    save_torch_atomic(state, path)
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\) but this run has 1"):
+        train(load_config("digits", args[:-2] + ["train.max_steps=4", "eval.knn_every_epochs=0", "train.resume=auto"]))

@@ -31,7 +31,8 @@ from PIL import Image
 from mmcr.cli import main as mmcr_main
 from mmcr.evaluate.brainscore import generated_stimuli, plain_network
 from mmcr.evaluate.features import eval_transform_for, layer_features
-from mmcr.models import build_encoder, load_pretrained
+from mmcr.evaluate.sources import load_pretrained
+from mmcr.models import build_encoder
 
 HERE = Path(__file__).resolve().parent
 RTOL = 1e-5  # max |brainscore - mmcr| / max |mmcr| per layer: float32 rounding, not a different computation

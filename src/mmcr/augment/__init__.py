@@ -8,7 +8,8 @@ deterministic view (B, 3, h, w) that evaluation uses; ``mmcr.augment.functional`
 
 from mmcr.augment import functional
 from mmcr.augment.eval import EvalTransform
-from mmcr.augment.multiview import MultiViewAugment, ViewParams, check_images
+from mmcr.augment.functional import check_images
+from mmcr.augment.multiview import MultiViewAugment, ViewParams, eval_transform_of
 from mmcr.augment.presets import (
     AUGMENT_PRESETS,
     CIFAR_MEAN,
@@ -31,5 +32,6 @@ __all__ = [
     "MultiViewAugment",
     "ViewParams",
     "check_images",
+    "eval_transform_of",
     "functional",
 ]

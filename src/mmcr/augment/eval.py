@@ -3,7 +3,7 @@
 uint8 (B, 3, H, W) -> float32 (B, 3, h, w): optional resize of the short side, centre crop,
 scaling to [0, 1] and the training run's normalisation. Images smaller than the crop are first
 resized up to it (the training crops were resized to that size too), so a run's evaluation never
-fails on its own images. Build it from a run (:meth:`EvalTransform.from_config`) or from the
+fails on its own images. Build it from a run (:func:`mmcr.augment.multiview.eval_transform_of`) or from the
 training augmentation (:meth:`mmcr.augment.MultiViewAugment.eval_transform`) so that evaluation
 sees the same size and statistics as training.
 """
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from mmcr.augment.functional import check_images
 from mmcr.augment.presets import IMAGENET_MEAN, IMAGENET_STD
 
 _MODES = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
@@ -55,14 +56,6 @@ class EvalTransform:
             raise ValueError(f"mean and std need 3 finite values each with std > 0, got mean={mean} std={std}")
         self.mean, self.std = mean, std
 
-    @classmethod
-    def from_config(cls, augment_cfg, size=None, resize: int | None = None) -> EvalTransform:
-        """The eval view of a run's training augmentation (an ``AugmentConfig``); ``size``/``resize``
-        override the crop and the short-side resize."""
-        from mmcr.augment.multiview import MultiViewAugment
-
-        return MultiViewAugment.from_config(augment_cfg, views=1, seed=0).eval_transform(size=size, resize=resize)
-
     @property
     def config(self) -> dict:
         return {"size": None if self.size is None else list(self.size), "resize": self.resize,
@@ -72,8 +65,6 @@ class EvalTransform:
         return f"EvalTransform(size={self.size}, resize={self.resize}, mean={self.mean}, std={self.std})"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from mmcr.augment.multiview import check_images
-
         x = check_images(images).to(torch.float32).mul_(1.0 / 255.0)
         mode = _MODES[self.interpolation]
         if self.resize is not None:

@@ -335,3 +335,19 @@ def sample_crop_boxes(
     top = torch.where(found, top, (height - h) // 2)
     left = torch.where(found, left, (width - w) // 2)
     return top, left, h, w
+
+
+def check_images(images: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}; convert with (x * 255).round().byte()")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] != 3:
+        raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"no images to make views of: got a batch of shape {tuple(images.shape)}")
+    return images

@@ -27,6 +27,7 @@ import torch
 
 from mmcr.augment import functional as AF
 from mmcr.augment.eval import EvalTransform
+from mmcr.augment.functional import check_images
 from mmcr.augment.presets import PRESETS
 from mmcr.run.config import check_seed
 
@@ -110,22 +111,6 @@ class ViewParams:
     blur: torch.Tensor
     sigma: torch.Tensor
     solarize: torch.Tensor
-
-
-def check_images(images: torch.Tensor) -> torch.Tensor:
-    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
-    if images.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images, got {images.dtype}; convert with (x * 255).round().byte()")
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    if images.shape[1] != 3:
-        raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}; convert images to RGB first")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"no images to make views of: got a batch of shape {tuple(images.shape)}")
-    return images
 
 
 class MultiViewAugment:
@@ -457,3 +442,9 @@ class MultiViewAugment:
                     lo = hi
             AF.scatter_views(x, jit.index_select(0, arrangement).to(x.device), buf)
         return self._subset(x, p.gray, self._gray)
+
+
+def eval_transform_of(augment_cfg, size=None, resize: int | None = None) -> EvalTransform:
+    """The eval view of a run's training augmentation (an ``AugmentConfig``): its crop size and
+    statistics; ``size``/``resize`` override the crop and the short-side resize."""
+    return MultiViewAugment.from_config(augment_cfg, views=1, seed=0).eval_transform(size=size, resize=resize)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmcr.augment.multiview import MultiViewAugment, check_images
+from mmcr.augment.functional import check_images
+from mmcr.augment.multiview import MultiViewAugment
 
 SAMPLING = ("random", "strided")
 SPATIAL = ("none", "window", "frame")

@@ -22,12 +22,12 @@ from mmcr.registry import Registry
 from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
 
 if TYPE_CHECKING:
-    from mmcr.models import ModelSource
+    from mmcr.evaluate.sources import ModelSource
     from mmcr.run.config import RunConfig
 
 
 def _load_model(source: str | Path, device=None):
-    from mmcr.models import load_pretrained
+    from mmcr.evaluate.sources import load_pretrained
 
     return load_pretrained(source)
 

@@ -39,12 +39,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save
 from torch import nn
 
+import mmcr
 from mmcr.evaluate.export import backbone_state_dict
 from mmcr.evaluate.features import eval_transform_for, layer_features, layer_summary
+from mmcr.evaluate.sources import load_pretrained
 from mmcr.geometry import neural_predictivity, participation_ratio, power_law_exponent
-from mmcr.rundir.files import default_mode
+from mmcr.rundir.files import RunFileError, default_mode, describe_write_failure
 
 REGIONS = ("V1", "V2", "V4", "IT")
 PLUGIN_FORMAT = "mmcr-brainscore-plugin-v1"
@@ -439,7 +442,6 @@ def _commitment(net, neural, neural_path, mapping, candidates, transform, seed, 
 
 def _describe(identifier, model_src, spec, view, mapping, how, scores, layers, readout, sha, weights_url, spectra):
     """``(plugin.json, mmcr_metadata.json)`` contents."""
-    import mmcr
 
     cfg = model_src.config
     plugin = {"format": PLUGIN_FORMAT, "identifier": identifier, "network": spec, "preprocessing": view,
@@ -467,7 +469,6 @@ def _write_folder(out_dir: Path, write) -> None:
         write(tmp)
         _replace_dir(tmp, out_dir)
     except OSError as e:
-        from mmcr.rundir.files import RunFileError, describe_write_failure
 
         raise RunFileError(describe_write_failure(out_dir, e) + "; nothing was written") from e
     finally:
@@ -491,12 +492,11 @@ def export_brainscore_plugin(
     fit_range: tuple[int, int] = (11, 500),
     weights_url: str | None = None,
 ) -> dict[str, Any]:
-    """Write the Brain-Score plugin of ``source`` (any :func:`mmcr.models.load_pretrained` source) to
+    """Write the Brain-Score plugin of ``source`` (any :func:`mmcr.evaluate.sources.load_pretrained` source) to
     ``out_dir`` (see the module doc). The folder is built beside ``out_dir`` and renamed into place, so a
     failure leaves nothing half-written; a non-empty ``out_dir`` is replaced only with ``force``. Returns
     the metadata written to ``mmcr_metadata.json``. ``weights_url``: where the plugin fetches
     ``weights.safetensors`` when the folder lacks it (for submissions whose weights exceed the zip limit)."""
-    from mmcr.models import load_pretrained
 
     check_identifier(identifier)
     out_dir = Path(out_dir)
@@ -531,7 +531,6 @@ def export_brainscore_plugin(
     stimuli = neural[0] if neural is not None else generated_stimuli(n_stimuli, 256, seed)
     spectra = _per_layer(net, stimuli, layers, transform, batch_size, device,
                          lambda gram: spectral_summary(gram, fit_range))
-    from safetensors.torch import save
 
     blob = save(backbone_state_dict(backbone))
     stimuli_note = (f"the images of {choose_layers_from}" if neural is not None

@@ -12,8 +12,8 @@ import json
 
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
 from mmcr.evaluate.semi import HEAD_INITS, MIN_STEPS
+from mmcr.evaluate.sources import SOURCE_HELP
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
-from mmcr.models.loading import SOURCE_HELP
 
 
 def _floats(text: str) -> list[float]:

@@ -34,9 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 
 from mmcr.models import apply_cifar_stem, build_backbone
+from mmcr.rundir.checkpoint import InvalidCheckpointError, is_state_dict, load_torch_data
 from mmcr.rundir.files import RunFileError, check_output, write_atomic, write_text_atomic
 
 EXPORT_FORMAT = "mmcr-backbone-v1"
@@ -69,7 +73,7 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
 
     ``.pt`` files hold a plain ``{name: tensor}`` dict (``torch.load(..., weights_only=True)`` works)
     with metadata in ``<out>.json``; ``.safetensors`` files carry the metadata in their header.
-    ``model_src`` is the :class:`~mmcr.models.ModelSource` of the backbone (or None). Files are written
+    ``model_src`` is the :class:`~mmcr.evaluate.sources.ModelSource` of the backbone (or None). Files are written
     atomically with the user's usual permissions. Returns the metadata.
     """
     out = check_export_path(out, model_src.source if model_src is not None else None)
@@ -84,7 +88,6 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
         "step": model_src.step if model_src is not None else None,
     }
     if out.suffix == ".safetensors":
-        from safetensors.torch import save
 
         blob = save(sd, metadata={k: json.dumps(v) for k, v in meta.items()})
         write_atomic(out, lambda f: f.write(blob), what="export")
@@ -99,14 +102,11 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
     Read as data only: ``.safetensors`` hold nothing else, ``.pt`` files load with ``weights_only=True``
     and must hold a mapping of names to tensors (see :func:`mmcr.rundir.checkpoint.load_torch_data`)."""
-    from mmcr.rundir.checkpoint import InvalidCheckpointError, is_state_dict, load_torch_data
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"exported backbone {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
 
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -133,7 +133,6 @@ def build_plain_model(arch: str, cifar_stem: bool = False, options: dict | None 
     """The plain model an export loads into strictly: a torchvision model with ``fc = Identity`` (and the
     CIFAR stem when asked), a timm model without head (built with the run's ``backbone_options``), or one
     of our small ResNets."""
-    import torchvision
 
     if arch.startswith("timm:"):
         return build_backbone(arch, options=options).model

@@ -13,13 +13,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from mmcr.augment import EvalTransform
+from mmcr.augment import EvalTransform, eval_transform_of
+from mmcr.data import ShardSet, make_loader
 from mmcr.distributed import DistInfo, gather_rows, resolve_device
 
 if TYPE_CHECKING:
-    from mmcr.models import ModelSource
+    from mmcr.evaluate.sources import ModelSource
 
 def eval_transform_for(
     model_src: ModelSource | None = None, size=None, resize: int | None = None, crop: bool = True
@@ -29,7 +31,7 @@ def eval_transform_for(
     random models. ``size``/``resize`` override the crop and the short-side resize; ``crop=False`` keeps
     the images' size (data already at its final size, as in transfer)."""
     cfg = model_src.config if model_src is not None else None
-    tf = EvalTransform.from_config(cfg.augment, size=size, resize=resize) if cfg is not None else EvalTransform(
+    tf = eval_transform_of(cfg.augment, size=size, resize=resize) if cfg is not None else EvalTransform(
         size=size, resize=resize
     )
     if not crop:
@@ -43,7 +45,6 @@ def progress_bar(total: int, description: str, enabled: bool = True):
     if not enabled:
         yield lambda n=1: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
@@ -142,7 +143,6 @@ def dataset_features(
     """Features and labels of the labelled images of a data set (in memory or a lazy folder), at most
     ``max_n`` of them (a seeded random subset, not the first, class-sorted rows); sharded over ranks
     and gathered when ``dist_info`` has several."""
-    from mmcr.data import ShardSet, make_loader
 
     if isinstance(ds, ShardSet):  # a stream: the first max_n samples spread over its shards, the labelled ones
         return _stream_features(model, ds.head(max_n) if max_n is not None else ds, transform, device, dist_info,
@@ -166,7 +166,6 @@ def dataset_features(
 
 def _stream_features(model, ds, transform, device, dist_info, batch_size, progress, description):
     """``dataset_features`` of a shard stream: each rank reads its contiguous share once."""
-    from mmcr.data import make_loader
 
     rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
     loader = make_loader(ds, batch_size=batch_size, shuffle=False, drop_last=False, seed=0, rank=rank,

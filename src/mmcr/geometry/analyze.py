@@ -30,6 +30,7 @@ from mmcr.augment import IMAGENET_MEAN, IMAGENET_STD, MultiViewAugment
 from mmcr.augment.temporal import WindowSampler
 from mmcr.data import is_clip_set, load_dataset, still_images
 from mmcr.evaluate.api import dataset_spec
+from mmcr.evaluate.sources import load_pretrained
 from mmcr.geometry._arrays import checked_seed
 from mmcr.geometry.alignment import centroid_similarity, gradient_coherence, subspace_alignment
 from mmcr.geometry.capacity import manifold_capacity
@@ -45,7 +46,6 @@ from mmcr.geometry.report import (
 from mmcr.geometry.sampling import capacity_vs_points
 from mmcr.geometry.simcap import simulated_capacity
 from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
-from mmcr.models import load_pretrained
 from mmcr.objectives import build_objective
 from mmcr.run.config import TemporalConfig
 from mmcr.rundir.files import check_output, save_figure, write_text_atomic
@@ -298,7 +298,7 @@ def run_analysis(
     progress: bool = True,
     reference=None,
 ) -> dict[str, Any]:
-    """Analyse ``model`` (any :func:`mmcr.models.load_pretrained` source) on ``dataset`` and write
+    """Analyse ``model`` (any :func:`mmcr.evaluate.sources.load_pretrained` source) on ``dataset`` and write
     ``results.json``, ``plots/*.png`` and ``report.md`` into ``out_dir``. Returns the results dict.
 
     ``gradient_objective`` (e.g. "mmcr") adds the gradient coherence of that objective on the model's

@@ -1,25 +1,24 @@
-"""Models: backbones by name (the registry), projector heads, the encoder and its momentum (EMA) copy,
-and loading a backbone from any source (run, checkpoint, torchvision, timm, random init)."""
+"""Models: backbones by name (the registry), projector heads, the encoder and its momentum (EMA) copy. Loading a
+backbone from any source (run, checkpoint, torchvision, timm) is :mod:`mmcr.evaluate.sources`."""
 
 from mmcr.models.backbones import (
     BACKBONES,
     SMALL_BACKBONES,
+    TORCHVISION_BACKBONES,
     SmallResNet,
     apply_cifar_stem,
     available_backbones,
     build_backbone,
     is_backbone_name,
 )
-from mmcr.models.heads import Encoder, Projector
-from mmcr.models.loading import SOURCE_HELP, ModelSource, build_encoder, load_pretrained
+from mmcr.models.heads import Encoder, Projector, build_encoder
 from mmcr.models.momentum import MomentumEncoder
 
 __all__ = [
     "BACKBONES",
     "SMALL_BACKBONES",
-    "SOURCE_HELP",
+    "TORCHVISION_BACKBONES",
     "Encoder",
-    "ModelSource",
     "MomentumEncoder",
     "Projector",
     "SmallResNet",
@@ -28,5 +27,4 @@ __all__ = [
     "build_backbone",
     "build_encoder",
     "is_backbone_name",
-    "load_pretrained",
 ]

@@ -26,6 +26,7 @@ _TORCHVISION = {
     "wide_resnet101_2": tvm.wide_resnet101_2,
     "resnext50_32x4d": tvm.resnext50_32x4d,
 }
+TORCHVISION_BACKBONES = _TORCHVISION  # the torchvision architectures by name (read by model sources)
 
 
 class SmallResNet(nn.Module):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcr.models.backbones import build_backbone
+
 
 class Projector(nn.Module):
     """MLP head: for each hidden width a bias-free Linear, BatchNorm1d and ReLU, then a bias-free Linear.
@@ -38,3 +40,14 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
+
+
+def build_encoder(model_cfg) -> Encoder:
+    """Encoder (backbone + projector) from a run's ``model`` section (a :class:`mmcr.run.config.ModelConfig`:
+    ``RunConfig.from_dict({"model": {...}}).model`` builds one from a mapping)."""
+    backbone = build_backbone(
+        model_cfg.backbone, cifar_stem=model_cfg.cifar_stem, zero_init_residual=model_cfg.zero_init_residual,
+        options=model_cfg.backbone_options,
+    )
+    proj = model_cfg.projector
+    return Encoder(backbone, Projector(backbone.feature_dim, list(proj.hidden), int(proj.out_dim)))

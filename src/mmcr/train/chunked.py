@@ -29,6 +29,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from mmcr.train.context import autocast_for, finite_and_clean, to_input
+
 
 def _rng_state(device: torch.device):
     return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
@@ -105,8 +107,6 @@ def chunked_forward_backward(ctx, state, groups: list[torch.Tensor], chunk: int)
     """Two-pass forward/backward of the view groups [(B, k_g, 3, h_g, w_g), ...]; returns
     (loss, finite flag) as :func:`mmcr.train.step.forward_backward` does, with the gradients of the
     model's parameters accumulated (scaled by the loss scaler)."""
-    from mmcr.train.step import autocast_for, finite_and_clean, to_input
-
     device = ctx.dist_info.device
     autocast = autocast_for(ctx)
     plans = []  # per group: (flattened views, chunks of row indices)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mmcr.distributed import any_rank
 from mmcr.run.config import ConfigChange, ConfigError, RunConfig, config_changes, read_run_config
 from mmcr.rundir import checkpoint as ckpt
 from mmcr.rundir import layout
@@ -27,7 +28,6 @@ def claim_run_dir(run_dir: Path, dist_info) -> RunLock | None:
     """Lock ``run_dir`` for this run (the main process holds the lock; every rank learns whether it got
     it, so all refuse together), then delete the temporary files a killed run left there. A second
     process on the same directory is refused by name."""
-    from mmcr.distributed import any_rank
 
     lock, error = None, None
     if dist_info.is_main:

@@ -29,11 +29,12 @@ from mmcr.rundir import layout
 from mmcr.rundir.metrics import MetricsLog
 from mmcr.train import resume as R
 from mmcr.train.chunked import resolve_view_chunk
+from mmcr.train.context import StepContext
 from mmcr.train.hooks import Interrupted, NonFiniteLossError, StepLogger, StopRule, StopSignals
 from mmcr.train.optim import base_lr, build_optimizer, build_scheduler
 from mmcr.train.progress import ProgressDisplay
 from mmcr.train.state import NonFiniteCounter, TrainState, rng_state
-from mmcr.train.step import StepContext, train_step
+from mmcr.train.step import train_step
 
 __all__ = ["NonFiniteLossError", "Interrupted", "train", "train_one_epoch", "resolve_run_dir"]
 
@@ -214,7 +215,7 @@ def _check_finite_weights(run: Run, state: TrainState) -> None:
             "checkpoints are kept): lower optim.lr, set optim.grad_clip, or use train.precision=fp32")
 
 
-def save_checkpoint(run: Run, state: TrainState) -> Path | None:
+def checkpoint_run(run: Run, state: TrainState) -> Path | None:
     _check_finite_weights(run, state)
     rngs = D.gather_objects(rng_state(state.aug_generator, run.dist_info.device), run.dist_info)
     payload = state.state_dict(rngs)  # every rank takes part (gathers); the main process writes
@@ -260,7 +261,7 @@ def train_one_epoch(run: Run, state: TrainState, logger: StepLogger, stop: StopR
         logger.after_step(state, result, last)
         every = tc.checkpoint_every_steps
         if every and state.step % every == 0 and state.batch_in_epoch < run.steps_per_epoch:
-            save_checkpoint(run, state)
+            checkpoint_run(run, state)
         if stop.check(state.step):
             return True
     return False
@@ -325,7 +326,7 @@ def _train(cfg: RunConfig, dist_info: D.DistInfo, run_dir: Path) -> dict:
                 stopped = train_one_epoch(run, state, logger, stop)
                 if state.batch_in_epoch >= run.steps_per_epoch:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                path = save_checkpoint(run, state)
+                path = checkpoint_run(run, state)
                 if stop.reason == "interrupt":
                     raise Interrupted(state.step, path)
                 _maybe_monitor(run, state, log, progress, finished=stopped or state.step >= run.total_steps)

@@ -31,7 +31,7 @@ from mmcr.evaluate.detection.metrics import detection_ap, require_pycocotools
 from mmcr.evaluate.detection.model import build_c4_detector
 from mmcr.evaluate.features import eval_transform_for, progress_bar
 from mmcr.evaluate.results import destination, output_dir, record_result
-from mmcr.models import load_pretrained
+from mmcr.evaluate.sources import load_pretrained
 from mmcr.rundir import layout
 from mmcr.rundir.checkpoint import DETECTION, load_latest, save_checkpoint
 from mmcr.rundir.files import open_append, write_text_atomic

@@ -1,45 +1,26 @@
-"""Load a backbone for evaluation or analysis from any source a user has: a run directory or checkpoint
-of ours, a plain torchvision/timm model by name, or a random-init baseline."""
+"""Model sources: load a backbone for evaluation, analysis or export from any source a user has: a run
+directory or checkpoint of ours, a plain torchvision/timm model by name, or a random-init baseline. It sits
+above the run's config and directory (:mod:`mmcr.run`, :mod:`mmcr.rundir`), which it reads."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mmcr.models.backbones import _TORCHVISION, build_backbone, is_backbone_name
-from mmcr.models.heads import Encoder, Projector
-
-if TYPE_CHECKING:
-    from mmcr.run.config import ModelConfig, RunConfig
+from mmcr.models import TORCHVISION_BACKBONES, available_backbones, build_backbone, build_encoder, is_backbone_name
+from mmcr.run.config import ConfigError, RunConfig
+from mmcr.rundir.checkpoint import WEIGHTS, InvalidCheckpointError, find_checkpoint
+from mmcr.rundir.layout import CHECKPOINT_DIR
 
 SOURCE_HELP = "run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>"
-
-
-def build_encoder(model_cfg: ModelConfig | dict) -> Encoder:
-    """Encoder (backbone + projector) from a run's ``model`` section (a ``ModelConfig``, or a mapping of
-    its fields)."""
-    if isinstance(model_cfg, dict):
-        from mmcr.run.config import ModelConfig
-        from mmcr.schema import build
-
-        model_cfg = build(ModelConfig, model_cfg, "model.")
-    backbone = build_backbone(
-        model_cfg.backbone, cifar_stem=model_cfg.cifar_stem, zero_init_residual=model_cfg.zero_init_residual,
-        options=model_cfg.backbone_options,
-    )
-    proj = model_cfg.projector
-    return Encoder(backbone, Projector(backbone.feature_dim, list(proj.hidden), int(proj.out_dim)))
 
 
 def check_finite_weights(model: nn.Module, where: str | Path) -> None:
     """Refuse weights holding NaN/Inf (a diverged run): evaluating or exporting them would report chance
     accuracy or ship broken weights with no error."""
-    from mmcr.rundir.checkpoint import InvalidCheckpointError
-
     bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
     if bad:
         total = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
@@ -75,12 +56,10 @@ def _named_model(s: str) -> tuple[nn.Module, ModelSource]:
     if kind == "timm":
         arch = f"timm:{arch}"
     if not is_backbone_name(arch):
-        from mmcr.models.backbones import available_backbones
-
         raise ValueError(f"unknown architecture {arch!r} in {s!r}; choose one of {', '.join(available_backbones())}")
     random = kind == "random" or "random" in flags
     cifar = "cifar" in flags or None
-    if kind == "torchvision" and arch not in _TORCHVISION:
+    if kind == "torchvision" and arch not in TORCHVISION_BACKBONES:
         raise ValueError(f"{arch!r} is not a torchvision model; use random:{arch} for a random-init baseline")
     weights = None if random else "DEFAULT"
     try:
@@ -109,9 +88,6 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
     path = Path(s)
     if not path.exists():
         raise ValueError(f"model source {s!r} not found; give a {SOURCE_HELP}")
-    from mmcr.run.config import ConfigError, RunConfig
-    from mmcr.rundir.checkpoint import WEIGHTS, InvalidCheckpointError, find_checkpoint
-
     state, ckpt_path = find_checkpoint(path, map_location, require=WEIGHTS)  # read as data, entries checked
     try:
         cfg = RunConfig.from_dict(state["config"])
@@ -125,8 +101,6 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
         raise InvalidCheckpointError(
             f"{ckpt_path}: the weights do not match the model its config describes ({reason})") from e
     check_finite_weights(enc, ckpt_path)
-    from mmcr.rundir.layout import CHECKPOINT_DIR
-
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == CHECKPOINT_DIR else None
     src = ModelSource(arch=cfg.model.backbone, cifar_stem=enc.backbone.cifar_stem, source=str(ckpt_path),
                       config=cfg, step=state.get("step"), run_dir=run_dir)
