@@ -209,3 +209,13 @@ def test_the_registry_module_imports_only_the_schema_engine():
         elif isinstance(node, ast.Import):
             mine |= {a.name for a in node.names if a.name.startswith("mmcr")}
     assert mine == {"mmcr.schema"}
+
+
+def test_the_package_loads_every_registry_a_config_chooses_from():
+    from mmcr.registry import registry
+
+    for plural in ("datasets", "augment_presets", "backbones", "objectives", "optimizers", "lr_schedules",
+                   "momentum_schedules"):
+        assert registry(plural).plural == plural
+    with pytest.raises(RegistryError, match=r"^unknown registry 'losses'; choose one of "):
+        registry("losses")

@@ -7,7 +7,11 @@ saying what was wrong and what to do, and exit with status 2; nothing is lost (r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+import mmcr.evaluate.api  # noqa: F401 - fills the registry of evaluations (the others load with mmcr)
+from mmcr.registry import Registry, RegistryError, all_registries, describe_options
 
 
 def _add_pretrain_parser(sub) -> None:
@@ -105,26 +109,13 @@ def _add_list_parser(sub) -> None:
     p.set_defaults(func=_list)
 
 
-def registries() -> list:
-    """Every registry, in :data:`REGISTRY_ORDER` (then any other), with the modules that fill them imported."""
-    import mmcr.augment.presets  # noqa: F401 - each import fills its registry
-    import mmcr.data.registry  # noqa: F401
-    import mmcr.evaluate.api  # noqa: F401
-    import mmcr.models.backbones  # noqa: F401
-    import mmcr.models.momentum  # noqa: F401
-    import mmcr.objectives  # noqa: F401
-    import mmcr.train.optim  # noqa: F401
-    from mmcr.registry import all_registries
-
+def registries() -> list[Registry]:
+    """Every registry, in :data:`REGISTRY_ORDER` (then any other)."""
     rank = {name: i for i, name in enumerate(REGISTRY_ORDER)}
     return sorted(all_registries(), key=lambda r: rank.get(r.plural, len(rank)))
 
 
 def _list(args) -> int:
-    import json
-
-    from mmcr.registry import RegistryError, describe_options
-
     regs = registries()
     if args.registry is not None:
         wanted = args.registry.replace("-", "_")

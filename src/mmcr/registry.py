@@ -27,7 +27,7 @@ from typing import Any
 
 from mmcr import schema
 
-__all__ = ["Entry", "Registry", "RegistryError", "all_registries", "describe_options", "options_section"]
+__all__ = ["Entry", "Registry", "RegistryError", "all_registries", "describe_options", "options_section", "registry"]
 
 
 class RegistryError(ValueError):
@@ -163,6 +163,14 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.plural!r}: {', '.join(self.names())})"
+
+
+def registry(plural: str) -> Registry:
+    """The registry called ``plural`` ("datasets", "objectives", ...). ``import mmcr`` loads every registry a
+    run config chooses from, so the config reads them here, at check time, without importing them."""
+    if plural not in _REGISTRIES:
+        raise RegistryError(f"unknown registry {plural!r}; choose one of {', '.join(_REGISTRIES)}")
+    return _REGISTRIES[plural]
 
 
 def all_registries() -> list[Registry]:

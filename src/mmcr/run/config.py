@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcr import schema
+from mmcr.registry import registry
 from mmcr.schema import (  # noqa: F401 - the engine's names, re-exported where users import them
     AT_LEAST_1,
     FRACTION,
@@ -57,24 +58,19 @@ def _choices(getter: Callable[[], Any]) -> Callable[[], list[str]]:
     return lambda: sorted(getter())
 
 
-# The registries sit above the schema (they import the components they name), so the choices are read
-# from them when a value is checked; a newly registered name is valid at once.
+# The registries sit above the schema (they import the components they name) and are loaded with the
+# package (mmcr/__init__.py), so the choices are read from them by name when a value is checked: a newly
+# registered name is valid at once.
 def _objectives():
-    from mmcr.objectives import OBJECTIVES
-
-    return OBJECTIVES.names()
+    return registry("objectives").names()
 
 
 def _datasets():
-    from mmcr.data.registry import DATASETS
-
-    return DATASETS.names()
+    return registry("datasets").names()
 
 
 def _augment_presets():
-    from mmcr.augment.presets import AUGMENT_PRESETS
-
-    return AUGMENT_PRESETS.names()
+    return registry("augment_presets").names()
 
 
 def _temporal(name: str):
@@ -87,27 +83,20 @@ def _temporal(name: str):
 
 
 def _optimizers():
-    from mmcr.train.optim import OPTIMIZERS
-
-    return OPTIMIZERS.names()
+    return registry("optimizers").names()
 
 
 def _schedules():
-    from mmcr.train.optim import LR_SCHEDULES
-
-    return LR_SCHEDULES.names()
+    return registry("lr_schedules").names()
 
 
 def _momentum_schedules():
-    from mmcr.models.momentum import MOMENTUM_SCHEDULES
-
-    return MOMENTUM_SCHEDULES.names()
+    return registry("momentum_schedules").names()
 
 
 def _check_backbone(name: str) -> str | None:
-    from mmcr.models.backbones import BACKBONES
-
-    return None if name in BACKBONES else f"choose one of {', '.join(BACKBONES.names())}"
+    backbones = registry("backbones")
+    return None if name in backbones else f"choose one of {', '.join(backbones.names())}"
 
 
 def _check_view_chunk(value) -> str | None:
