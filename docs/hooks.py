@@ -54,7 +54,35 @@ def config_reference() -> str:
     ]
     for section, rows in sections.items():
         lines += [f"## {section}", "", "| key | default | meaning and valid values |", "|---|---|---|", *rows, ""]
-    return "\n".join(lines)
+    return "\n".join(lines + command_settings())
+
+
+def command_settings() -> list[str]:
+    """The settings section of every other command (``--help-config`` of each), from :mod:`mmcr.schema`."""
+    from mmcr import schema
+    from mmcr.data.settings import ShardSettings
+    from mmcr.evaluate.detection.config import DetectionConfig
+    from mmcr.evaluate.settings import (
+        BrainscoreExportSettings,
+        KnnSettings,
+        LinearSettings,
+        SemiSettings,
+        TransferSettings,
+    )
+    from mmcr.geometry.settings import AnalysisSettings
+
+    commands = [("mmcr eval knn", KnnSettings), ("mmcr eval linear", LinearSettings),
+                ("mmcr eval semi", SemiSettings), ("mmcr eval transfer", TransferSettings),
+                ("mmcr eval detection", DetectionConfig), ("mmcr analyze", AnalysisSettings),
+                ("mmcr export brainscore", BrainscoreExportSettings), ("mmcr data shard", ShardSettings)]
+    lines = ["## Settings of the other commands", "",
+             "Each command also takes `--config FILE.yaml`, `--set key=value`, `--help-config` and `--print-config` "
+             "over these keys; its own flags set the same fields.", ""]
+    for command, cls in commands:
+        rows = [f"| `{i.key}` | {_value(i.default)} | {_cell('; '.join(p for p in (i.doc, i.valid) if p))} |"
+                for i in schema.describe(cls)]
+        lines += [f"### {command}", "", "| key | default | meaning and valid values |", "|---|---|---|", *rows, ""]
+    return lines
 
 
 def _subcommands(parser: argparse.ArgumentParser):

@@ -91,14 +91,14 @@ def test_augmentation_arguments_are_checked_in_the_library():
 @pytest.mark.parametrize("argv,needle", [
     (["eval", "knn", "{run}", "--temperature", "nan"], "--temperature must be > 0 and finite, got nan"),
     (["eval", "knn", "{run}", "--k", "0"], "--k must be >= 1, got 0"),
-    (["eval", "linear", "{run}", "--weight-decays", "1e-4,nan"], "every --weight-decays value must be >= 0 and finite"),
+    (["eval", "linear", "{run}", "--weight-decays", "1e-4,nan"], "--weight-decays must be >= 0 and finite, got nan"),
     (["eval", "linear", "{run}", "--aug-passes", "-1"], "--aug-passes must be >= 0, got -1"),
     (["eval", "linear", "{run}", "--val-fraction", "nan"], "--val-fraction must be in (0, 1)"),
     (["eval", "semi", "{run}", "--lr", "nan"], "--lr must be > 0 and finite, got nan"),
     (["eval", "semi", "{run}", "--head-lr", "inf"], "--head-lr must be > 0 and finite, got inf"),
     (["eval", "semi", "{run}", "--seed", "-1"], "--seed must be in [0, 4294967295]"),
     (["eval", "knn", "{run}", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["analyze", "{run}", "--out", "{tmp}/a", "--kappa", "nan"], "kappa must be a finite margin >= 0, got nan"),
+    (["analyze", "{run}", "--out", "{tmp}/a", "--kappa", "nan"], "--kappa must be >= 0 and finite, got nan"),
 ])
 def test_evaluation_flags_are_checked_before_any_work(run, tmp_path, capsys, argv, needle):
     argv = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path)) for a in argv] + ["--no-progress"]

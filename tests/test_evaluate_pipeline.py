@@ -238,9 +238,14 @@ def test_cli_parsers_set_handlers():
     ):
         args = p.parse_args(argv)
         assert callable(args.func)
-    assert p.parse_args(["eval", "linear", "r", "--weight-decays", "1e-3,1e-4"]).weight_decays == [1e-3, 1e-4]
-    with pytest.raises(SystemExit):
-        p.parse_args(["eval", "transfer", "r", "--dataset", "mnist", "--root", "x"])
+    from mmcr.evaluate.settings import LinearSettings, TransferSettings
+    from mmcr.schema import ConfigError, config_from_args
+
+    args = p.parse_args(["eval", "linear", "r", "--weight-decays", "1e-3,1e-4"])
+    assert config_from_args(args, LinearSettings).weight_decays == [1e-3, 1e-4]
+    with pytest.raises(ConfigError, match="invalid value 'mnist' for --dataset; choose one of .*dtd"):
+        config_from_args(p.parse_args(["eval", "transfer", "r", "--dataset", "mnist", "--root", "x"]),
+                         TransferSettings)
 
 
 def test_cli_export_end_to_end(tmp_path, capsys):

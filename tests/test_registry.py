@@ -33,8 +33,8 @@ def test_every_registry_has_the_one_shape():
             assert callable(e.builder), (reg.plural, e.name)
             assert e.doc and "\n" not in e.doc and len(e.doc) <= 110, (reg.plural, e.name)
             assert e.options is None or dataclasses.is_dataclass(e.options), (reg.plural, e.name)
-            if e.options is not None:  # every option has a default, so an empty mapping is valid
-                assert set(reg.defaults(e.name)) == set(e.option_names())
+            if e.options is not None:  # every option has a default (nested sections as a.b)
+                assert {k.split(".")[0] for k in reg.defaults(e.name)} == set(e.option_names())
             assert reg.get(e.name) is e or e.family
 
 
@@ -81,7 +81,7 @@ def test_mmcr_list_of_one_registry_shows_options_with_defaults(capsys):
     assert main(["list", "datasets"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("datasets (data set)\n") and "objectives" not in out
-    assert "size = null  (in [1, 4096])" in out and "test_fraction = 0.2  (in (0, 1))" in out
+    assert "size = null  (in [1, 4096]; or null)" in out and "test_fraction = 0.2  (in (0, 1))" in out
     assert 'on_error = "skip"  (one of skip, raise)' in out
     assert main(["list", "lr-schedules"]) == 0
     assert capsys.readouterr().out.startswith("lr_schedules")
@@ -141,6 +141,19 @@ def test_objective_options_are_checked_by_the_section():
         own = _defaults(e.builder.__init__)
         for key, default in OBJECTIVES.defaults(e.name).items():
             assert own[key] == default, (e.name, key)
+
+
+def test_evaluation_options_are_their_settings_sections():
+    from mmcr.evaluate.api import EVALUATIONS, run_knn
+    from mmcr.evaluate.settings import KnnSettings
+
+    assert EVALUATIONS.names() == ["knn", "linear", "semi", "transfer", "detection", "brainscore"]
+    assert EVALUATIONS.get("knn").builder is run_knn and EVALUATIONS.get("knn").options is KnnSettings
+    assert EVALUATIONS.check_options("knn", {"k": 20.0}) == {"k": 20}
+    with pytest.raises(RegistryError, match=r"^k must be >= 1, got 0$"):
+        EVALUATIONS.check_options("knn", {"k": 0})
+    with pytest.raises(RegistryError, match=r"^unknown option 'kk' for evaluation 'knn'; it takes dataset, "):
+        EVALUATIONS.check_options("knn", {"kk": 20})
 
 
 def test_backbone_family_resolves_every_prefixed_name():

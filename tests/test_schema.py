@@ -128,11 +128,11 @@ def test_argparse_helpers(tmp_path, capsys):
     assert (cfg.rate, cfg.kind, cfg.inner.depth) == (4.0, "b", 7)  # defaults <- file <- --set <- flags
     # a flag and --set of the same key: the same value is fine, another is refused by name
     assert schema.config_from_args(p.parse_args(["s", "--set", "rate=4", "--rate", "4"]), Outer).rate == 4
-    with pytest.raises(ConfigError, match=r"--depth 3 contradicts --set inner.depth=7; give inner.depth once"):
+    with pytest.raises(ConfigError, match=r"--depth 3 contradicts inner.depth=7 \(from --set\); give inner.depth once"):
         schema.config_from_args(p.parse_args(["s", "--set", "inner.depth=7", "--depth", "3"]), Outer)
     with pytest.raises(ConfigError, match="unknown config key 'nope'"):
         schema.config_from_args(p.parse_args(["s", "--set", "nope=1"]), Outer)
     args = p.parse_args(["s", "--print-config", "--rate", "5"])
     assert schema.print_config(args, schema.config_from_args(args, Outer))
     assert "rate: 5.0" in capsys.readouterr().out
-    assert "(rate; default 0.1)" in p.format_help()
+    assert "[rate, default 0.1]" in p.format_help()

@@ -318,7 +318,7 @@ def test_analyze_measures_temporal_manifolds_beside_class_manifolds(tmp_path):
 
     clips = np.stack([_clip(i % 2, i) for i in range(8)])
     np.savez(tmp_path / "c.npz", videos_test=clips, labels_test=np.arange(8) % 2)
-    res = run_analysis("random:resnet_tiny", "npz", tmp_path / "geo", data_root=str(tmp_path / "c.npz"), n_images=6,
+    res = run_analysis("random:resnet_tiny", "npz", tmp_path / "geo", root=str(tmp_path / "c.npz"), n_images=6,
                        n_views=4, n_classes=2, n_per_class=8, n_t=10, fit_range=(2, 10), layers=["output"],
                        finite_sample_repeats=0, progress=False)
     t = res["temporal"]["output"]

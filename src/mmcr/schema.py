@@ -38,9 +38,9 @@ import yaml
 
 __all__ = [
     "AT_LEAST_1", "FRACTION", "FRACTION_OPEN", "NON_NEGATIVE", "POSITIVE", "RESUME_RULES", "SEED",
-    "ConfigChange", "ConfigError", "FieldInfo", "Range", "add_config_arguments", "build", "check_seed",
+    "ConfigChange", "ConfigError", "FieldInfo", "HelpConfig", "Range", "add_config_arguments", "build", "check_seed",
     "config_changes", "config_flag", "config_from_args", "describe", "dump_yaml", "flatten", "merge", "nest",
-    "normalise_numbers", "option", "parse_override", "print_config", "read_yaml", "replace", "resume_rule",
+    "normalise_numbers", "option", "parse_override", "print_config", "read_yaml", "replace", "resolve", "resume_rule",
     "section", "subsection", "to_dict",
 ]
 
@@ -438,6 +438,8 @@ def describe(cls, prefix: str = "") -> list[FieldInfo]:
             valid.append(f.metadata["check"].describe(integer))
         if f.metadata.get("choices") is not None:
             valid.append("one of " + ", ".join(str(c) for c in f.metadata["choices"]()))
+        if valid and _optional(typ)[1]:
+            valid.append("or null")
         valid = valid or [_type_name(typ)]
         out.append(FieldInfo(prefix + f.name, default, f.metadata.get("doc") or "", "; ".join(valid)))
     return out
@@ -447,7 +449,8 @@ def help_text(cls) -> str:
     """The ``--help-config`` listing: one line per key, ``key = default  (valid)  # doc``."""
     lines = []
     for info in describe(cls):
-        default = yaml.safe_dump(info.default, default_flow_style=True).strip().removesuffix("...").strip()
+        default = yaml.safe_dump(info.default, default_flow_style=True, width=10**9).strip()
+        default = default.removesuffix("...").strip()
         doc = f"  # {info.doc}" if info.doc else ""
         lines.append(f"{info.key} = {default}  ({info.valid}){doc}")
     return "\n".join(lines)
@@ -457,15 +460,17 @@ def help_text(cls) -> str:
 _FLAGS = "_config_flags"  # parser default: {dest: (key, flag)} of the flags that set config fields
 
 
-class _HelpConfig(argparse.Action):
-    """``--help-config``: prints every key and exits 0 during parsing (no positional arguments needed)."""
+class HelpConfig(argparse.Action):
+    """``--help-config``: prints every key and exits 0 during parsing (no positional arguments needed).
+    ``section_cls`` may be a function returning the class, for sections of modules imported only when used."""
 
     def __init__(self, option_strings, dest, section_cls=None, **kwargs):
         self.section_cls = section_cls
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(help_text(self.section_cls))
+        cls = self.section_cls if isinstance(self.section_cls, type) else self.section_cls()
+        print(help_text(cls))
         parser.exit(0)
 
 
@@ -478,7 +483,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, section_cls, *, config
                             help=f"YAML file of {what} (keys as in --help-config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"set any of the {what}, e.g. --set {describe(section_cls)[0].key}=... (repeatable)")
-    parser.add_argument("--help-config", action=_HelpConfig, section_cls=section_cls,
+    parser.add_argument("--help-config", action=HelpConfig, section_cls=section_cls,
                         help=f"list every key of the {what} with its default, valid values and meaning, then exit")
     parser.add_argument("--print-config", action="store_true",
                         help=f"print the resolved {what} as YAML and exit")
@@ -491,10 +496,12 @@ def config_flag(parser: argparse.ArgumentParser, flag: str, key: str, section_cl
     info = {i.key: i for i in describe(section_cls)}[key]
     dest = "cfg__" + key.replace(".", "__")
     help_ = kwargs.pop("help", None) or info.doc
-    shown = "" if kwargs.get("action") in ("store_true", "store_false", "store_const") else \
-        f"; default {info.default}"
+    const = kwargs.get("action") in ("store_true", "store_false", "store_const")
+    shown = "" if const or info.default is None else f", default {info.default}"
+    if not const:
+        kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
     parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS,
-                        help=f"{help_} ({key}{shown})".replace("%", "%%"), **kwargs)
+                        help=f"{help_} [{key}{shown}]".replace("%", "%%"), **kwargs)
     flags = dict(parser.get_default(_FLAGS) or {})
     flags[dest] = (key, flag)
     parser.set_defaults(**{_FLAGS: flags})
@@ -509,9 +516,18 @@ def _flat_overrides(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_data(args: argparse.Namespace, base: dict | None = None) -> dict:
-    """The merged mapping of ``base`` <- ``--config`` <- ``--set`` <- the command's flags (not yet
-    checked); a flag that contradicts a ``--set`` of the same key is refused."""
+def _field_spec(cls, key: str):
+    """``(type, metadata)`` of the field at path ``key`` of a section."""
+    *head, last = key.split(".")
+    for part in head:
+        cls = hints(cls)[part]
+    return hints(cls)[last], {f.name: f for f in dataclasses.fields(cls)}[last].metadata
+
+
+def config_data(args: argparse.Namespace, section_cls, base: dict | None = None) -> dict:
+    """The merged mapping of ``base`` <- ``--config`` <- ``--set`` <- the command's flags; each flag's
+    value is checked under the flag's own name (what the user typed); a flag that contradicts a
+    ``--set`` of the same key is refused."""
     data = copy.deepcopy(base or {})
     if getattr(args, "config", None):
         merge(data, read_yaml(args.config))
@@ -525,15 +541,27 @@ def config_data(args: argparse.Namespace, base: dict | None = None) -> dict:
             continue
         value = getattr(args, dest)
         if key in given and given[key] != value:
-            raise ConfigError(f"{flag} {value} contradicts --set {key}={given[key]}; give {key} once")
-        merge(data, nest(key, value))
+            raise ConfigError(f"{flag} {value} contradicts {key}={given[key]} (from --set); give {key} once")
+        typ, meta = _field_spec(section_cls, key)
+        merge(data, nest(key, check_value(flag, typ, meta, value)))
     return data
 
 
 def config_from_args(args: argparse.Namespace, section_cls, base: dict | None = None):
     """The checked section of a parsed command line (see :func:`add_config_arguments`)."""
-    data = config_data(args, base)
+    data = config_data(args, section_cls, base)
     return section_cls.from_dict(data) if hasattr(section_cls, "from_dict") else build(section_cls, data)
+
+
+def resolve(section_cls, settings=None, changes: dict | None = None):
+    """The settings a library call runs with: ``settings`` (a ``section_cls``; None = its defaults) with
+    ``changes`` (field names or ``a.b`` paths) applied, all checked; an unknown name is refused by name."""
+    if settings is None:
+        settings = section_cls()
+    elif not isinstance(settings, section_cls):
+        raise TypeError(f"settings must be a {section_cls.__name__}, got {type(settings).__name__}; pass single "
+                        f"settings as keywords, e.g. {describe(section_cls)[0].key}=...")
+    return replace(settings, **(changes or {}))
 
 
 def print_config(args: argparse.Namespace, obj, file=None) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from mmcr.data.settings import ShardSettings
+from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config
+
 
 def add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="prepare data sets (tar shards)", description="Prepare data sets.")
@@ -15,15 +18,19 @@ def add_data_parser(sub) -> None:
     )
     s.add_argument("folder", help="image folder: <class>/<image> or <split>/<class>/<image>")
     s.add_argument("out_dir", help="folder for the shards (new or empty)")
-    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the shuffle before sharding (default 0)")
+    add_config_arguments(s, ShardSettings, what="shard settings")
+    config_flag(s, "--shard-size", "shard_size", ShardSettings, type=int)
+    config_flag(s, "--seed", "seed", ShardSettings, type=int)
     s.set_defaults(func=_shard)
 
 
 def _shard(args) -> int:
     from mmcr.data.shardwrite import write_shards
 
-    man = write_shards(args.folder, args.out_dir, shard_size=args.shard_size, seed=args.seed)
+    settings = config_from_args(args, ShardSettings)
+    if print_config(args, settings):
+        return 0
+    man = write_shards(args.folder, args.out_dir, shard_size=settings.shard_size, seed=settings.seed)
     for split, info in man["splits"].items():
         print(f"{split}: {info['count']} samples of {len(man['classes'])} classes in {len(info['shards'])} shard(s)")
     print(f"shards and manifest.json in {args.out_dir}")

@@ -11,15 +11,24 @@ import torch
 
 from mmcr.evaluate.brainscore import export_brainscore_plugin
 from mmcr.evaluate.detection import run_detection
+from mmcr.evaluate.detection.config import DetectionConfig
 from mmcr.evaluate.export import check_export_path, export_backbone
 from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.knn import check_test_classes, knn_accuracy
-from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, linear_probe
+from mmcr.evaluate.linear import linear_probe
 from mmcr.evaluate.results import destination, record_result
-from mmcr.evaluate.semi import MIN_STEPS, FinetuneAugment, class_balanced_subset, finetune, read_subset_file
+from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
+from mmcr.evaluate.settings import (
+    BrainscoreExportSettings,
+    KnnSettings,
+    LinearSettings,
+    ProbeSettings,
+    SemiSettings,
+    TransferSettings,
+)
 from mmcr.evaluate.transfer import transfer_probe
 from mmcr.registry import Registry
-from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
+from mmcr.schema import resolve
 
 if TYPE_CHECKING:
     from mmcr.evaluate.sources import ModelSource
@@ -87,64 +96,31 @@ def _labelled(ds) -> Split:
     return Split(ds.images[idx], ds.labels[idx], list(ds.classes), kept_names)
 
 
-def _check_common(size, resize, batch_size) -> None:
-    """The flags every evaluation shares, checked before a model or data set is loaded."""
-    for flag, value in (("--size", size), ("--resize", resize)):
-        if value is not None:
-            AT_LEAST_1.check(flag, value, integer=True)
-    AT_LEAST_1.check("--batch-size", batch_size, integer=True)
-
-
-def _check_probe(weight_decays, val_fraction, seed) -> None:
-    if not list(weight_decays):
-        raise ValueError("--weight-decays is empty; give at least one candidate, e.g. 1e-4,1e-5")
-    for wd in weight_decays:
-        NON_NEGATIVE.check("every --weight-decays value", wd)
-    Range(0, 1, lo_open=True, hi_open=True).check("--val-fraction", val_fraction)
-    check_seed(seed, "--seed")
-
-
-def _features(model, model_src, ds, size, resize, batch_size, device, progress, desc):
-    tf = eval_transform_for(model_src, size=size, resize=resize)
+def _features(model, model_src, ds, s: ProbeSettings, device, desc):
+    tf = eval_transform_for(model_src, size=s.size, resize=s.resize)
     f, _ = extract_features(
-        model, ds.images, transform=tf, batch_size=batch_size, device=device, progress=progress, description=desc
+        model, ds.images, transform=tf, batch_size=s.batch_size, device=device, progress=s.progress, description=desc
     )
     return f
 
 
-def run_knn(
-    source: str | Path,
-    dataset: str | None = None,
-    root: str | None = None,
-    train_split: str = "train",
-    test_split: str = "test",
-    k: int | None = None,
-    temperature: float | None = None,
-    size: int | None = None,
-    resize: int | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits.
+def run_knn(source: str | Path, settings: KnnSettings | None = None, *, device: str | None = None,
+            out: str | Path | None = None, **changes) -> dict:
+    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits;
+    ``changes`` are :class:`~mmcr.evaluate.settings.KnnSettings` fields (``k=20``), checked like it.
 
     ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
     pretraining summary used), else 200 and 0.1.
     """
+    s = resolve(KnnSettings, settings, changes)
     destination("knn", source, out)  # a bad --out or setting is refused before any work
-    _check_common(size, resize, batch_size)
-    if k is not None:
-        AT_LEAST_1.check("--k", k, integer=True)
-    if temperature is not None:
-        POSITIVE.check("--temperature", temperature)
     model, model_src = _load_model(source)
     run_eval = model_src.config.eval if model_src.config is not None else None
-    k = k if k is not None else (run_eval.knn_k if run_eval else 200)
-    temperature = temperature if temperature is not None else (run_eval.knn_temperature if run_eval else 0.1)
-    name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
-    ftr = _features(model, model_src, train, size, resize, batch_size, device, progress, f"{name} {train_split}")
-    fte = _features(model, model_src, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
+    k = s.k if s.k is not None else (run_eval.knn_k if run_eval else 200)
+    temperature = s.temperature if s.temperature is not None else (run_eval.knn_temperature if run_eval else 0.1)
+    name, train, test = load_split_pair(model_src, s.dataset, s.root, s.train_split, s.test_split)
+    ftr = _features(model, model_src, train, s, device, f"{name} {s.train_split}")
+    fte = _features(model, model_src, test, s, device, f"{name} {s.test_split}")
     res = knn_accuracy(
         ftr, train.labels, fte, test.labels, k=k, temperature=temperature, num_classes=len(train.classes), device=device
     )
@@ -162,183 +138,124 @@ def run_knn(
     return res
 
 
-def run_linear(
-    source: str | Path,
-    dataset: str | None = None,
-    root: str | None = None,
-    train_split: str = "train",
-    test_split: str = "test",
-    weight_decays=DEFAULT_WEIGHT_DECAYS,
-    val_fraction: float = 0.1,
-    aug_passes: int = 0,
-    seed: int = 0,
-    size: int | None = None,
-    resize: int | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``aug_passes`` adds that many
-    passes of the run's training augmentation (one view each) to the clean training features."""
-    destination("linear", source, out)  # a bad --out or setting is refused before any work
-    _check_common(size, resize, batch_size)
-    _check_probe(weight_decays, val_fraction, seed)
-    NON_NEGATIVE.check("--aug-passes", aug_passes, integer=True)
-    model, model_src = _load_model(source)
-    name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
-    passes = [_features(model, model_src, train, size, resize, batch_size, device, progress, f"{name} {train_split}")]
-    if aug_passes > 0:
-        from mmcr.augment import MultiViewAugment
+def _augmented_passes(model, model_src, train, s: LinearSettings, device) -> list[torch.Tensor]:
+    """``s.aug_passes`` feature passes of the run's training augmentation (one view per image each)."""
+    from mmcr.augment import MultiViewAugment
 
-        if model_src.config is None:
-            raise ValueError("--aug-passes uses the run's training augmentation; give a run directory or "
-                             "checkpoint of ours, or use --aug-passes 0")
-        aug = MultiViewAugment.from_config(model_src.config.augment, views=1, seed=seed)
-        gen = torch.Generator().manual_seed(seed)
-        for p in range(aug_passes):
-            f, _ = extract_features(
-                model,
-                train.images,
-                transform=lambda x: aug(x, generator=gen).squeeze(1),  # one random view per image
-                batch_size=batch_size,
-                device=device,
-                progress=progress,
-                description=f"augmented pass {p + 1}",
-            )
-            passes.append(f)
-    fte = _features(model, model_src, test, size, resize, batch_size, device, progress, f"{name} {test_split}")
+    if model_src.config is None:
+        raise ValueError("--aug-passes uses the run's training augmentation; give a run directory or "
+                         "checkpoint of ours, or use --aug-passes 0")
+    aug = MultiViewAugment.from_config(model_src.config.augment, views=1, seed=s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    passes = []
+    for p in range(s.aug_passes):
+        f, _ = extract_features(
+            model,
+            train.images,
+            transform=lambda x: aug(x, generator=gen).squeeze(1),  # one random view per image
+            batch_size=s.batch_size,
+            device=device,
+            progress=s.progress,
+            description=f"augmented pass {p + 1}",
+        )
+        passes.append(f)
+    return passes
+
+
+def run_linear(source: str | Path, settings: LinearSettings | None = None, *, device: str | None = None,
+               out: str | Path | None = None, **changes) -> dict:
+    """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``changes`` are
+    :class:`~mmcr.evaluate.settings.LinearSettings` fields. ``aug_passes`` adds that many passes of the
+    run's training augmentation (one view each) to the clean training features."""
+    s = resolve(LinearSettings, settings, changes)
+    destination("linear", source, out)  # a bad --out or setting is refused before any work
+    model, model_src = _load_model(source)
+    name, train, test = load_split_pair(model_src, s.dataset, s.root, s.train_split, s.test_split)
+    passes = [_features(model, model_src, train, s, device, f"{name} {s.train_split}")]
+    if s.aug_passes > 0:
+        passes += _augmented_passes(model, model_src, train, s, device)
+    fte = _features(model, model_src, test, s, device, f"{name} {s.test_split}")
     res = linear_probe(
         torch.stack(passes),
         train.labels,
         fte,
         test.labels,
-        weight_decays=weight_decays,
-        val_fraction=val_fraction,
-        seed=seed,
+        weight_decays=s.weight_decays,
+        val_fraction=s.val_fraction,
+        seed=s.seed,
         num_classes=len(train.classes),
         device=device,
-        progress=progress,
+        progress=s.progress,
     )
     res.update({"dataset": name, "step": model_src.step})
     res["json"] = str(record_result("linear", res, source, out, tag=name, details=("weight_decay", "passes")))
     return res
 
 
-def run_semi(
-    source: str | Path,
-    fraction: float = 0.01,
-    subset_file: str | Path | None = None,
-    dataset: str | None = None,
-    root: str | None = None,
-    train_split: str = "train",
-    test_split: str = "test",
-    epochs: int = 30,
-    min_steps: int = MIN_STEPS,
-    lr: float = 0.01,
-    head_lr: float = 0.1,
-    weight_decay: float = 0.0,
-    head_init: str = "linear",
-    batch_size: int = 256,
-    seed: int = 0,
-    size: int | None = None,
-    device: str | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
-    ``subset_file``) and report on the test split, beside the linear probe on the same subset that
-    fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`). Horizontal flips are used only
-    when the run's own training augmentation flipped."""
-    destination("semi", source, out)  # a bad --out or setting is refused before any work
-    _check_common(size, None, batch_size)
-    if subset_file is None:
-        Range(0, 1, lo_open=True).check("--fraction", fraction)
-    AT_LEAST_1.check("--epochs", epochs, integer=True)
-    NON_NEGATIVE.check("--min-steps", min_steps, integer=True)
-    for flag, value in (("--lr", lr), ("--head-lr", head_lr)):
-        POSITIVE.check(flag, value)
-    NON_NEGATIVE.check("--weight-decay", weight_decay)
-    check_seed(seed, "--seed")
-    model, model_src = _load_model(source)
-    name, train, test = load_split_pair(model_src, dataset, root, train_split, test_split)
-    if subset_file is not None:
-        idx = read_subset_file(subset_file, train.names)
+def _semi_subset(s: SemiSettings, train) -> tuple[torch.Tensor, str]:
+    """The indices of the labelled subset and how it is named in the result."""
+    if s.subset_file is not None:
+        idx = read_subset_file(s.subset_file, train.names)
         if idx.numel() and int(idx.max()) >= len(train.labels):
             raise ValueError(f"subset index {int(idx.max())} is out of range for {len(train.labels)} images")
-        subset = Path(subset_file).name
-    else:
-        idx = class_balanced_subset(train.labels, fraction, seed)
-        subset = f"{fraction:g} (seed {seed})"
-    tf = eval_transform_for(model_src, size=size)
+        return idx, Path(s.subset_file).name
+    return class_balanced_subset(train.labels, s.fraction, s.seed), f"{s.fraction:g} (seed {s.seed})"
+
+
+def run_semi(source: str | Path, settings: SemiSettings | None = None, *, device: str | None = None,
+             out: str | Path | None = None, **changes) -> dict:
+    """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
+    ``subset_file``) and report on the test split, beside the linear probe on the same subset that
+    fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`); ``changes`` are
+    :class:`~mmcr.evaluate.settings.SemiSettings` fields. Horizontal flips are used only when the run's
+    own training augmentation flipped."""
+    s = resolve(SemiSettings, settings, changes)
+    destination("semi", source, out)  # a bad --out or setting is refused before any work
+    model, model_src = _load_model(source)
+    name, train, test = load_split_pair(model_src, s.dataset, s.root, s.train_split, s.test_split)
+    idx, subset = _semi_subset(s, train)
+    tf = eval_transform_for(model_src, size=s.size)
     flip_p = 0.5
     if model_src.config is not None:
         from mmcr.augment import MultiViewAugment
 
         flip_p = 0.5 if max(MultiViewAugment.from_config(model_src.config.augment).probs["flip_p"]) > 0 else 0.0
     aug = FinetuneAugment(mean=tf.mean, std=tf.std, size=tf.size, flip_p=flip_p)
-    res = finetune(
-        model,
-        train.images[idx],
-        train.labels[idx],
-        test.images,
-        test.labels,
-        num_classes=len(train.classes),
-        epochs=epochs,
-        min_steps=min_steps,
-        batch_size=batch_size,
-        lr=lr,
-        head_lr=head_lr,
-        weight_decay=weight_decay,
-        head_init=head_init,
-        train_transform=aug,
-        eval_transform=tf,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
+    res = finetune(model, train.images[idx], train.labels[idx], test.images, test.labels,
+                   num_classes=len(train.classes), settings=s.finetune_settings(), train_transform=aug,
+                   eval_transform=tf, device=device)
     res.update({"dataset": name, "subset": subset, "flip_p": flip_p, "step": model_src.step})
-    tag = f"{name}_{Path(subset_file).stem if subset_file else f'{fraction:g}'}"
+    tag = f"{name}_{Path(s.subset_file).stem if s.subset_file else f'{s.fraction:g}'}"
     res["json"] = str(record_result("semi", res, source, out, tag=tag,
                                     details=("linear_top1", "subset", "steps", "epochs", "head_init")))
     return res
 
 
-def run_transfer(
-    source: str | Path,
-    dataset: str,
-    root: str | Path,
-    size: int | None = None,
-    weight_decays=DEFAULT_WEIGHT_DECAYS,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`)."""
+def run_transfer(source: str | Path, settings: TransferSettings | None = None, *, device: str | None = None,
+                 out: str | Path | None = None, **changes) -> dict:
+    """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`);
+    ``changes`` are :class:`~mmcr.evaluate.settings.TransferSettings` fields (``dataset`` and ``root``
+    are required)."""
+    s = resolve(TransferSettings, settings, changes)
+    s.required()
     destination("transfer", source, out)  # a bad --out or setting is refused before any work
-    _check_common(size, None, batch_size)
-    _check_probe(weight_decays, val_fraction, seed)
     model, model_src = _load_model(source)
     res = transfer_probe(
         model,
-        dataset,
-        root,
+        s.dataset,
+        s.root,
         model_src=model_src,
-        size=size,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        weight_decays=weight_decays,
-        val_fraction=val_fraction,
-        seed=seed,
+        size=s.size,
+        batch_size=s.batch_size,
+        num_workers=s.num_workers,
+        weight_decays=s.weight_decays,
+        val_fraction=s.val_fraction,
+        seed=s.seed,
         device=device,
-        progress=progress,
+        progress=s.progress,
     )
     res["step"] = model_src.step
-    res["json"] = str(record_result("transfer", res, source, out, tag=dataset, details=("weight_decay", "size")))
+    res["json"] = str(record_result("transfer", res, source, out, tag=s.dataset, details=("weight_decay", "size")))
     return res
 
 
@@ -352,14 +269,18 @@ def run_export(source: str | Path, out: str | Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ registry
-# The evaluations, builder = the function that runs one. Their settings are keyword arguments (and CLI
-# flags) checked by each function, not an options section yet: options=None.
+# The evaluations: builder = the function that runs one, options = its settings section (the fields its
+# CLI flags, --set and keyword arguments set; detection's is the fine-tuning config, set with --set).
 EVALUATIONS = Registry("evaluation", "evaluations")
-EVALUATIONS.register("knn", run_knn, doc="weighted kNN top-1 of frozen features (k=200, T=0.1 unless the run says)")
-EVALUATIONS.register("linear", run_linear, doc="linear probe on frozen features, weight decay chosen on validation")
-EVALUATIONS.register("semi", run_semi, doc="semi-supervised fine-tuning on 1% or 10% of the labels (or a subset file)")
-EVALUATIONS.register("transfer", run_transfer,
+EVALUATIONS.register("knn", run_knn, options=KnnSettings,
+                     doc="weighted kNN top-1 of frozen features (k=200, T=0.1 unless the run says)")
+EVALUATIONS.register("linear", run_linear, options=LinearSettings,
+                     doc="linear probe on frozen features, weight decay chosen on validation")
+EVALUATIONS.register("semi", run_semi, options=SemiSettings,
+                     doc="semi-supervised fine-tuning on 1% or 10% of the labels (or a subset file)")
+EVALUATIONS.register("transfer", run_transfer, options=TransferSettings,
                      doc="linear probe on a transfer data set (Flowers-102, DTD, Food-101, CIFAR-100, STL-10)")
-EVALUATIONS.register("detection", run_detection, doc="Faster R-CNN R50-C4 fine-tuned on PASCAL VOC: AP, AP50, AP75")
-EVALUATIONS.register("brainscore", export_brainscore_plugin,
+EVALUATIONS.register("detection", run_detection, options=DetectionConfig,
+                     doc="Faster R-CNN R50-C4 fine-tuned on PASCAL VOC: AP, AP50, AP75")
+EVALUATIONS.register("brainscore", export_brainscore_plugin, options=BrainscoreExportSettings,
                      doc="a Brain-Score vision plugin of the model (layers per region, spectra), scored by Brain-Score")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS
-from mmcr.evaluate.semi import HEAD_INITS, MIN_STEPS
+from mmcr.evaluate.settings import BrainscoreExportSettings, KnnSettings, LinearSettings, SemiSettings, TransferSettings
 from mmcr.evaluate.sources import SOURCE_HELP
 from mmcr.evaluate.transfer import TRANSFER_DATASETS
+from mmcr.schema import HelpConfig, add_config_arguments, config_flag, config_from_args, dump_yaml, print_config
+
+#: The section of each ``mmcr eval`` subcommand (its handler is ``mmcr.evaluate.api.run_<name>``).
+EVALUATIONS = {"knn": KnnSettings, "linear": LinearSettings, "semi": SemiSettings, "transfer": TransferSettings}
 
 
 def _floats(text: str) -> list[float]:
@@ -26,25 +29,28 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
-def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
-    p.add_argument("source", help=SOURCE_HELP)
-    if data:
-        from mmcr.data import DATASET_NAMES
+def _flag(p, flag: str, key: str, cls, **kwargs) -> None:
+    config_flag(p, flag, key, cls, **kwargs)
 
-        p.add_argument("--dataset", choices=DATASET_NAMES, help="data set (default: the run's data.name)")
-        p.add_argument("--root", help="dataset root or archive path (default: the run's data.root)")
-        p.add_argument("--train-split", default="train")
-        p.add_argument("--test-split", default="test")
-    p.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="centre-crop size (default: the images' size; transfer: 224, or native/64 px for CIFAR-stem models)",
-    )
-    p.add_argument("--batch-size", type=int, default=256)
+
+def _where(p: argparse.ArgumentParser, cls) -> None:
+    """The source, where the work runs and where the result goes (not settings), and the config options."""
+    p.add_argument("source", help=SOURCE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--out", default=None, help="output directory or .json file (default: the run directory)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_arguments(p, cls)
+    _flag(p, "--no-progress", "progress", cls, action="store_const", const=False, help="hide progress bars")
+
+
+def _common(p: argparse.ArgumentParser, cls, resize: bool = True) -> None:
+    _where(p, cls)
+    for flag, key in (("--dataset", "dataset"), ("--root", "root"), ("--train-split", "train_split"),
+                      ("--test-split", "test_split")):
+        _flag(p, flag, key, cls)
+    _flag(p, "--size", "size", cls, type=int)
+    if resize:
+        _flag(p, "--resize", "resize", cls, type=int)
+    _flag(p, "--batch-size", "batch_size", cls, type=int)
 
 
 def _print(kind: str, res: dict) -> None:
@@ -53,104 +59,33 @@ def _print(kind: str, res: dict) -> None:
     print(f"{kind}: " + json.dumps(shown))
 
 
-def _knn(args) -> int:
-    from mmcr.evaluate.api import run_knn
+def _evaluate(args) -> int:
+    """``mmcr eval knn|linear|semi|transfer``: the settings from the flags, --config and --set, then the run."""
+    from mmcr.evaluate import api
 
-    res = run_knn(
-        args.source,
-        args.dataset,
-        args.root,
-        args.train_split,
-        args.test_split,
-        k=args.k,
-        temperature=args.temperature,
-        size=args.size,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        device=args.device,
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    _print("knn", res)
+    cls = EVALUATIONS[args.eval_command]
+    settings = config_from_args(args, cls)
+    if print_config(args, settings):
+        return 0
+    res = getattr(api, f"run_{args.eval_command}")(args.source, settings, device=args.device, out=args.out)
+    _print(args.eval_command, res)
     return 0
 
 
-def _linear(args) -> int:
-    from mmcr.evaluate.api import run_linear
+def _detection_config():
+    from mmcr.evaluate.detection.config import DetectionConfig  # the detection package loads when used
 
-    res = run_linear(
-        args.source,
-        args.dataset,
-        args.root,
-        args.train_split,
-        args.test_split,
-        weight_decays=args.weight_decays,
-        val_fraction=args.val_fraction,
-        aug_passes=args.aug_passes,
-        seed=args.seed,
-        size=args.size,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        device=args.device,
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    _print("linear", res)
-    return 0
-
-
-def _semi(args) -> int:
-    from mmcr.evaluate.api import run_semi
-
-    res = run_semi(
-        args.source,
-        fraction=args.fraction,
-        subset_file=args.subset_file,
-        dataset=args.dataset,
-        root=args.root,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        epochs=args.epochs,
-        min_steps=args.min_steps,
-        lr=args.lr,
-        head_lr=args.head_lr,
-        weight_decay=args.weight_decay,
-        head_init=args.head_init,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        size=args.size,
-        device=args.device,
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    _print("semi", res)
-    return 0
-
-
-def _transfer(args) -> int:
-    from mmcr.evaluate.api import run_transfer
-
-    res = run_transfer(
-        args.source,
-        args.dataset,
-        args.root,
-        size=args.size,
-        weight_decays=args.weight_decays,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    _print("transfer", res)
-    return 0
+    return DetectionConfig
 
 
 def _detection(args) -> int:
     from mmcr.evaluate.detection import run_detection
+    from mmcr.evaluate.detection.config import detection_config, flag_overrides
 
+    if args.print_config:  # the resolved preset, as the run would read it (flags included)
+        flags = {"model.norm": ("--norm", args.norm), "solver.num_workers": ("--workers", args.workers)}
+        print(dump_yaml(detection_config(args.config, flag_overrides(args.overrides, flags))), end="")
+        return 0
     res = run_detection(
         args.source,
         args.root,
@@ -201,36 +136,36 @@ def brainscore_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help=SOURCE_HELP)
     p.add_argument("out_dir", help="plugin folder to write (its name becomes the plugin's folder name)")
-    p.add_argument("--identifier", required=True, help="the Brain-Score model identifier (no hyphens)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--region-layer-map", metavar="FILE", help='JSON {"V1": layer, "V2": ..., "V4": ..., "IT": ...}')
-    how.add_argument("--choose-layers", metavar="NEURAL.npz",
-                     help="choose each region's layer by held-out neural predictivity on these recordings "
-                          "(images (S,H,W,3) uint8; V1/V2/V4/IT (S,n) or (reps,S,n); optional labels (S,))")
-    p.add_argument("--layers", type=_layer_list, default=None,
-                   help="candidate layers for --choose-layers (default: the ResNet stages)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size the model sees (default: the run's crop size; 224 for named models)")
-    p.add_argument("--stimuli", type=int, default=None,
-                   help="generated stimuli for the spectra when no recordings are given (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seeds random-init sources and the generated stimuli")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="where the spectra and layer choice are computed (cpu, cuda)")
-    p.add_argument("--weights-url", default=None,
-                   help="where the plugin downloads weights.safetensors if its folder lacks it (sha256-checked); "
-                        "for submissions whose weights exceed Brain-Score's 50 MB zip limit")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    add_config_arguments(p, BrainscoreExportSettings, what="export settings")
+    B = BrainscoreExportSettings
+    config_flag(p, "--identifier", "identifier", B)
+    config_flag(p, "--region-layer-map", "region_layer_map", B, metavar="FILE")
+    config_flag(p, "--choose-layers", "choose_layers", B, metavar="NEURAL.npz",
+                help="choose each region's layer by held-out neural predictivity on these recordings "
+                     "(images (S,H,W,3) uint8; V1/V2/V4/IT (S,n) or (reps,S,n); optional labels (S,))")
+    config_flag(p, "--layers", "layers", B, type=_layer_list)
+    for flag, key in (("--image-size", "image_size"), ("--stimuli", "stimuli"), ("--seed", "seed"),
+                      ("--batch-size", "batch_size")):
+        config_flag(p, flag, key, B, type=int)
+    config_flag(p, "--device", "device", B)
+    config_flag(p, "--weights-url", "weights_url", B)
+    config_flag(p, "--force", "force", B, action="store_const", const=True)
     return p
 
 
 def _export_brainscore(args) -> int:
     from mmcr.evaluate.brainscore import export_brainscore_plugin
 
+    s = config_from_args(args, BrainscoreExportSettings)
+    if print_config(args, s):
+        return 0
+    if s.identifier is None:
+        raise ValueError("mmcr export brainscore needs --identifier NAME (the Brain-Score model identifier)")
     meta = export_brainscore_plugin(
-        args.source, args.out_dir, args.identifier, region_layer_map=args.region_layer_map,
-        choose_layers_from=args.choose_layers, candidate_layers=args.layers, image_size=args.image_size,
-        n_stimuli=args.stimuli, seed=args.seed, force=args.force, batch_size=args.batch_size, device=args.device,
-        weights_url=args.weights_url,
+        args.source, args.out_dir, s.identifier, region_layer_map=s.region_layer_map,
+        choose_layers_from=s.choose_layers, candidate_layers=s.layers, image_size=s.image_size,
+        n_stimuli=s.stimuli, seed=s.seed, force=s.force, batch_size=s.batch_size, device=s.device,
+        weights_url=s.weights_url,
     )
     print(f"wrote Brain-Score plugin {meta['identifier']!r} to {meta['path']} ({meta['commitment']}: "
           + ", ".join(f"{r} {layer}" for r, layer in meta["region_layer_map"].items())
@@ -244,51 +179,36 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     sub = ev.add_subparsers(dest="eval_command", required=True)
 
     p = sub.add_parser("knn", help="weighted kNN on L2-normalised features (top-1/top-5)")
-    _common(p)
-    p.add_argument("--resize", type=int, default=None, help="resize the shorter side before cropping")
-    p.add_argument("--k", type=int, default=None, help="neighbours (default: the run's eval.knn_k, else 200)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="vote temperature (default: the run's eval.knn_temperature, else 0.1; the authors used 0.5)")
-    p.set_defaults(func=_knn)
+    _common(p, KnnSettings)
+    _flag(p, "--k", "k", KnnSettings, type=int)
+    _flag(p, "--temperature", "temperature", KnnSettings, type=float)
 
     p = sub.add_parser("linear", help="linear probe: L-BFGS logistic regression, regularisation chosen on val")
-    _common(p)
-    p.add_argument("--resize", type=int, default=None, help="resize the shorter side before cropping")
-    p.add_argument(
-        "--weight-decays",
-        type=_floats,
-        default=list(DEFAULT_WEIGHT_DECAYS),
-        help="comma-separated L2 strengths to choose from on the validation split",
-    )
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--aug-passes", type=int, default=0, help="extra augmented passes over the training set")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_linear)
+    _common(p, LinearSettings)
+    _flag(p, "--weight-decays", "weight_decays", LinearSettings, type=_floats,
+          help="comma-separated L2 strengths to choose from on the validation split")
+    _flag(p, "--val-fraction", "val_fraction", LinearSettings, type=float)
+    _flag(p, "--aug-passes", "aug_passes", LinearSettings, type=int)
+    _flag(p, "--seed", "seed", LinearSettings, type=int)
 
     p = sub.add_parser("semi", help="fine-tune the whole network on 1%%/10%% of the labels")
-    _common(p)
-    p.add_argument("--fraction", type=float, default=0.01, help="class-balanced label fraction")
-    p.add_argument("--subset-file", default=None, help="file of indices or file names (ImageNet subset lists)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs, raised when they give fewer than --min-steps steps")
-    p.add_argument("--min-steps", type=int, default=MIN_STEPS,
-                   help=f"least number of optimiser steps, whatever the subset's size (default {MIN_STEPS})")
-    p.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
-    p.add_argument("--head-lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--head-init", choices=HEAD_INITS, default="linear",
-                   help="linear: start from the linear probe on the same subset (reported beside); random")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_semi)
+    _common(p, SemiSettings, resize=False)
+    for flag, key, typ in (("--fraction", "fraction", float), ("--subset-file", "subset_file", str),
+                           ("--epochs", "epochs", int), ("--min-steps", "min_steps", int), ("--lr", "lr", float),
+                           ("--head-lr", "head_lr", float), ("--weight-decay", "weight_decay", float),
+                           ("--head-init", "head_init", str), ("--seed", "seed", int)):
+        _flag(p, flag, key, SemiSettings, type=typ)
 
     p = sub.add_parser("transfer", help="linear probe on Flowers-102, Food-101, DTD, CIFAR-100 or STL-10")
-    _common(p, data=False)
-    p.add_argument("--dataset", required=True, choices=sorted(TRANSFER_DATASETS))
-    p.add_argument("--root", required=True, help="folder holding the dataset in torchvision's layout")
-    p.add_argument("--weight-decays", type=_floats, default=list(DEFAULT_WEIGHT_DECAYS))
-    p.add_argument("--val-fraction", type=float, default=0.1, help="used when the dataset has no val split")
-    p.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_transfer)
+    _where(p, TransferSettings)
+    _flag(p, "--dataset", "dataset", TransferSettings, help=f"one of {', '.join(sorted(TRANSFER_DATASETS))}")
+    _flag(p, "--root", "root", TransferSettings)
+    for flag, key, typ in (("--size", "size", int), ("--batch-size", "batch_size", int),
+                           ("--weight-decays", "weight_decays", _floats), ("--val-fraction", "val_fraction", float),
+                           ("--num-workers", "num_workers", int), ("--seed", "seed", int)):
+        _flag(p, flag, key, TransferSettings, type=typ)
+    for p in sub.choices.values():
+        p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "detection", help="fine-tune a Faster R-CNN R50-C4 on PASCAL VOC (AP, AP50, AP75); torchrun for GPUs"
@@ -297,6 +217,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding VOCdevkit/VOC2007 (and VOC2012), or VOCdevkit")
     p.add_argument("--protocol", default="voc07+12", help="voc07+12 (default: 07+12 trainval -> 07 test) or voc07")
     p.add_argument("--config", default=None, help="YAML with preset fields to change (default: the voc-c4 preset)")
+    p.add_argument("--help-config", action=HelpConfig, section_cls=_detection_config,
+                   help="list every key of the detection config with its default, valid values and meaning, then exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved detection config as YAML and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a preset field, e.g. --set solver.lr=0.01 (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="schedule length; lr steps keep their fractions")
@@ -323,5 +246,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", help=f"{SOURCE_HELP}; or 'brainscore' for a Brain-Score plugin")
     p.add_argument("out", help="output file: .pt/.pth or .safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("--help-config", action=HelpConfig, section_cls=BrainscoreExportSettings,
+                   help="list every setting of mmcr export brainscore (plain export has none), then exit")
     p.set_defaults(func=_export)
     return p

@@ -31,7 +31,9 @@ from mmcr.distributed import resolve_device
 from mmcr.evaluate.features import extract_features, progress_bar
 from mmcr.evaluate.knn import check_class_labels, topk_accuracy
 from mmcr.evaluate.linear import DEFAULT_WEIGHT_DECAYS, fit_logistic, linear_probe
-from mmcr.run.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, check_seed
+from mmcr.evaluate.settings import HEAD_INITS, MIN_STEPS, FinetuneSettings  # noqa: F401 - re-exported
+from mmcr.run.config import Range, check_seed
+from mmcr.schema import resolve
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -105,10 +107,6 @@ class FinetuneAugment(nn.Module):
         return (x / 255.0 - self.mean.to(dev)) / self.std.to(dev)
 
 
-MIN_STEPS = 500  # the floor of optimiser steps; fixed in advance (see the module docstring)
-HEAD_INITS = ("linear", "random")
-
-
 def _probe_head(
     backbone: nn.Module,
     eval_tf: Callable,
@@ -149,20 +147,12 @@ def finetune(
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int | None = None,
-    epochs: int = 30,
-    min_steps: int = MIN_STEPS,
-    batch_size: int = 256,
-    lr: float = 0.01,
-    head_lr: float = 0.1,
-    weight_decay: float = 0.0,
-    head_init: str = "linear",
-    grad_clip: float | None = 1.0,
-    probe_weight_decays=None,
+    settings: FinetuneSettings | None = None,
+    *,
     train_transform: Callable | None = None,
     eval_transform: Callable | None = None,
-    seed: int = 0,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    **changes,
 ) -> dict:
     """Fine-tune ``backbone`` (modified in place) with a linear head by SGD (momentum 0.9, Nesterov) and
     a cosine schedule; ``lr`` for the backbone, ``head_lr`` for the head.
@@ -176,14 +166,16 @@ def finetune(
     Images are uint8 (N, 3, H, W). ``train_transform(images, generator)`` defaults to
     :class:`FinetuneAugment`, ``eval_transform(images)`` to :class:`mmcr.augment.EvalTransform`'s default.
     Returns test top-1/top-5 (percent), the linear probe's beside them, the final training loss, the
-    number of steps and sizes.
+    number of steps and sizes. ``settings`` is a :class:`~mmcr.evaluate.settings.FinetuneSettings`
+    (None: its defaults); ``changes`` are its fields (``epochs=2``, ``lr=0.05``), checked like it.
     """
-    _check_settings(train_images, train_labels, epochs, batch_size, min_steps, lr, head_lr, weight_decay, seed,
-                    grad_clip, head_init)
+    s = resolve(FinetuneSettings, settings, changes)
+    if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
+        raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
     C = int(num_classes) if num_classes is not None else int(max(train_labels.max(), test_labels.max())) + 1
     check_class_labels(train_labels, C, "train_labels")
     check_class_labels(test_labels, C, "test_labels")
@@ -191,9 +183,9 @@ def finetune(
     eval_tf = eval_transform if eval_transform is not None else EvalTransform()
     was = backbone.training
     probe: dict = {}
-    if head_init == "linear":
+    if s.head_init == "linear":
         head, probe = _probe_head(backbone, eval_tf, train_images, train_labels, test_images, test_labels, C,
-                                  probe_weight_decays or DEFAULT_WEIGHT_DECAYS, seed, batch_size, dev)
+                                  s.probe_weight_decays or DEFAULT_WEIGHT_DECAYS, s.seed, s.batch_size, dev)
     else:
         with torch.no_grad():
             dim = backbone.eval()(eval_tf(train_images[:2].to(dev))).shape[1]
@@ -201,52 +193,35 @@ def finetune(
     backbone.train(was)
     model = nn.Sequential(backbone, head).to(dev)
     opt = torch.optim.SGD(
-        [{"params": backbone.parameters(), "lr": lr}, {"params": head.parameters(), "lr": head_lr}],
+        [{"params": backbone.parameters(), "lr": s.lr}, {"params": head.parameters(), "lr": s.head_lr}],
         momentum=0.9,
         nesterov=True,
-        weight_decay=weight_decay,
+        weight_decay=s.weight_decay,
     )
     N = train_images.shape[0]
-    bs = min(batch_size, N)
+    bs = min(s.batch_size, N)
     steps_per_epoch = N // bs + (N % bs >= 2)  # a straggler batch of one image is skipped (see below)
-    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    epochs = max(s.epochs, math.ceil(s.min_steps / steps_per_epoch))
     steps, last_loss = _train(model, opt, train_images, train_labels, train_transform, epochs, steps_per_epoch, bs,
-                              grad_clip, gen, dev, progress)
-    acc = _test_accuracy(model, eval_tf, test_images, test_labels, batch_size, dev)
+                              s.grad_clip, gen, dev, s.progress)
+    acc = _test_accuracy(model, eval_tf, test_images, test_labels, s.batch_size, dev)
     return {
         "top1": acc["top1"],
         "top5": acc["top5"],
         **probe,
-        "head_init": head_init,
+        "head_init": s.head_init,
         "n_labelled": int(N),
         "n_test": int(test_images.shape[0]),
         "epochs": epochs,
         "steps": steps,
-        "min_steps": min_steps,
+        "min_steps": s.min_steps,
         "batch_size": bs,
-        "lr": lr,
-        "head_lr": head_lr,
-        "weight_decay": weight_decay,
+        "lr": s.lr,
+        "head_lr": s.head_lr,
+        "weight_decay": s.weight_decay,
         "final_train_loss": last_loss,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _check_settings(train_images, train_labels, epochs, batch_size, min_steps, lr, head_lr, weight_decay, seed,
-                    grad_clip, head_init) -> None:
-    if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:
-        raise ValueError(f"need a non-empty labelled set, got {train_images.shape[0]} images")
-    AT_LEAST_1.check("epochs", epochs, integer=True)
-    AT_LEAST_1.check("batch_size", batch_size, integer=True)
-    NON_NEGATIVE.check("min_steps", min_steps, integer=True)
-    POSITIVE.check("lr", lr)
-    POSITIVE.check("head_lr", head_lr)
-    NON_NEGATIVE.check("weight_decay", weight_decay)
-    check_seed(seed)
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {grad_clip}")
-    if head_init not in HEAD_INITS:
-        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
 
 
 def _train(model, opt, images, labels, transform, epochs: int, steps_per_epoch: int, bs: int, grad_clip, gen,

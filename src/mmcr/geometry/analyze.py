@@ -15,7 +15,6 @@ geometry up to small distortions), then every measure of :mod:`mmcr.geometry` is
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -44,11 +43,13 @@ from mmcr.geometry.report import (
     settings_line,
 )
 from mmcr.geometry.sampling import capacity_vs_points
+from mmcr.geometry.settings import AnalysisSettings
 from mmcr.geometry.simcap import simulated_capacity
 from mmcr.geometry.spectra import effective_rank, eigenspectrum, participation_ratio, power_law_exponent
 from mmcr.objectives import build_objective
 from mmcr.run.config import TemporalConfig
 from mmcr.rundir.files import check_output, save_figure, write_text_atomic
+from mmcr.schema import resolve
 
 OUTPUT_LAYER = "output"
 
@@ -157,19 +158,6 @@ def _layer_measures(manifolds: np.ndarray, labels: np.ndarray | None, opts: dict
     return res
 
 
-def _check_sizes(n_images, n_views, n_classes, n_per_class, kappa, finite_sample_repeats) -> None:
-    for name, v in (("n_images", n_images), ("n_views", n_views), ("n_classes", n_classes),
-                    ("n_per_class", n_per_class)):
-        if int(v) < 2:
-            raise ValueError(f"{name} must be at least 2, got {v}")
-    if not (math.isfinite(float(kappa)) and kappa >= 0):
-        raise ValueError(f"kappa must be a finite margin >= 0, got {kappa}")
-    if int(finite_sample_repeats) != finite_sample_repeats or finite_sample_repeats < 0:
-        raise ValueError(
-            f"finite_sample_repeats must be an integer >= 0 (0 turns the check off), got {finite_sample_repeats}"
-        )
-
-
 def _views_for(model: str, own, reference, augment_preset: str | None, n_views: int, seed: int, size: int):
     """The augmentation of the manifolds and its preset name: the model's run's, the comparison's
     reference (in the model's own statistics), or ``augment_preset`` at the images' size."""
@@ -268,36 +256,9 @@ def _load(model: str, dataset, data_root, split: str, reference, seed: int, dev:
     return backbone.to(dev).eval(), model_src, name, still_images(ds), clips
 
 
-def run_analysis(
-    model: str,
-    dataset: str | None,
-    out_dir: str | Path,
-    *,
-    data_root: str | None = None,
-    split: str = "test",
-    layers: list[str] | None = None,
-    n_images: int = 50,
-    n_views: int = 20,
-    n_classes: int = 10,
-    n_per_class: int = 20,
-    kappa: float = 0.0,
-    n_t: int = 200,
-    correlated: bool = False,
-    simcap: bool = False,
-    simcap_reps: int = 20,
-    fit_range: tuple[int, int] = (11, 500),
-    n_components: int = 5,
-    max_features: int = 4096,
-    augment_preset: str | None = None,
-    batch_size: int = 256,
-    device: str = "cpu",
-    seed: int = 0,
-    gradient_objective: str | None = None,
-    gradient_images: int = 16,
-    finite_sample_repeats: int = 5,
-    progress: bool = True,
-    reference=None,
-) -> dict[str, Any]:
+def run_analysis(model: str, dataset: str | None = None, out_dir: str | Path | None = None,
+                 settings: AnalysisSettings | None = None, *, device: str = "cpu", reference=None,
+                 **changes: Any) -> dict[str, Any]:
     """Analyse ``model`` (any :func:`mmcr.evaluate.sources.load_pretrained` source) on ``dataset`` and write
     ``results.json``, ``plots/*.png`` and ``report.md`` into ``out_dir``. Returns the results dict.
 
@@ -310,45 +271,52 @@ def run_analysis(
     without a run uses ``augment_preset`` at the images' size. ``reference`` (a ``RunConfig``; used by
     comparisons) fixes the data set and the views' geometry and colour for every model, so that all
     see the same images and views; each model keeps its own normalisation (a random-init model takes
-    the reference's)."""
-    _check_sizes(n_images, n_views, n_classes, n_per_class, kappa, finite_sample_repeats)
+    the reference's).
+
+    ``settings`` is an :class:`~mmcr.geometry.settings.AnalysisSettings` (None: its defaults);
+    ``changes`` are its fields (``n_images=8``, ``root=...``), checked like it; ``dataset`` is its
+    ``dataset`` field, positional as before."""
+    if out_dir is None:
+        raise ValueError("run_analysis needs out_dir, the folder for results.json, plots and report.md")
+    s = resolve(AnalysisSettings, settings, {"dataset": dataset, **changes} if dataset is not None else changes)
     out = Path(out_dir)
     for fname in ("report.md", "results.json"):  # never over a run's own report (--out RUN)
         check_output(out / fname, what="the analysis")
     t0 = time.time()
     dev = torch.device(device)
-    backbone, model_src, name, ds, clips = _load(model, dataset, data_root, split, reference, seed, dev, out)
+    backbone, model_src, name, ds, clips = _load(model, s.dataset, s.root, s.split, reference, s.seed, dev, out)
     own = model_src.config
-    aug, augment_preset = _views_for(model, own, reference, augment_preset, n_views, seed, int(ds.images.shape[-1]))
+    aug, preset = _views_for(model, own, reference, s.augment_preset, s.n_views, s.seed, int(ds.images.shape[-1]))
     clean = aug.eval_transform()
-    layer_names = layers or default_layers(backbone)
-    taps = FeatureTaps(backbone, layer_names, max_features=max_features, seed=seed)
-    rng = np.random.default_rng(checked_seed(seed))
-    opts = dict(kappa=kappa, n_t=n_t, correlated=correlated, simcap=simcap, simcap_reps=simcap_reps,
-                fit_range=fit_range, n_components=n_components, finite_sample_repeats=int(finite_sample_repeats))
-    img_idx = _pick_images(ds.labels, n_images, rng)  # augmentation manifolds: P images x M views
-    classes, cls_idx = _class_manifolds(ds.labels, n_classes, n_per_class, rng, dataset)
-    n_grad = min(int(gradient_images), len(img_idx)) if gradient_objective else 0
-    feats_aug, feats_cls, kept_views = _features(ds, taps, layer_names, aug, clean, img_idx, cls_idx, n_views,
-                                                 batch_size, n_grad, dev, progress)
+    layer_names = s.layers or default_layers(backbone)
+    taps = FeatureTaps(backbone, layer_names, max_features=s.max_features, seed=s.seed)
+    rng = np.random.default_rng(checked_seed(s.seed))
+    opts = dict(kappa=s.kappa, n_t=s.n_t, correlated=s.correlated, simcap=s.simcap, simcap_reps=s.simcap_reps,
+                n_components=s.n_components,
+                fit_range=tuple(s.fit_range), finite_sample_repeats=s.finite_sample_repeats)
+    img_idx = _pick_images(ds.labels, s.n_images, rng)  # augmentation manifolds: P images x M views
+    classes, cls_idx = _class_manifolds(ds.labels, s.n_classes, s.n_per_class, rng, s.dataset)
+    n_grad = min(int(s.gradient_images), len(img_idx)) if s.gradient_objective else 0
+    feats_aug, feats_cls, kept_views = _features(ds, taps, layer_names, aug, clean, img_idx, cls_idx, s.n_views,
+                                                 s.batch_size, n_grad, dev, s.progress)
     temporal = None
     if clips is not None:  # temporal manifolds: P clips x M frames of one window
         temporal_cfg = (reference or own).temporal if (reference or own) is not None else None
-        temporal = _temporal_manifolds(clips, temporal_cfg, n_images, n_views, layer_names, backbone,
-                                       clean, max_features, batch_size, dev, rng, seed)
+        temporal = _temporal_manifolds(clips, temporal_cfg, s.n_images, s.n_views, layer_names, backbone,
+                                       clean, s.max_features, s.batch_size, dev, rng, s.seed)
     img_labels = ds.labels[torch.as_tensor(img_idx)].numpy()
-    settings = dict(opts, n_images=len(img_idx), n_views=n_views, n_per_class=n_per_class,
+    recorded = dict(opts, n_images=len(img_idx), n_views=s.n_views, n_per_class=s.n_per_class,
                     classes=[str(ds.classes[c]) if c < len(ds.classes) else str(c) for c in classes],
-                    max_features=max_features, augment_preset=augment_preset, views=aug.config,
-                    clean_view=clean.config, seed=seed, fit_range=list(fit_range))
+                    max_features=s.max_features, augment_preset=preset, views=aug.config,
+                    clean_view=clean.config, seed=s.seed, fit_range=list(s.fit_range))
     results: dict[str, Any] = {"model": str(model), "model_info": model_src.describe(), "dataset": name,
-                               "split": split, "layers": layer_names, "settings": settings,
+                               "split": s.split, "layers": layer_names, "settings": recorded,
                                "augmentation": {}, "class": {}}
-    extras = _measure(results, feats_aug, feats_cls, temporal, layer_names, img_labels, len(classes), n_per_class,
-                      opts, seed, progress)
+    extras = _measure(results, feats_aug, feats_cls, temporal, layer_names, img_labels, len(classes), s.n_per_class,
+                      opts, s.seed, s.progress)
     if n_grad >= 2:
         results["gradient_coherence"] = _gradient_coherence(
-            backbone, gradient_objective, torch.cat(kept_views), img_labels[:n_grad]
+            backbone, s.gradient_objective, torch.cat(kept_views), img_labels[:n_grad]
         )
     results["elapsed_s"] = time.time() - t0
     plots = _plots(results, extras, out / "plots")

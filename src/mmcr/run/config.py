@@ -337,20 +337,23 @@ def read_yaml(path: str | Path) -> dict:
     return schema.read_yaml(path, what="config sections (data:, model:, train:, ...)")
 
 
+def preset_data(preset: str | Path) -> dict:
+    """The mapping of a shipped preset (by name) or of a YAML config file, not yet checked."""
+    path = Path(preset)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        if str(preset) not in available_presets():
+            raise ConfigError(
+                f"unknown preset {str(preset)!r}; choose one of {', '.join(available_presets())} "
+                "or give a YAML file path"
+            )
+        path = preset_path(str(preset))
+    return read_yaml(path)
+
+
 def load_config(preset: str | Path | None = DEFAULT_PRESET, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a run config: defaults <- preset (shipped name or YAML path; :data:`DEFAULT_PRESET` when not
     given, ``None`` for the bare defaults) <- ``key=value`` overrides."""
-    data: dict = {}
-    if preset is not None:
-        path = Path(preset)
-        if not (path.suffix in (".yaml", ".yml") and path.exists()):
-            if str(preset) not in available_presets():
-                raise ConfigError(
-                    f"unknown preset {str(preset)!r}; choose one of {', '.join(available_presets())} "
-                    "or give a YAML file path"
-                )
-            path = preset_path(str(preset))
-        data = read_yaml(path)
+    data: dict = preset_data(preset) if preset is not None else {}
     for text in overrides or []:
         schema.merge(data, parse_override(text))
     return RunConfig.from_dict(data)

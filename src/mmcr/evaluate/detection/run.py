@@ -17,7 +17,7 @@ from torch import nn
 
 from mmcr.data.voc import VOCDetectionData, VOCFormatError
 from mmcr.distributed import cleanup, convert_sync_batchnorm, setup
-from mmcr.evaluate.detection.config import load_detection_config, protocol_schedule
+from mmcr.evaluate.detection.config import flag_overrides, load_detection_config, protocol_schedule
 from mmcr.evaluate.detection.data import (
     IndexedData,
     StreamSampler,
@@ -48,11 +48,7 @@ def _settings_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _resolve(config, overrides, norm, workers, protocol, iterations, root) -> tuple[dict, dict, Path]:
     """The merged config, the protocol's schedule and the VOC root, checked before any work."""
-    extra = list(overrides or [])
-    if norm is not None:
-        extra.append(f"model.norm={norm}")
-    if workers is not None:
-        extra.append(f"solver.num_workers={workers}")
+    extra = flag_overrides(overrides, {"model.norm": ("--norm", norm), "solver.num_workers": ("--workers", workers)})
     cfg = load_detection_config(config, extra)
     sched = protocol_schedule(cfg, protocol, iterations)
     root = Path(root)
