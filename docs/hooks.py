@@ -3,6 +3,7 @@
 - ``reference/config.md``: every config key with its default and meaning, from the schema's public
   listing ``mmcr.run.config.describe_fields()``;
 - ``reference/cli.md``: the ``--help`` of every ``mmcr`` command, from ``mmcr.cli.build_parser()``;
+- ``reference/registries.md``: every registry's names, docs and options, as ``mmcr list`` prints them;
 - ``benchmarks/RESULTS.md`` and its plots, served from ``benchmarks/`` where they are kept.
 
 The docs describe this checkout's code, so ``src/`` comes first on the path.
@@ -102,9 +103,31 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
+def registries_reference() -> str:
+    from mmcr.cli import registries
+    from mmcr.registry import describe_options
+
+    lines = ["# Registries", "", "Every name a config or command may choose, from the registries themselves (what "
+             "`mmcr list` prints), with each entry's options, their defaults and valid values. Generated when the "
+             "site is built.", ""]
+    for reg in registries():
+        lines += [f"## {reg.plural} ({reg.kind})", "", "| name | what it is | options |", "|---|---|---|"]
+        for e in reg.entries():
+            if e.options is None:
+                opts = "free-form, checked by the builder" if e.loose else "none"
+            else:
+                opts = "<br>".join(f"`{i.key}` = {_value(i.default)}" + ("" if e.loose else f" ({_cell(i.valid)})")
+                                   for i in describe_options(e.options))
+            doc = _cell(e.doc).replace("[", "\\[")  # root/[split/][class/] is no markdown link
+            lines.append(f"| `{e.name}` | {doc} | {opts} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def on_files(files: Files, config) -> Files:
     files.append(File.generated(config, "reference/config.md", content=config_reference()))
     files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
+    files.append(File.generated(config, "reference/registries.md", content=registries_reference()))
     bench = ROOT / "benchmarks"
     for path in [bench / "RESULTS.md", *sorted(bench.glob("*.png"))]:
         files.append(File(f"benchmarks/{path.name}", str(ROOT), config["site_dir"], config["use_directory_urls"]))

@@ -158,7 +158,7 @@ def test_npz_layout_rule_and_ambiguous_arrays(tmp_path):
                                     labels=np.arange(2))).images.shape == (2, 3, 8, 8)
     assert load_dataset("npz", _npz(tmp_path / "d.npz", images=np.zeros((2, 8, 8, 3), np.uint8),
                                     labels=np.arange(2))).images.shape == (2, 3, 8, 8)
-    with pytest.raises(DatasetError, match="layout must be one of auto, nhwc, nchw"):
+    with pytest.raises(DatasetError, match="invalid value .hwc. for layout; choose one of auto, nhwc, nchw"):
         load_dataset("npz", f, layout="hwc")
 
 

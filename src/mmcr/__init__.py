@@ -12,6 +12,12 @@ when PyPI's unrelated ``mmcr`` package shares this folder (see :mod:`mmcr.distri
 
 __version__ = "0.1.0"
 
+# The registries a run config chooses from load with the package (as timm's models do), so every name is
+# known wherever a config is checked; their modules sit above the config, which reads them by name.
+import mmcr.data.registry  # noqa: F401
+import mmcr.models.backbones  # noqa: F401
+import mmcr.models.momentum  # noqa: F401
+import mmcr.train.optim  # noqa: F401
 from mmcr.augment import MultiViewAugment
 from mmcr.distribution import warn_if_foreign_mmcr
 from mmcr.objectives import (

@@ -7,7 +7,11 @@ saying what was wrong and what to do, and exit with status 2; nothing is lost (r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+import mmcr.evaluate.api  # noqa: F401 - fills the registry of evaluations (the others load with mmcr)
+from mmcr.registry import Registry, RegistryError, all_registries, describe_options
 
 
 def _add_pretrain_parser(sub) -> None:
@@ -80,11 +84,55 @@ def _preset_data(args) -> dict:
     return data
 
 
+# The order ``mmcr list`` prints the registries in: data flows top to bottom.
+REGISTRY_ORDER = ("datasets", "augment_presets", "backbones", "objectives", "optimizers", "lr_schedules",
+                  "momentum_schedules", "evaluations")
+
+
+def _add_list_parser(sub) -> None:
+    p = sub.add_parser("list", help="print every registry: data sets, backbones, objectives, ... (names and docs)",
+                       description="Print the registries of names a config or command may choose. With a registry "
+                                   "name, also each entry's options with their defaults and valid values.")
+    p.add_argument("registry", nargs="?", help=f"one of {', '.join(REGISTRY_ORDER)}")
+    p.set_defaults(func=_list)
+
+
+def registries() -> list[Registry]:
+    """Every registry, in :data:`REGISTRY_ORDER` (then any other)."""
+    rank = {name: i for i, name in enumerate(REGISTRY_ORDER)}
+    return sorted(all_registries(), key=lambda r: rank.get(r.plural, len(rank)))
+
+
+def _list(args) -> int:
+    regs = registries()
+    if args.registry is not None:
+        wanted = args.registry.replace("-", "_")
+        regs = [r for r in regs if r.plural == wanted]
+        if not regs:
+            raise RegistryError(f"unknown registry {args.registry!r}; choose one of "
+                                f"{', '.join(r.plural for r in registries())}")
+    for i, reg in enumerate(regs):
+        print(("\n" if i else "") + f"{reg.plural} ({reg.kind})")
+        width = max(len(e.name) for e in reg.entries())
+        for e in reg.entries():
+            print(f"  {e.name:<{width}}  {e.doc}")
+            if args.registry is None:
+                continue
+            if e.options is None:
+                print("      " + ("options: free-form, checked by the builder" if e.loose else "options: none"))
+            for info in describe_options(e.options):
+                valid = "" if e.loose else f"  ({info.valid})"
+                doc = f"  # {info.doc}" if info.doc else ""
+                print(f"      {info.key} = {json.dumps(info.default, default=str)}{valid}{doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcr", description="Maximum Manifold Capacity Representations toolkit")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     _add_pretrain_parser(sub)
+    _add_list_parser(sub)
     try:
         from mmcr.evaluate.cli import add_eval_parser, add_export_parser
     except ImportError:  # pragma: no cover - evaluation always ships with the package

@@ -10,9 +10,18 @@ from mmcr.augment import functional
 from mmcr.augment.eval import EvalTransform
 from mmcr.augment.functional import check_images
 from mmcr.augment.multiview import MultiViewAugment, ViewParams, eval_transform_of
-from mmcr.augment.presets import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, PRESETS, TRAIN_PRESETS
+from mmcr.augment.presets import (
+    AUGMENT_PRESETS,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    TRAIN_PRESETS,
+)
 
 __all__ = [
+    "AUGMENT_PRESETS",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",

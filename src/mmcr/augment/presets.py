@@ -1,8 +1,14 @@
 """Augmentation presets, one per recipe of the paper, and the normalisation statistics (defined once).
 
-``PRESETS`` is the registry of training augmentation presets: a run config's ``augment.preset`` must
-name one of them, and ``augment.overrides`` may change any of their keys.
+``AUGMENT_PRESETS`` is the registry of training augmentation presets (one entry per ``PRESETS`` dict): a
+run config's ``augment.preset`` must name one of them, and ``augment.overrides`` may change any of their
+keys (the entry's options).
 """
+
+import copy
+
+from mmcr.registry import Registry, options_section
+from mmcr.schema import option
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -71,4 +77,26 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-TRAIN_PRESETS = tuple(PRESETS)
+
+# ------------------------------------------------------------------------------------------ registry
+AUGMENT_PRESETS = Registry("augmentation preset", "augment_presets")
+_DOCS = {
+    "cifar": "the authors' CIFAR recipe: RRC 32 (0.08-1), flip, jitter p 0.8, grayscale p 0.2",
+    "stl10": "the authors' STL-10 recipe: jitter p 0.8 and grayscale p 0.1 first, then RRC 64 (0.2-1, bicubic)",
+    "byol": "BYOL's asymmetric pair at 224 px: views alternate blur p 1.0 / 0.1 and solarize p 0 / 0.2",
+}
+
+
+def _register_preset(name: str, settings: dict) -> None:
+    """A preset's entry: the builder returns a copy of its settings; the options are the override keys
+    with the preset's values as defaults (their values are checked by MultiViewAugment: loose)."""
+    keys = {**settings, "blur_kernel_size": None}  # the kernel size follows blur_sigma unless overridden
+    section = options_section(name, **{k: (object, option(copy.deepcopy(v))) for k, v in keys.items()})
+    AUGMENT_PRESETS.register(name, lambda: copy.deepcopy(settings), options=section,
+                             doc=_DOCS.get(name, f"the {name} augmentation preset"), loose=True)
+
+
+for _name, _settings in PRESETS.items():
+    _register_preset(_name, _settings)
+
+TRAIN_PRESETS = tuple(AUGMENT_PRESETS.names())

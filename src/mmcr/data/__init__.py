@@ -13,16 +13,10 @@ folders, npz clips, moving digits) for temporal MMCR (``video.py``).
 
 from mmcr.data.cache import default_cache_dir
 from mmcr.data.clip_loader import make_clip_loader
-from mmcr.data.datasets import (
-    DATASET_NAMES,
-    ImageDataset,
-    LazyImageFolder,
-    dataset_options,
-    load_dataset,
-    resize_square,
-)
+from mmcr.data.datasets import ImageDataset, LazyImageFolder, resize_square
 from mmcr.data.decode import DatasetError, decode_image
 from mmcr.data.loader import InMemoryLoader, ShardLoader, WorkerLoader, epoch_order, make_loader
+from mmcr.data.registry import DATASET_NAMES, DATASETS, dataset_options, load_dataset
 from mmcr.data.shards import ShardSet, load_webdataset
 from mmcr.data.split import split_train_val
 from mmcr.data.video import ClipDataset, FileClips, is_clip_set, still_images
@@ -30,6 +24,7 @@ from mmcr.data.views import CropSpec, decode_views
 
 __all__ = [
     "CropSpec",
+    "DATASETS",
     "DATASET_NAMES",
     "ClipDataset",
     "FileClips",

@@ -25,8 +25,6 @@ import torch
 from mmcr.data import cache as C
 from mmcr.data import views as V
 from mmcr.data.decode import IMAGE_EXTENSIONS, BadFiles, DatasetError, decode_image, is_image_name
-from mmcr.data.shards import load_webdataset
-from mmcr.schema import Range
 
 #: Largest working image side (``size``, a run's ``data.options.size``): far beyond any recipe (ImageNet:
 #: 224), far below sizes that cannot fit in memory for any data set.
@@ -683,43 +681,7 @@ class LazyImageFolder(torch.utils.data.Dataset):
         return out
 
 
-# ------------------------------------------------------------------------------------------- entry
-# The registry of data sets: name -> (loader(root, split, cache_dir, **options), the options it takes).
-_LOADERS = {
-    "digits": (lambda root, split, cache_dir, **kw: _load_digits(split, **kw), ("size", "test_fraction")),
-    "mnist5k": (lambda root, split, cache_dir, **kw: _load_mnist5k(split, **kw), ("size", "test_fraction")),
-    "cifar10": (lambda root, split, cache_dir, **kw: _load_cifar("cifar10", root, split, **kw), ("download", "size")),
-    "cifar100": (lambda root, split, cache_dir, **kw: _load_cifar("cifar100", root, split, **kw), ("download", "size")),
-    "stl10": (lambda root, split, cache_dir, **kw: _load_stl10(root, split, **kw), ("download", "size")),
-    "imagefolder": (_load_imagefolder, ("size", "on_error", "lazy")),
-    "archive": (_load_archive, ("size", "on_error")),
-    "npz": (lambda root, split, cache_dir, **kw: _clips("video", "load_npz")(root, split, cache_dir, **kw),
-            ("size", "layout", "still_frames")),
-    "webdataset": (load_webdataset, ("size", "on_error", "shuffle_buffer", "manifest", "lazy")),
-    # clip sets (temporal MMCR; mmcr.data.video builds on this module, so it is imported when used)
-    "videofolder": (lambda *a, **kw: _clips("video", "load_videofolder")(*a, **kw),
-                    ("size", "on_error", "lazy", "still_frames")),
-    "framefolder": (lambda *a, **kw: _clips("video", "load_framefolder")(*a, **kw),
-                    ("size", "on_error", "lazy", "still_frames", "fps")),
-    "moving-digits": (lambda *a, **kw: _clips("moving_digits", "load_moving_digits")(*a, **kw),
-                      ("size", "frames", "seed", "still_frames")),
-}
-
-
-def _clips(module: str, loader: str):
-    """A clip loader of ``mmcr.data.<module>`` (imported on use: those modules import this one)."""
-    import importlib
-
-    return getattr(importlib.import_module(f"mmcr.data.{module}"), loader)
-
-DATASET_NAMES = tuple(_LOADERS)
-
-
-def dataset_options(name: str) -> tuple[str, ...]:
-    """The options (``data.options``) the data set ``name`` takes."""
-    return _LOADERS[name][1]
-
-
+# ------------------------------------------------------------------------------------------- sizes
 def resize_square(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> (N, 3, size, size): short side resized to ``size`` (antialiased), then
     centre-cropped, as image folders are decoded. ``None`` or the images' own size: unchanged."""
@@ -755,30 +717,3 @@ def check_fits_in_memory(n_images: int, size: int) -> None:
         raise DatasetError(f"size={size} would need {need / 1e9:.1f} GB for {n_images} images of {size}x{size} "
                            f"pixels, and {free / 1e9:.1f} GB of memory is available; choose a smaller size "
                            "(data.options.size), or lazy=True for image folders")
-
-
-def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **kw):
-    """Load one split of a data set as uint8 tensors.
-
-    name: "digits" (offline default; size= upscales), "cifar10", "cifar100", "stl10" (torchvision
-    layouts under root; download=True fetches them), "imagefolder" (root/[split/]class/image;
-    size= resizes, lazy=True streams files), "archive" (.tar/.tar.gz of such a tree), "npz",
-    "webdataset" (tar shards: a folder with manifest.json or a shard pattern; see mmcr.data.shards).
-    cache_dir: where decoded splits are cached (default $MMCR_CACHE or ~/.cache/mmcr).
-    on_error: "skip" (default; corrupt files are skipped with one counted warning) or "raise".
-    """
-    if name not in _LOADERS:
-        raise DatasetError(f"unknown data set {name!r}; choose one of {list(_LOADERS)}")
-    loader, allowed = _LOADERS[name]
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise DatasetError(
-            f"unknown option(s) {unknown} for data set {name!r}; it takes {', '.join(allowed)}"
-        )
-    size = kw.get("size")
-    if size is not None:
-        kw["size"] = Range(1, MAX_IMAGE_SIZE).check("size", size, integer=True, error=DatasetError)
-    for flag in ("download", "lazy"):
-        if flag in kw and not isinstance(kw[flag], bool):
-            raise DatasetError(f"{flag} must be true or false, got {kw[flag]!r}")
-    return loader(root, split, cache_dir=cache_dir, **kw)

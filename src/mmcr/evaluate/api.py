@@ -11,15 +11,26 @@ import torch
 
 from mmcr.augment import MultiViewAugment
 from mmcr.data import load_dataset, still_images
+from mmcr.evaluate.brainscore import export_brainscore_plugin
+from mmcr.evaluate.detection import run_detection
+from mmcr.evaluate.detection.config import DetectionConfig
 from mmcr.evaluate.export import check_export_path, export_backbone
 from mmcr.evaluate.features import eval_transform_for, extract_features
 from mmcr.evaluate.knn import check_test_classes, knn_accuracy
 from mmcr.evaluate.linear import linear_probe
 from mmcr.evaluate.results import destination, record_result
 from mmcr.evaluate.semi import FinetuneAugment, class_balanced_subset, finetune, read_subset_file
-from mmcr.evaluate.settings import KnnSettings, LinearSettings, ProbeSettings, SemiSettings, TransferSettings
+from mmcr.evaluate.settings import (
+    BrainscoreExportSettings,
+    KnnSettings,
+    LinearSettings,
+    ProbeSettings,
+    SemiSettings,
+    TransferSettings,
+)
 from mmcr.evaluate.sources import load_pretrained
 from mmcr.evaluate.transfer import transfer_probe
+from mmcr.registry import Registry
 from mmcr.schema import resolve
 
 if TYPE_CHECKING:
@@ -250,3 +261,21 @@ def run_export(source: str | Path, out: str | Path) -> dict:
     meta = export_backbone(model, model_src, out)
     meta["path"] = str(out)
     return meta
+
+
+# ------------------------------------------------------------------------------------------ registry
+# The evaluations: builder = the function that runs one, options = its settings section (the fields its
+# CLI flags, --set and keyword arguments set; detection's is the fine-tuning config, set with --set).
+EVALUATIONS = Registry("evaluation", "evaluations")
+EVALUATIONS.register("knn", run_knn, options=KnnSettings,
+                     doc="weighted kNN top-1 of frozen features (k=200, T=0.1 unless the run says)")
+EVALUATIONS.register("linear", run_linear, options=LinearSettings,
+                     doc="linear probe on frozen features, weight decay chosen on validation")
+EVALUATIONS.register("semi", run_semi, options=SemiSettings,
+                     doc="semi-supervised fine-tuning on 1% or 10% of the labels (or a subset file)")
+EVALUATIONS.register("transfer", run_transfer, options=TransferSettings,
+                     doc="linear probe on a transfer data set (Flowers-102, DTD, Food-101, CIFAR-100, STL-10)")
+EVALUATIONS.register("detection", run_detection, options=DetectionConfig,
+                     doc="Faster R-CNN R50-C4 fine-tuned on PASCAL VOC: AP, AP50, AP75")
+EVALUATIONS.register("brainscore", export_brainscore_plugin, options=BrainscoreExportSettings,
+                     doc="a Brain-Score vision plugin of the model (layers per region, spectra), scored by Brain-Score")

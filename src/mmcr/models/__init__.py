@@ -2,6 +2,7 @@
 backbone from any source (run, checkpoint, torchvision, timm) is :mod:`mmcr.evaluate.sources`."""
 
 from mmcr.models.backbones import (
+    BACKBONES,
     SMALL_BACKBONES,
     TORCHVISION_BACKBONES,
     SmallResNet,
@@ -14,6 +15,7 @@ from mmcr.models.heads import Encoder, Projector, build_encoder
 from mmcr.models.momentum import MomentumEncoder
 
 __all__ = [
+    "BACKBONES",
     "SMALL_BACKBONES",
     "TORCHVISION_BACKBONES",
     "Encoder",

@@ -14,6 +14,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
+from mmcr.registry import Registry
+
 _TORCHVISION = {
     "resnet18": tvm.resnet18,
     "resnet34": tvm.resnet34,
@@ -82,13 +84,13 @@ SMALL_BACKBONES = tuple(_SMALL)
 
 
 def available_backbones() -> list[str]:
-    """Names accepted by :func:`build_backbone` (timm models as ``timm:<name>``): the registry of backbones."""
-    return sorted(_TORCHVISION) + list(SMALL_BACKBONES) + ["timm:<name>"]
+    """Names accepted by :func:`build_backbone` (timm models as ``timm:<name>``): :data:`BACKBONES`' names."""
+    return BACKBONES.names()
 
 
 def is_backbone_name(name: str) -> bool:
     """Whether ``name`` is a backbone :func:`build_backbone` knows (any ``timm:<name>`` is checked by timm)."""
-    return name in _TORCHVISION or name in _SMALL or (name.startswith("timm:") and len(name) > 5)
+    return name in BACKBONES
 
 
 def apply_cifar_stem(model: nn.Module) -> nn.Module:
@@ -162,6 +164,46 @@ class _TimmTrunk(nn.Module):
         return self.model(x)
 
 
+# ------------------------------------------------------------------------------------------ registry
+# Every builder: (name, cifar_stem, zero_init_residual, weights, options) -> a module with ``feature_dim``.
+BACKBONES = Registry("backbone", "backbones")
+
+
+def _small(name, cifar_stem, zero_init_residual, weights, options):
+    if cifar_stem is False:
+        raise ValueError(f"{name} always has the CIFAR stem (3x3 conv, no max-pool); pass cifar_stem=True")
+    if weights is not None:
+        raise ValueError(f"{name} has no pretrained weights; pass weights=None")
+    m = SmallResNet(*_SMALL[name], zero_init_residual=zero_init_residual)
+    m.arch = name
+    m.cifar_stem = True
+    return m
+
+
+def _torchvision(name, cifar_stem, zero_init_residual, weights, options):
+    model = _TORCHVISION[name](weights=weights, zero_init_residual=zero_init_residual)
+    if cifar_stem:
+        apply_cifar_stem(model)
+    return _TorchvisionTrunk(model, name, bool(cifar_stem))
+
+
+def _timm(name, cifar_stem, zero_init_residual, weights, options):
+    if cifar_stem or zero_init_residual:
+        raise ValueError(f"{name}: cifar_stem and zero_init_residual apply to torchvision ResNets only; "
+                         "pass the equivalent timm arguments through the model name or leave them off")
+    return _TimmTrunk(name[len("timm:"):], weights=weights, options=options)
+
+
+for _name in _TORCHVISION:
+    BACKBONES.register(_name, _torchvision, doc=f"torchvision {_name} trunk (optional CIFAR stem, zero-init residual)")
+for _name, (_widths, _blocks) in _SMALL.items():
+    _widths_text = "-".join(map(str, _widths))
+    BACKBONES.register(_name, _small, doc=f"small CIFAR-style ResNet for CPU runs: widths {_widths_text}, "
+                                          f"{sum(_blocks)} BasicBlocks, CIFAR stem")
+BACKBONES.register("timm:<name>", _timm, family=True, loose=True,
+                   doc="any timm model without its classifier; model.backbone_options go to timm.create_model")
+
+
 def build_backbone(
     name: str,
     cifar_stem: bool | None = None,
@@ -169,33 +211,15 @@ def build_backbone(
     weights: str | None = None,
     options: dict | None = None,
 ) -> nn.Module:
-    """Create a backbone by name; returns a module with ``feature_dim``.
+    """Create a backbone by its :data:`BACKBONES` name; returns a module with ``feature_dim``.
 
     ``cifar_stem``: the 3x3 stride-1 stem without max-pool (None: the architecture's own, i.e. always for
     the small ResNets, never for torchvision/timm). ``weights``: torchvision weight names (``"DEFAULT"``,
     ``"IMAGENET1K_V2"``; need the file on disk or a network), for timm ``"DEFAULT"`` or a local file.
     ``options``: further ``timm.create_model`` arguments (``{"img_size": 32}``); torchvision and the small
     ResNets take none. Every argument is honoured or rejected: none is silently ignored."""
-    if not is_backbone_name(name):
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
-    if options and not name.startswith("timm:"):
+    entry = BACKBONES.get(name)
+    if options and not entry.loose:
         raise ValueError(f"{name} takes no model.backbone_options (got {sorted(options)}); they are passed to "
                          "timm.create_model for timm:<name> backbones only")
-    if name in _SMALL:
-        if cifar_stem is False:
-            raise ValueError(f"{name} always has the CIFAR stem (3x3 conv, no max-pool); pass cifar_stem=True")
-        if weights is not None:
-            raise ValueError(f"{name} has no pretrained weights; pass weights=None")
-        m = SmallResNet(*_SMALL[name], zero_init_residual=zero_init_residual)
-        m.arch = name
-        m.cifar_stem = True
-        return m
-    if name.startswith("timm:"):
-        if cifar_stem or zero_init_residual:
-            raise ValueError(f"{name}: cifar_stem and zero_init_residual apply to torchvision ResNets only; "
-                             "pass the equivalent timm arguments through the model name or leave them off")
-        return _TimmTrunk(name[5:], weights=weights, options=options)
-    model = _TORCHVISION[name](weights=weights, zero_init_residual=zero_init_residual)
-    if cifar_stem:
-        apply_cifar_stem(model)
-    return _TorchvisionTrunk(model, name, bool(cifar_stem))
+    return entry.builder(name, cifar_stem, zero_init_residual, weights, BACKBONES.check_options(name, options))

@@ -9,7 +9,14 @@ import math
 import torch
 from torch import nn
 
-SCHEDULES = ("constant", "cosine")  # the registry of momentum schedules
+from mmcr.registry import Registry
+
+# builder(tau_base, progress in [0, 1]) -> tau at that point of training
+MOMENTUM_SCHEDULES = Registry("momentum schedule", "momentum_schedules")
+MOMENTUM_SCHEDULES.register("constant", lambda tau, progress: tau,
+                            doc="tau fixed at model.momentum.tau (the authors' ImageNet recipe: 0.99)")
+MOMENTUM_SCHEDULES.register("cosine", lambda tau, progress: 1.0 - (1.0 - tau) * (math.cos(math.pi * progress) + 1) / 2,
+                            doc="BYOL's schedule: tau rises from model.momentum.tau to 1 on a cosine")
 
 
 class MomentumEncoder(nn.Module):
@@ -23,8 +30,7 @@ class MomentumEncoder(nn.Module):
         super().__init__()
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"momentum tau must lie in [0, 1], got {tau}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"momentum schedule must be one of {SCHEDULES}, got {schedule!r}")
+        MOMENTUM_SCHEDULES.get(schedule)  # an unknown name is a one-line error listing the schedules
         self.module = copy.deepcopy(online)
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -32,10 +38,9 @@ class MomentumEncoder(nn.Module):
         self.schedule = schedule
 
     def tau(self, step: int, total_steps: int) -> float:
-        if self.schedule == "constant" or total_steps <= 0:
+        if total_steps <= 0:
             return self.tau_base
-        progress = min(step / total_steps, 1.0)
-        return 1.0 - (1.0 - self.tau_base) * (math.cos(math.pi * progress) + 1) / 2
+        return MOMENTUM_SCHEDULES.get(self.schedule).builder(self.tau_base, min(step / total_steps, 1.0))
 
     @torch.no_grad()
     def update(self, online: nn.Module, step: int = 0, total_steps: int = 0) -> None:

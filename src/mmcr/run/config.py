@@ -24,10 +24,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mmcr import augment, data, models, objectives, schema
+from mmcr import models, schema
 from mmcr.augment import temporal
 from mmcr.data.datasets import MAX_IMAGE_SIZE  # noqa: F401 - the limit of data.options.size, re-exported
-from mmcr.models import momentum
+from mmcr.registry import registry
 from mmcr.rundir.files import write_text_atomic
 from mmcr.rundir.layout import CONFIG_FILE
 from mmcr.schema import (  # noqa: F401 - the engine's names, re-exported where users import them
@@ -59,16 +59,19 @@ def _choices(getter: Callable[[], Any]) -> Callable[[], list[str]]:
     return lambda: sorted(getter())
 
 
+# The registries sit above the schema (they import the components they name) and are loaded with the
+# package (mmcr/__init__.py), so the choices are read from them by name when a value is checked: a newly
+# registered name is valid at once.
 def _objectives():
-    return objectives.OBJECTIVES
+    return registry("objectives").names()
 
 
 def _datasets():
-    return data.DATASET_NAMES
+    return registry("datasets").names()
 
 
 def _augment_presets():
-    return augment.TRAIN_PRESETS
+    return registry("augment_presets").names()
 
 
 def _temporal(name: str):
@@ -79,26 +82,20 @@ def _temporal(name: str):
 
 
 def _optimizers():
-    # mmcr.train imports this module at its top: its registries are read when a value is checked
-    from mmcr.train.optim import OPTIMIZERS
-
-    return OPTIMIZERS
+    return registry("optimizers").names()
 
 
 def _schedules():
-    from mmcr.train.optim import SCHEDULES
-
-    return SCHEDULES
+    return registry("lr_schedules").names()
 
 
 def _momentum_schedules():
-    return momentum.SCHEDULES
+    return registry("momentum_schedules").names()
 
 
 def _check_backbone(name: str) -> str | None:
-    if models.is_backbone_name(name):
-        return None
-    return f"choose one of {', '.join(models.available_backbones())}"
+    backbones = registry("backbones")
+    return None if name in backbones else f"choose one of {', '.join(backbones.names())}"
 
 
 def _check_view_chunk(value) -> str | None:

@@ -5,13 +5,13 @@ The run description (config) lives in :mod:`mmcr.run`; distributed helpers in :m
 
 from mmcr.run.config import ConfigError, RunConfig, load_config
 from mmcr.train.hooks import Interrupted, NonFiniteLossError
-from mmcr.train.optim import LARS, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, lr_factor
+from mmcr.train.optim import LARS, LR_SCHEDULES, OPTIMIZERS, build_optimizer, build_scheduler, lr_factor
 from mmcr.train.trainer import train, train_one_epoch
 
 __all__ = [
     "LARS",
+    "LR_SCHEDULES",
     "OPTIMIZERS",
-    "SCHEDULES",
     "ConfigError",
     "Interrupted",
     "NonFiniteLossError",

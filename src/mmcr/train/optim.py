@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from mmcr.registry import Registry
+
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), as used in the authors'
@@ -106,38 +108,41 @@ def _fused(cls, groups, **kw) -> torch.optim.Optimizer:
         return cls(groups, **kw)
 
 
-def _adam(groups, cfg, lr):
-    return _fused(torch.optim.Adam, groups, lr=lr, betas=tuple(cfg.betas))
+def _groups(model: nn.Module, cfg, exclude_1d: bool, lars: bool = False) -> list[dict]:
+    groups = param_groups(model, cfg.weight_decay, exclude_1d)
+    if not lars:  # the flag means something to LARS only; torch's optimisers refuse unknown group keys
+        for g in groups:
+            g.pop("lars_exclude")
+    return groups
 
 
-def _adamw(groups, cfg, lr):
-    return _fused(torch.optim.AdamW, groups, lr=lr, betas=tuple(cfg.betas))
+OPTIMIZERS = Registry("optimiser", "optimizers")
 
 
-def _sgd(groups, cfg, lr):
+@OPTIMIZERS.register("adam", doc="Adam (fused where the device has it): optim.lr, betas, weight_decay on all params")
+def _adam(model, cfg, lr):
+    return _fused(torch.optim.Adam, _groups(model, cfg, exclude_1d=False), lr=lr, betas=tuple(cfg.betas))
+
+
+@OPTIMIZERS.register("adamw", doc="AdamW (fused where the device has it): decoupled decay, none on 1-d params")
+def _adamw(model, cfg, lr):
+    return _fused(torch.optim.AdamW, _groups(model, cfg, exclude_1d=True), lr=lr, betas=tuple(cfg.betas))
+
+
+@OPTIMIZERS.register("sgd", doc="SGD with optim.momentum, no weight decay on 1-d params")
+def _sgd(model, cfg, lr):
     # not fused: torch's fused CPU SGD corrupts its momentum buffer when the first step is skipped
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.SGD(_groups(model, cfg, exclude_1d=True), lr=lr, momentum=cfg.momentum)
 
 
-def _lars(groups, cfg, lr):
-    return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
-
-
-# The registry of optimisers: name -> (builder, whether 1-d parameters go without weight decay).
-OPTIMIZERS = {"adam": (_adam, False), "adamw": (_adamw, True), "sgd": (_sgd, True), "lars": (_lars, True)}
-SCHEDULES = ("constant", "cosine")
+@OPTIMIZERS.register("lars", doc="LARS (optim.momentum, lars_eta); 1-d params get neither decay nor adaptation")
+def _lars(model, cfg, lr):
+    return LARS(_groups(model, cfg, exclude_1d=True, lars=True), lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
 
 
 def build_optimizer(model: nn.Module, optim_cfg, global_batch: int) -> torch.optim.Optimizer:
-    """The optimiser of a run's ``optim`` section (an ``OptimConfig``)."""
-    if optim_cfg.name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimiser {optim_cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    builder, exclude_1d = OPTIMIZERS[optim_cfg.name]
-    groups = param_groups(model, optim_cfg.weight_decay, exclude_1d)
-    if optim_cfg.name != "lars":
-        for g in groups:
-            g.pop("lars_exclude")
-    return builder(groups, optim_cfg, base_lr(optim_cfg, global_batch))
+    """The optimiser of a run's ``optim`` section (an ``OptimConfig``), by its :data:`OPTIMIZERS` entry."""
+    return OPTIMIZERS.get(optim_cfg.name).builder(model, optim_cfg, base_lr(optim_cfg, global_batch))
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -149,16 +154,21 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
+LR_SCHEDULES = Registry("learning-rate schedule", "lr_schedules")
+LR_SCHEDULES.register("constant", lambda progress, final_ratio: 1.0, doc="the base lr after the warmup")
+LR_SCHEDULES.register("cosine", lambda progress, final_ratio: final_ratio + (1 - final_ratio) * 0.5 * (
+    1 + math.cos(math.pi * progress)), doc="cosine from the base lr to optim.final_lr_ratio x lr at the last step")
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, final_ratio: float) -> float:
     """Multiplier of the base learning rate at ``step``: linear warmup from ~0 to 1 over
-    ``warmup_steps``, then constant, or cosine from 1 down to ``final_ratio`` at ``total_steps``."""
+    ``warmup_steps``, then the :data:`LR_SCHEDULES` entry at the progress of the remaining steps
+    (constant, or cosine from 1 down to ``final_ratio`` at ``total_steps``)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
     span = max(total_steps - warmup_steps, 1)
     progress = min(max(step - warmup_steps, 0) / span, 1.0)
-    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return LR_SCHEDULES.get(schedule).builder(progress, final_ratio)
 
 
 def build_scheduler(
