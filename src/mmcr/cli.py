@@ -10,13 +10,23 @@ import argparse
 import json
 import sys
 
+from rich.console import Console
+from rich.table import Table
+
+import mmcr
 import mmcr.evaluate.api  # noqa: F401 - fills the registry of evaluations (the others load with mmcr)
+from mmcr.data.cli import add_data_parser
+from mmcr.distribution import DISTRIBUTION, foreign_mmcr, installed_version
+from mmcr.evaluate.cli import add_eval_parser, add_export_parser
+from mmcr.geometry.cli import add_analyze_parser
 from mmcr.registry import Registry, RegistryError, all_registries, describe_options
+from mmcr.run.config import DEFAULT_PRESET, ConfigError, RunConfig, available_presets, preset_data
+from mmcr.schema import add_config_arguments, config_flag, config_from_args, print_config
+from mmcr.train import train
+from mmcr.train.hooks import Interrupted
 
 
 def _add_pretrain_parser(sub) -> None:
-    from mmcr.run.config import DEFAULT_PRESET, RunConfig, available_presets
-    from mmcr.schema import add_config_arguments, config_flag
 
     p = sub.add_parser(
         "pretrain",
@@ -38,17 +48,12 @@ def _add_pretrain_parser(sub) -> None:
 
 
 def _pretrain(args) -> int:
-    from mmcr.run.config import RunConfig
-    from mmcr.schema import config_from_args, print_config
-    from mmcr.train import train
 
     cfg = config_from_args(args, RunConfig, base=_preset_data(args))
     if print_config(args, cfg):
         return 0
     summary = train(cfg)
     if "knn_top1_learned" in summary:
-        from rich.console import Console
-        from rich.table import Table
 
         table = Table(title=f"kNN top-1 on the held-out {summary.get('eval_split', 'test')} split "
                             f"(k={summary.get('knn_k')}, T={summary.get('knn_temperature')})")
@@ -70,7 +75,6 @@ def _pretrain(args) -> int:
 def _preset_data(args) -> dict:
     """The preset's mapping (the positional PRESET or ``--config FILE``: one of them), and ``--resume X``
     checked against a ``train.resume`` the preset sets otherwise (refused by name, not silently won)."""
-    from mmcr.run.config import DEFAULT_PRESET, ConfigError, preset_data
 
     if args.preset is not None and args.config is not None:
         raise ConfigError(f"give the run config once: the preset {args.preset} or --config {args.config}")
@@ -133,22 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_pretrain_parser(sub)
     _add_list_parser(sub)
-    try:
-        from mmcr.evaluate.cli import add_eval_parser, add_export_parser
-    except ImportError:  # pragma: no cover - evaluation always ships with the package
-        pass
-    else:
-        add_eval_parser(sub)
-        add_export_parser(sub)
-    from mmcr.data.cli import add_data_parser
-
+    add_eval_parser(sub)
+    add_export_parser(sub)
     add_data_parser(sub)
-    try:
-        from mmcr.geometry.cli import add_analyze_parser
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        add_analyze_parser(sub)
+    add_analyze_parser(sub)
     return parser
 
 
@@ -161,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from mmcr.train.hooks import Interrupted
 
     try:
         return int(args.func(args) or 0)
@@ -210,8 +201,6 @@ def _memory_hint(args) -> str:
 
 def _version() -> int:
     """``mmcr --version``: the distribution, its version and where ``mmcr`` is imported from."""
-    import mmcr
-    from mmcr.distribution import DISTRIBUTION, installed_version
 
     version = getattr(mmcr, "__version__", None) or installed_version() or "(unknown)"
     print(f"{DISTRIBUTION} {version} ({next(iter(mmcr.__path__))})")
@@ -221,11 +210,8 @@ def _version() -> int:
 def _say_if_package_replaced() -> None:
     # Our mmcr/__init__.py warns at import when PyPI's `mmcr` shares the folder. When that package's
     # __init__.py replaced ours, or uninstalling it deleted the file, nothing warned yet: say it here.
-    import mmcr
-
     if hasattr(mmcr, "__version__"):
         return
-    from mmcr.distribution import DISTRIBUTION, foreign_mmcr
 
     fix = f"reinstall with `pip install --force-reinstall {DISTRIBUTION}`"
     if getattr(mmcr, "__file__", None) is None:  # a namespace package: the folder has no __init__.py

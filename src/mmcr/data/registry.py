@@ -9,12 +9,12 @@ by name before loading.
 from __future__ import annotations
 
 from mmcr.data import datasets as D
+from mmcr.data.datasets import MAX_IMAGE_SIZE
 from mmcr.data.decode import DatasetError
 from mmcr.data.moving_digits import load_moving_digits
 from mmcr.data.shards import load_webdataset
 from mmcr.data.video import STILL_FRAMES, load_framefolder, load_npz, load_videofolder
 from mmcr.registry import Registry, RegistryError, options_section
-from mmcr.run.config import MAX_IMAGE_SIZE
 from mmcr.schema import AT_LEAST_1, POSITIVE, SEED, Range, option
 
 __all__ = ["DATASETS", "DATASET_NAMES", "DatasetChoiceError", "dataset_options", "load_dataset"]

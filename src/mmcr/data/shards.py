@@ -38,6 +38,7 @@ from mmcr.data import cache as C
 from mmcr.data import views as V
 from mmcr.data.decode import IMAGE_EXTENSIONS, BadFiles, DatasetError, decode_image
 from mmcr.data.order import epoch_order, one_line_worker_errors
+from mmcr.rundir.files import write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "mmcr-shards/1"
@@ -459,7 +460,6 @@ def scan_shard(path: Path, cache_dir=None) -> dict:
         pass  # counted up to the damage; reading reports it
     out = {"count": len(keys), "labels": [labels.get(k, -1) for k in keys]}
     try:
-        from mmcr.rundir.files import write_text_atomic
 
         write_text_atomic(entry, json.dumps(out), what="shard index")
     except (OSError, ValueError):

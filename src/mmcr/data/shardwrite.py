@@ -19,6 +19,7 @@ import numpy as np
 from mmcr.data.datasets import SPLIT_NAMES, _check_classes, _scan_folder, _split_folder
 from mmcr.data.decode import DatasetError
 from mmcr.data.shards import FORMAT, MANIFEST, _wds
+from mmcr.rundir.files import write_atomic, write_text_atomic
 
 
 def _splits(root: Path) -> list[str]:
@@ -28,7 +29,6 @@ def _splits(root: Path) -> list[str]:
 
 def _write_shard(path: Path, rows: list[tuple[str, str, int]]) -> None:
     """One tar of (key, file, label) rows, through an atomic temporary file."""
-    from mmcr.rundir.files import write_atomic
 
     wds = _wds()
     samples = []
@@ -77,7 +77,6 @@ def write_shards(folder, out_dir, shard_size: int = 1000, seed: int = 0) -> dict
         per_class = np.sum([sh["per_class"] for sh in shards], axis=0).astype(int).tolist()
         manifest["splits"][split] = {"count": len(files), "per_class": per_class, "shards": shards}
     manifest["classes"] = ref
-    from mmcr.rundir.files import write_text_atomic
 
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n", what="shard manifest")
     return manifest

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mmcr.data import cache as C
 from mmcr.data.datasets import (
@@ -45,6 +46,7 @@ from mmcr.data.datasets import (
     resize_square,
 )
 from mmcr.data.decode import BadFiles, DatasetError, decode_image, is_image_name
+from mmcr.rundir.files import write_text_atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 STILL_FRAMES = 4  # frames per clip that stand for it as still images in evaluation
@@ -545,7 +547,6 @@ def _cached_index(kind: str, root: Path, folder: Path, split: str, items: list[t
         return json.loads(path.read_text())
     index = build()
     try:
-        from mmcr.rundir.files import write_text_atomic
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(index), what="video index")
@@ -638,7 +639,6 @@ def load_framefolder(root, split: str, cache_dir=None, size: int | None = None, 
         _check_classes(classes, ref, str(root), split)
 
     def build() -> dict:
-        from PIL import Image
 
         entries, skipped = [], []
         for rel, label in items:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from mmcr.data.decode import _DECODE_ERRORS, DatasetError, _fast_jpeg, _to_rgb
 
@@ -229,7 +230,6 @@ def encode_views(data: bytes, spec: CropSpec, epoch: int, index: int) -> tuple:
 
 def _decode_jpegs(datas: list[torch.Tensor], device) -> list[torch.Tensor | None]:
     """All JPEGs in one decoder call; when the batch call fails, one by one (None for a broken file)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mmcr.evaluate.results import run_dir_of
+from mmcr.geometry.analyze import run_analysis
 from mmcr.geometry.report import (
     QUANTITIES,
     finite_sample_plot,
@@ -24,13 +26,14 @@ from mmcr.geometry.report import (
     overlay_plot,
     settings_line,
 )
+from mmcr.run.config import RunConfig
+from mmcr.rundir.checkpoint import find_checkpoint
 from mmcr.rundir.files import check_output, write_text_atomic
 
 
 def source_label(source: str) -> str:
     """A short name for a model source: the run directory's name (plus the checkpoint's for a checkpoint
     file), else the source string itself (``random:resnet18``, ``torchvision:resnet50``)."""
-    from mmcr.evaluate.results import run_dir_of
 
     run = run_dir_of(source)
     if run is None:
@@ -74,7 +77,6 @@ def compare_models(
 
     The first source that is a run of ours is the reference: its data set and its augmentation (crops,
     colour) make the images and views every model sees; each model keeps its own normalisation."""
-    from mmcr.geometry.analyze import run_analysis
 
     if len(sources) < 2:
         raise ValueError("compare_models needs at least 2 model sources; use run_analysis for one")
@@ -117,8 +119,6 @@ def compare_models(
 
 def _run_config(source):
     """The RunConfig of a run directory or checkpoint of ours, else None."""
-    from mmcr.run.config import RunConfig
-    from mmcr.rundir.checkpoint import find_checkpoint
 
     s = str(source)
     if s.startswith(("torchvision:", "timm:", "random:")) or not Path(s).exists():
