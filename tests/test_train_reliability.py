@@ -246,7 +246,7 @@ def test_a_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous(tm
     "argv,match",
     [
         (["pretrain", "--set", "train.log_every_steps=0"], "train.log_every_steps must be >= 1"),
-        (["pretrain", "--device", "tpu"], "invalid value 'tpu' for train.device"),
+        (["pretrain", "--device", "tpu"], "invalid value 'tpu' for --device"),
         (["pretrain", "--set", "train.threads=-1"], "train.threads must be in [1, 1024]"),
         (["pretrain", "--set", "seed=-1"], "seed must be in"),
         (["pretrain", "--set", "optim.grad_clip=-1"], "optim.grad_clip must be > 0"),
@@ -254,7 +254,7 @@ def test_a_failed_checkpoint_write_stops_with_one_line_and_keeps_the_previous(tm
         (["eval", "knn", "torchvision:resnet5000"], "unknown architecture 'resnet5000'"),
         (["eval", "knn", "random:vgg"], "unknown architecture 'vgg'"),
         (["eval", "knn", "torchvision:resnet_tiny"], "not a torchvision model; use random:resnet_tiny"),
-        (["analyze", "random:resnet_tiny", "--out", "{tmp}/a", "--fit-range", "500,11"], "--fit-range needs 1 <="),
+        (["analyze", "random:resnet_tiny", "--out", "{tmp}/a", "--fit-range", "500,11"], "fit_range must be two ranks [first, last] with 1 <= first < last"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, argv, match):
