@@ -8,9 +8,22 @@ code without the trainer:
 
 Installed as the distribution ``mmcr-toolkit`` (``pip install mmcr-toolkit``); importing warns in one line
 when PyPI's unrelated ``mmcr`` package shares this folder (see :mod:`mmcr.distribution`).
+
+Example:
+    >>> import torch
+    >>> import mmcr
+    >>> _ = torch.manual_seed(0)
+    >>> images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    >>> views = mmcr.MultiViewAugment("cifar", views=4)(images)  # (batch, views, 3, 32, 32)
+    >>> z = views.flatten(2)[..., :64]  # stand-in embeddings (batch, views, dim)
+    >>> mmcr.MMCRLoss()(z).shape
+    torch.Size([])
+    >>> len(mmcr.__version__.split(".")) >= 2
+    True
 """
 
 __version__ = "0.1.0"
+"""The package version (PEP 440); packaging reads it from here."""
 
 from mmcr.augment import MultiViewAugment
 from mmcr.distribution import warn_if_foreign_mmcr

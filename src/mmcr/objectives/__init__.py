@@ -38,11 +38,37 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
     "barlow_twins": BarlowTwinsLoss,
     "vicreg": VICRegLoss,
 }
+"""Objective classes by the name that configs and :func:`build_objective` use ("infonce" is SimCLR's)."""
 
 
 def build_objective(name: str, **kwargs) -> nn.Module:
     """Create an objective by name ("mmcr", "simclr"/"infonce", "barlow_twins", "vicreg") with its keyword
-    arguments, e.g. ``build_objective("mmcr", lmbda=0.005)``."""
+    arguments, e.g. ``build_objective("mmcr", lmbda=0.005)``, so that configs can name the loss.
+
+    Args:
+        name: a key of :data:`OBJECTIVES`, case-insensitive, "-" read as "_".
+        **kwargs: the objective's constructor arguments; unknown ones are rejected by name.
+
+    Returns:
+        The objective module; call it on embeddings z (B, k, d) to get a scalar loss.
+
+    Raises:
+        ValueError: unknown objective name, or an argument the objective does not accept.
+
+    Example:
+        >>> import torch
+        >>> from mmcr.objectives import OBJECTIVES, build_objective
+        >>> sorted(OBJECTIVES)
+        ['barlow_twins', 'infonce', 'mmcr', 'simclr', 'vicreg']
+        >>> build_objective("Barlow-Twins", lambda_offdiag=0.005)
+        BarlowTwinsLoss()
+        >>> build_objective("mmcr", lmbda=0.01)(torch.randn(4, 2, 8)).shape
+        torch.Size([])
+        >>> build_objective("mmcr", temperature=0.1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: objective 'mmcr' got unknown argument(s) ['temperature']; it accepts ['lmbda', ...]
+    """
     key = str(name).lower().replace("-", "_")
     if key not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
