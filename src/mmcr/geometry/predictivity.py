@@ -22,9 +22,25 @@ from mmcr.geometry._arrays import checked_seed, to_numpy
 
 @dataclass
 class PredictivityResult:
-    """``per_neuroid``: (n_neuroids,) held-out Pearson r averaged over splits; ``score``: its median;
-    ``ceiling``: median split-half Spearman-Brown reliability (None without repetitions);
-    ``ceiled_score``: score / ceiling."""
+    """Result of :func:`neural_predictivity`: raw and ceiled scores with the per-neuroid values behind them.
+
+    Attributes:
+        score: median of ``per_neuroid``.
+        per_neuroid: (n_neuroids,) held-out Pearson r averaged over splits.
+        ceiling: median split-half Spearman-Brown reliability (None without repetitions).
+        ceiled_score: score / ceiling (None without a positive ceiling).
+        method: "pls" or "ridge".
+        n_splits: number of train/test splits.
+
+    Example:
+        >>> import numpy as np
+        >>> from mmcr.geometry import neural_predictivity
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.standard_normal((40, 4))
+        >>> result = neural_predictivity(features, features[:, :2], method="ridge", n_splits=2)
+        >>> result.per_neuroid.shape, result.ceiling, result.to_dict()["n_neuroids"]
+        ((2,), None, 2)
+    """
 
     score: float
     per_neuroid: np.ndarray
@@ -34,6 +50,7 @@ class PredictivityResult:
     n_splits: int
 
     def to_dict(self) -> dict[str, Any]:
+        """Scores, method, splits and neuroid count as a JSON-ready dict (per-neuroid values left out)."""
         return {
             "score": self.score,
             "ceiling": self.ceiling,
@@ -56,7 +73,29 @@ def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def split_half_ceiling(repeats: Any, n_splits: int = 10, seed: int | None = 0) -> np.ndarray:
     """Per-neuroid split-half reliability of (n_repeats, n_stimuli, n_neuroids) responses, Spearman-Brown
-    corrected (2r / (1 + r)) and averaged over ``n_splits`` random halvings of the repetitions."""
+    corrected (2r / (1 + r)) and averaged over ``n_splits`` random halvings of the repetitions: the
+    score a perfect model could reach given the recordings' noise.
+
+    Args:
+        repeats: (n_repeats >= 2, n_stimuli, n_neuroids) single-repetition responses.
+        n_splits: random halvings of the repetitions to average over.
+        seed: seeds the halvings.
+
+    Returns:
+        (n_neuroids,) corrected reliabilities (at most 1).
+
+    Raises:
+        ValueError: repeats is not 3-d with at least 2 repetitions.
+
+    Example:
+        >>> import numpy as np
+        >>> from mmcr.geometry import split_half_ceiling
+        >>> rng = np.random.default_rng(0)
+        >>> signal = rng.standard_normal((1, 60, 3))  # (1, n_stimuli, n_neuroids)
+        >>> ceiling = split_half_ceiling(signal + 0.5 * rng.standard_normal((4, 60, 3)), n_splits=5)
+        >>> ceiling.shape, bool(np.all((ceiling > 0.8) & (ceiling <= 1)))  # reliable: noise is small
+        ((3,), True)
+    """
     R = np.asarray(to_numpy(repeats), dtype=np.float64)
     if R.ndim != 3 or R.shape[0] < 2:
         raise ValueError(f"repeats must be (n_repeats >= 2, n_stimuli, n_neuroids), got shape {R.shape}")
@@ -96,6 +135,23 @@ def neural_predictivity(
         standardize: z-score each feature on the training stimuli (default); False only centres them, so that
             principal-component scores keep their variances (Brain-Score's layer selection: PCA, then PLS with
             ``scale=False``).
+
+    Returns:
+        :class:`PredictivityResult` (with a ceiling when ``responses`` holds repetitions).
+
+    Raises:
+        ValueError: the shapes do not match as above, or method is neither "pls" nor "ridge".
+
+    Example:
+        >>> import numpy as np
+        >>> from mmcr.geometry import neural_predictivity
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.standard_normal((60, 5))  # (n_stimuli, n_features)
+        >>> signal = features @ rng.standard_normal((5, 3))  # responses linear in the features
+        >>> repeats = signal + 0.5 * rng.standard_normal((4, 60, 3))  # (n_repeats, n_stimuli, n_neuroids)
+        >>> result = neural_predictivity(features, repeats, method="ridge", n_splits=3)
+        >>> bool(result.score > 0.9), bool(result.ceiling > 0.9), result.per_neuroid.shape
+        (True, True, (3,))
     """
     X = np.asarray(to_numpy(features), dtype=np.float64)
     Y = np.asarray(to_numpy(responses), dtype=np.float64)
