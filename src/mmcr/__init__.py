@@ -22,8 +22,7 @@ Example:
     True
 """
 
-__version__ = "0.1.0"
-"""The package version (PEP 440); packaging reads it from here."""
+__version__ = "0.1.0"  # the package version (PEP 440); packaging reads it from here
 
 from mmcr.augment import MultiViewAugment
 from mmcr.distribution import warn_if_foreign_mmcr

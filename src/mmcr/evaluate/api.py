@@ -128,6 +128,44 @@ def run_knn(
 
     ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
     pretraining summary used), else 200 and 0.1.
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        dataset: data set name for :func:`mmcr.data.load_dataset` (default: the run's own).
+        root: its root (default: the run's own, for the run's data set).
+        train_split: the split the neighbours come from.
+        test_split: the split that is scored.
+        k: neighbours per test image.
+        temperature: T of the vote weights, > 0.
+        size: centre-crop size of the eval view (default: the run's or the images' own).
+        resize: short-side resize before the crop.
+        batch_size: images per forward pass.
+        device: where to run (default: the best available).
+        out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
+        progress: show progress bars.
+
+    Returns:
+        ``top1``/``top5`` (percent), dataset, k, temperature, n_train, n_test, step and ``json`` (the path
+        of the recorded result).
+
+    Raises:
+        ValueError: a bad setting, model source or data set, or test classes the training split lacks.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from mmcr.evaluate import run_knn
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data = pathlib.Path(tmp.name) / "tiny.npz"
+        >>> rng = np.random.default_rng(0)
+        >>> np.savez(data, x_train=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), y_train=np.arange(8) % 2,
+        ...          x_test=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.arange(4) % 2)
+        >>> result = run_knn("random:resnet_tiny:cifar", dataset="npz", root=str(data), k=3,
+        ...                  out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> result["n_train"], result["n_test"], pathlib.Path(result["json"]).name
+        (8, 4, 'knn_npz-tiny.json')
+        >>> tmp.cleanup()
     """
     destination("knn", source, out)  # a bad --out or setting is refused before any work
     _check_common(size, resize, batch_size)
@@ -177,7 +215,47 @@ def run_linear(
     progress: bool = True,
 ) -> dict:
     """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``aug_passes`` adds that many
-    passes of the run's training augmentation (one view each) to the clean training features."""
+    passes of the run's training augmentation (one view each) to the clean training features.
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        dataset: data set name (default: the run's own).
+        root: its root (default: the run's own).
+        train_split: the split the probe is fitted (and validated) on.
+        test_split: the split reported once.
+        weight_decays: candidate L2 penalties, chosen on validation images carved from train.
+        val_fraction: share of the training images held out for the choice, in (0, 1).
+        aug_passes: augmented passes to add (needs a run of ours, whose augmentation they use).
+        seed: seeds the carved split and the augmentation.
+        size: centre-crop size of the eval view.
+        resize: short-side resize before the crop.
+        batch_size: images per forward pass.
+        device: where to run.
+        out: where the result goes.
+        progress: show progress bars.
+
+    Returns:
+        The :func:`~mmcr.evaluate.linear.linear_probe` result plus dataset, step and ``json``.
+
+    Raises:
+        ValueError: a bad setting, model source or data set.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from mmcr.evaluate import run_linear
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data = pathlib.Path(tmp.name) / "tiny.npz"
+        >>> rng = np.random.default_rng(0)
+        >>> np.savez(data, x_train=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), y_train=np.arange(8) % 2,
+        ...          x_test=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.arange(4) % 2)
+        >>> result = run_linear("random:resnet_tiny:cifar", dataset="npz", root=str(data), weight_decays=[1e-2],
+        ...                     val_fraction=0.5, out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> result["weight_decay"], result["feature_dim"], pathlib.Path(result["json"]).name
+        (0.01, 64, 'linear_npz-tiny.json')
+        >>> tmp.cleanup()
+    """
     destination("linear", source, out)  # a bad --out or setting is refused before any work
     _check_common(size, resize, batch_size)
     _check_probe(weight_decays, val_fraction, seed)
@@ -246,7 +324,52 @@ def run_semi(
     """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
     ``subset_file``) and report on the test split, beside the linear probe on the same subset that
     fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`). Horizontal flips are used only
-    when the run's own training augmentation flipped."""
+    when the run's own training augmentation flipped.
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        fraction: share of the training labels kept, class-balanced, in (0, 1].
+        subset_file: a file naming the labelled training images instead (one index or file name a line).
+        dataset: data set name (default: the run's own).
+        root: its root (default: the run's own).
+        train_split: the split the labelled subset is drawn from.
+        test_split: the split reported once.
+        epochs: passes over the labelled subset.
+        min_steps: floor on optimiser steps (small subsets get more epochs).
+        lr: backbone learning rate, > 0.
+        head_lr: classifier learning rate, > 0.
+        weight_decay: L2 penalty, >= 0.
+        head_init: how the classifier starts ("linear": from the linear probe on the subset).
+        batch_size: images per step.
+        seed: seeds the subset, the augmentation and the order.
+        size: image size of the views.
+        device: where to run.
+        out: where the result goes.
+        progress: show progress bars.
+
+    Returns:
+        The :func:`~mmcr.evaluate.semi.finetune` result (top1/top5 and the linear probe's ``linear_top1``
+        on the same subset) plus dataset, subset, flip_p, step and ``json``.
+
+    Raises:
+        ValueError: a bad setting, model source, data set or subset index.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from mmcr.evaluate import run_semi
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data = pathlib.Path(tmp.name) / "tiny.npz"
+        >>> rng = np.random.default_rng(0)
+        >>> np.savez(data, x_train=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), y_train=np.arange(8) % 2,
+        ...          x_test=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.arange(4) % 2)
+        >>> result = run_semi("random:resnet_tiny:cifar", fraction=0.5, dataset="npz", root=str(data), epochs=1,
+        ...                   min_steps=1, batch_size=4, out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> result["n_labelled"], result["steps"], pathlib.Path(result["json"]).name
+        (4, 1, 'semi_npz-tiny_0.5.json')
+        >>> tmp.cleanup()
+    """
     destination("semi", source, out)  # a bad --out or setting is refused before any work
     _check_common(size, None, batch_size)
     if subset_file is None:
@@ -315,7 +438,49 @@ def run_transfer(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`)."""
+    """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`).
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        dataset: a key of :data:`~mmcr.evaluate.TRANSFER_DATASETS`.
+        root: the folder holding it in torchvision's layout (never downloaded).
+        size: image size (default: 224, or the native/64 px size for CIFAR-stem models).
+        weight_decays: candidate L2 penalties of the probe.
+        val_fraction: share of train carved out for validation where there is no official split.
+        seed: seeds the carved split.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers decoding the images.
+        device: where to run.
+        out: where the result goes.
+        progress: show progress bars.
+
+    Returns:
+        The :func:`~mmcr.evaluate.transfer_probe` result plus step and ``json``.
+
+    Raises:
+        ValueError: a bad setting, model source or data set.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from PIL import Image
+        >>> from mmcr.evaluate import run_transfer
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> dtd = pathlib.Path(tmp.name) / "dtd" / "dtd"  # a tiny two-class DTD in torchvision's layout
+        >>> (dtd / "labels").mkdir(parents=True)
+        >>> for cls, colour in [("blue", (0, 0, 255)), ("red", (255, 0, 0))]:
+        ...     (dtd / "images" / cls).mkdir(parents=True)
+        ...     for i in range(4):
+        ...         Image.new("RGB", (12, 12), colour).save(dtd / "images" / cls / f"{i}.png")
+        >>> for split, ids in [("train", "01"), ("val", "2"), ("test", "3")]:
+        ...     lines = [f"{cls}/{i}.png" for cls in ("blue", "red") for i in ids]
+        ...     _ = (dtd / "labels" / f"{split}1.txt").write_text("\\n".join(lines) + "\\n")
+        >>> result = run_transfer("random:resnet_tiny:cifar", "dtd", tmp.name, size=16, weight_decays=[1e-2],
+        ...                       out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> result["dataset"], result["n_test"], pathlib.Path(result["json"]).name
+        ('dtd', 2, 'transfer_dtd.json')
+        >>> tmp.cleanup()
+    """
     destination("transfer", source, out)  # a bad --out or setting is refused before any work
     _check_common(size, None, batch_size)
     _check_probe(weight_decays, val_fraction, seed)
@@ -340,7 +505,28 @@ def run_transfer(
 
 
 def run_export(source: str | Path, out: str | Path) -> dict:
-    """Export a model's backbone (see :mod:`mmcr.evaluate.export`)."""
+    """Export a model's backbone (see :mod:`mmcr.evaluate.export`).
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        out: a ``.pt``, ``.pth`` or ``.safetensors`` file path.
+
+    Returns:
+        The export's metadata (see :func:`~mmcr.evaluate.export_backbone`) plus ``path``.
+
+    Raises:
+        ValueError: a bad model source or file suffix.
+        RunFileError: ``out`` is a folder, the source, or a run's checkpoint or record.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from mmcr.evaluate import load_exported, run_export
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> meta = run_export("random:resnet_tiny:cifar", pathlib.Path(tmp.name) / "backbone.safetensors")
+        >>> meta["arch"], meta["cifar_stem"], type(load_exported(meta["path"])).__name__
+        ('resnet_tiny', True, 'SmallResNet')
+        >>> tmp.cleanup()
+    """
     check_export_path(out, source)
     model, model_src = _load_model(source)
     meta = export_backbone(model, model_src, out)
