@@ -6,6 +6,21 @@ different parameters needs a Python loop per view; these do the same arithmetic 
 at once. The formulas follow ``torchvision.transforms.v2.functional`` on float images (same grayscale
 weights, same clamping after every op, same HSV round trip), so a view made here equals the view
 torchvision makes from the same parameters up to float rounding.
+
+Colour ops work on planar batches (3, N, H, W) (see :func:`to_planar`), where each channel is one
+contiguous block, the layout the batched kernels are fastest on.
+
+Example:
+    >>> import torch
+    >>> import torchvision.transforms.v2.functional as TF
+    >>> from mmcr.augment import functional as AF
+    >>> _ = torch.manual_seed(0)
+    >>> images = torch.rand(4, 3, 8, 8)  # (N, 3, H, W) in [0, 1]
+    >>> factors = torch.tensor([0.5, 0.8, 1.2, 1.5])  # one per image
+    >>> out = AF.from_planar(AF.adjust_saturation(AF.to_planar(images), factors))
+    >>> reference = torch.stack([TF.adjust_saturation(im, float(f)) for im, f in zip(images, factors)])
+    >>> out.shape, torch.allclose(out, reference, atol=1e-6)
+    (torch.Size([4, 3, 8, 8]), True)
 """
 
 from __future__ import annotations

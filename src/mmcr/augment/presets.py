@@ -2,12 +2,25 @@
 
 ``PRESETS`` is the registry of training augmentation presets: a run config's ``augment.preset`` must
 name one of them, and ``augment.overrides`` may change any of their keys.
+
+Example:
+    >>> from mmcr.augment import CIFAR_MEAN, IMAGENET_STD, PRESETS, TRAIN_PRESETS
+    >>> TRAIN_PRESETS
+    ('cifar', 'stl10', 'byol')
+    >>> PRESETS["cifar"]["size"], PRESETS["cifar"]["mean"] == CIFAR_MEAN, PRESETS["byol"]["std"] == IMAGENET_STD
+    (32, True, True)
+    >>> PRESETS["byol"]["blur_p"]  # BYOL's asymmetric pair: per-view values for views A, B, A, B, ...
+    (1.0, 0.1)
 """
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+"""Per-channel (R, G, B) mean of the CIFAR-10 training images in [0, 1], the CIFAR preset's normalisation."""
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+"""Per-channel (R, G, B) standard deviation of the CIFAR-10 training images in [0, 1]."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel (R, G, B) ImageNet mean in [0, 1], the convention of torchvision and timm models."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""Per-channel (R, G, B) ImageNet standard deviation in [0, 1]."""
 
 _COMMON = dict(
     ratio=(3.0 / 4.0, 4.0 / 3.0),
@@ -71,4 +84,9 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
+"""Training augmentation presets by name ("cifar", "stl10", "byol"): crop size and scale, interpolation,
+colour jitter, grayscale, blur and solarisation probabilities, and normalisation. A value given as a tuple
+of probabilities applies per view in turn."""
+
 TRAIN_PRESETS = tuple(PRESETS)
+"""The preset names, in registry order (what ``augment.preset`` accepts)."""
