@@ -9,7 +9,7 @@ code without the trainer:
 Installed as the distribution ``mmcr-toolkit`` (``pip install mmcr-toolkit``); importing warns in one line
 when PyPI's unrelated ``mmcr`` package shares this folder (see :mod:`mmcr.distribution`).
 
-Example:
+Examples:
     >>> import torch
     >>> import mmcr
     >>> _ = torch.manual_seed(0)

@@ -160,7 +160,7 @@ def is_distributed() -> bool:
     Returns:
         Whether collectives are needed.
 
-    Example:
+    Examples:
         >>> from mmcr.objectives import is_distributed
         >>> is_distributed()  # a plain Python process
         False
@@ -174,7 +174,7 @@ def world_size() -> int:
     Returns:
         The world size W, e.g. to divide a loss when summing (not averaging) gradients over ranks.
 
-    Example:
+    Examples:
         >>> from mmcr.objectives import world_size
         >>> world_size()
         1
@@ -188,7 +188,7 @@ def rank() -> int:
     Returns:
         The rank r in [0, W), e.g. to find this rank's rows in a gathered batch (rows r*n to (r+1)*n).
 
-    Example:
+    Examples:
         >>> from mmcr.objectives import rank
         >>> rank()
         0
@@ -214,7 +214,7 @@ def all_gather_with_grad(x: torch.Tensor, check_sizes: bool = True) -> torch.Ten
     Raises:
         ValueError: with ``check_sizes``, the ranks passed different shapes.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.objectives import all_gather_with_grad
         >>> x = torch.ones(3, 2, requires_grad=True)

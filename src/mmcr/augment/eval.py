@@ -49,7 +49,7 @@ class EvalTransform:
         ValueError: a bad size, resize, interpolation or statistics; on call, images that are not uint8
             (B, 3, H, W).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.augment import CIFAR_MEAN, CIFAR_STD, EvalTransform
         >>> view = EvalTransform(size=24, resize=28, mean=CIFAR_MEAN, std=CIFAR_STD)

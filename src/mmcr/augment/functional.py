@@ -10,7 +10,7 @@ torchvision makes from the same parameters up to float rounding.
 Colour ops work on planar batches (3, N, H, W) (see :func:`to_planar`), where each channel is one
 contiguous block, the layout the batched kernels are fastest on.
 
-Example:
+Examples:
     >>> import torch
     >>> import torchvision.transforms.v2.functional as TF
     >>> from mmcr.augment import functional as AF

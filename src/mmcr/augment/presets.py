@@ -3,7 +3,7 @@
 ``PRESETS`` is the registry of training augmentation presets: a run config's ``augment.preset`` must
 name one of them, and ``augment.overrides`` may change any of their keys.
 
-Example:
+Examples:
     >>> from mmcr.augment import CIFAR_MEAN, IMAGENET_STD, PRESETS, TRAIN_PRESETS
     >>> TRAIN_PRESETS
     ('cifar', 'stl10', 'byol')

@@ -152,7 +152,7 @@ def run_knn(
         ValueError: a bad setting, model source or data set, or test classes the training split lacks.
         RunFileError: ``out`` would replace a run's checkpoint or record.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import numpy as np
         >>> from mmcr.evaluate import run_knn
@@ -241,7 +241,7 @@ def run_linear(
         ValueError: a bad setting, model source or data set.
         RunFileError: ``out`` would replace a run's checkpoint or record.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import numpy as np
         >>> from mmcr.evaluate import run_linear
@@ -355,7 +355,7 @@ def run_semi(
         ValueError: a bad setting, model source, data set or subset index.
         RunFileError: ``out`` would replace a run's checkpoint or record.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import numpy as np
         >>> from mmcr.evaluate import run_semi
@@ -461,7 +461,7 @@ def run_transfer(
         ValueError: a bad setting, model source or data set.
         RunFileError: ``out`` would replace a run's checkpoint or record.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> from PIL import Image
         >>> from mmcr.evaluate import run_transfer
@@ -518,7 +518,7 @@ def run_export(source: str | Path, out: str | Path) -> dict:
         ValueError: a bad model source or file suffix.
         RunFileError: ``out`` is a folder, the source, or a run's checkpoint or record.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> from mmcr.evaluate import load_exported, run_export
         >>> tmp = tempfile.TemporaryDirectory()

@@ -56,7 +56,7 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     Returns:
         ``{name: tensor}`` detached, contiguous CPU tensors.
 
-    Example:
+    Examples:
         >>> from mmcr.evaluate import backbone_state_dict
         >>> from mmcr.models import build_backbone
         >>> sd = backbone_state_dict(build_backbone("resnet18"))  # torchvision's keys, no "model." prefix
@@ -103,7 +103,7 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
         ValueError: out has another suffix.
         RunFileError: out is a folder, the model source, or a run's checkpoint or record.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> from mmcr.evaluate import export_backbone
         >>> from mmcr.models import load_pretrained
@@ -151,7 +151,7 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         ValueError: the file does not exist.
         InvalidCheckpointError: the file or its metadata cannot be read as an export.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> from mmcr.evaluate import export_backbone, read_exported
         >>> from mmcr.models import load_pretrained
@@ -207,7 +207,7 @@ def build_plain_model(arch: str, cifar_stem: bool = False, options: dict | None 
     Raises:
         ValueError: options for an architecture that takes none, or an unknown architecture.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import build_plain_model
         >>> model = build_plain_model("resnet18", cifar_stem=True)
@@ -240,7 +240,7 @@ def load_exported(path: str | Path) -> nn.Module:
     Raises:
         ValueError: the metadata names no architecture, or the weights do not fit it.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch
         >>> from mmcr.evaluate import export_backbone, load_exported
         >>> from mmcr.models import load_pretrained

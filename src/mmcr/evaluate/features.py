@@ -40,7 +40,7 @@ def eval_transform_for(
     Returns:
         An :class:`~mmcr.augment.EvalTransform`: uint8 (B, 3, H, W) -> float32 (B, 3, h, w).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import eval_transform_for
         >>> view = eval_transform_for(size=24)  # no run: ImageNet statistics, a 24 px centre crop
@@ -121,7 +121,7 @@ def extract_features(
     Raises:
         ValueError: batch_size < 1, no images, or fewer images than ranks.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import extract_features
         >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # mean colour
@@ -205,7 +205,7 @@ def dataset_features(
     Raises:
         ValueError: the split has no labelled images.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.data import ImageDataset
         >>> from mmcr.evaluate import dataset_features, eval_transform_for

@@ -83,7 +83,7 @@ def knn_scores(
     Raises:
         ValueError: mismatched shapes, k < 1, temperature <= 0, no training points, or labels outside 0..C-1.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import knn_scores
         >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -143,7 +143,7 @@ def knn_accuracy(
     Raises:
         ValueError: as :func:`knn_scores`, or test labels outside 0..C-1.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import knn_accuracy
         >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -175,7 +175,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float
     Raises:
         ValueError: N is 0.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import topk_accuracy
         >>> topk_accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))

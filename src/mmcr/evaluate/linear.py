@@ -42,7 +42,7 @@ class LogisticModel:
         weight_decay: the L2 penalty it was fitted with.
         iterations: L-BFGS iterations the fit took.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import LogisticModel
         >>> probe = LogisticModel(weight=torch.tensor([[1.0, 0.0], [0.0, 1.0]]), bias=torch.zeros(2),
@@ -78,7 +78,7 @@ def sklearn_C(weight_decay: float, n_samples: int) -> float:
     Returns:
         C = 1 / (weight_decay * N).
 
-    Example:
+    Examples:
         >>> from mmcr.evaluate import sklearn_C
         >>> sklearn_C(1e-2, 50)
         2.0
@@ -120,7 +120,7 @@ def fit_logistic(
     Raises:
         ValueError: feats is not (N >= 1, D) with matching labels, or weight_decay is negative.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import fit_logistic
         >>> _ = torch.manual_seed(0)
@@ -286,7 +286,7 @@ def linear_probe(
         ValueError: mismatched shapes, no candidates, a negative weight decay, val_fraction outside (0, 1),
             only one of val_feats/val_labels, or labels outside 0..C-1.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.evaluate import linear_probe
         >>> _ = torch.manual_seed(0)

@@ -63,7 +63,7 @@ def record_result(
     Raises:
         RunFileError: the path would replace a run's checkpoint or record, or leads through a link.
 
-    Example:
+    Examples:
         >>> import json, pathlib, tempfile
         >>> from mmcr.evaluate import record_result
         >>> tmp = tempfile.TemporaryDirectory()

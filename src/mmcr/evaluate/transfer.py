@@ -74,7 +74,7 @@ def transfer_dataset(name: str, root: str | Path, split: str, size: int):
     Raises:
         ValueError: unknown name, or the data set is not under root.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> from PIL import Image
         >>> from mmcr.evaluate import TRANSFER_DATASETS, transfer_dataset
@@ -143,7 +143,7 @@ def transfer_probe(
     Raises:
         ValueError: unknown name, or a split is not under root.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch
         >>> from PIL import Image
         >>> from mmcr.evaluate import transfer_probe

@@ -26,7 +26,7 @@ class PairSimilarity:
         same: (n_same,) upper-triangle entries of pairs with the same label (empty without labels).
         different: (n_different,) entries of pairs with different labels (all pairs without labels).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import PairSimilarity
         >>> sim = PairSimilarity(np.eye(3), same=np.array([0.5]), different=np.array([0.0, 0.25]))
@@ -86,7 +86,7 @@ def centroid_similarity(manifolds: Any, labels: Any = None, center: bool = False
     Raises:
         ValueError: labels do not have one entry per manifold.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import centroid_similarity
         >>> centres = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # P = 3 manifolds in N = 2
@@ -120,7 +120,7 @@ def subspace_alignment(manifolds: Any, labels: Any = None, n_components: int = 5
     Raises:
         ValueError: n_components < 1, or labels do not have one entry per manifold.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import subspace_alignment
         >>> t = np.array([-1.0, 0.0, 1.0])[:, None]
@@ -163,7 +163,7 @@ def principal_angles(a: Any, b: Any, n_components: int = 5) -> np.ndarray:
     Returns:
         (k,) angles in [0, pi/2], ascending, k = min(n_components, sizes).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import principal_angles
         >>> square = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
@@ -207,7 +207,7 @@ def gradient_coherence(
     Raises:
         ValueError: views is not 5-d, a name in ``params`` is unknown, or nothing requires grad.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import torch
         >>> from mmcr import MMCRLoss

@@ -57,7 +57,7 @@ class CapacityResult:
         center_subspace: (N, K) removed basis, or None.
         residual_correlation: mean |cosine| after removing rank 1, 2, ... (empty when not searched).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import manifold_capacity
         >>> points = np.eye(4, 10)[:, None, :]  # 4 single-point manifolds (P, M, N) = (4, 1, 10)
@@ -131,7 +131,7 @@ def manifold_capacity(
         ValueError: fewer than 2 manifolds, a negative margin, a centre at the global mean, t-vectors of the
             wrong shape, or ``correlated`` without the 3 manifolds and 2 centre dimensions it needs.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import manifold_capacity
         >>> rng = np.random.default_rng(0)
@@ -181,7 +181,7 @@ def capacity_vs_margin(
     Raises:
         ValueError: ``kappas`` is empty, or as :func:`manifold_capacity`.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import capacity_vs_margin
         >>> rng = np.random.default_rng(0)

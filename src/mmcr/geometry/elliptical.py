@@ -37,7 +37,7 @@ class EllipticalGeometry:
         centroid_nuclear_norm: ||C||_* of the (P, N) centres (MMCR's global term, uncentred input).
         mean_manifold_nuclear_norm: mean of ||Z_p||_* of the uncentred points (MMCR's local term).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import elliptical_geometry
         >>> geometry = elliptical_geometry(np.eye(2, 3)[:, None, :] + [[[0, 0, 0.5]], [[0, 0, -0.5]]])
@@ -89,7 +89,7 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
     Raises:
         ValueError: a manifold's centre coincides with the origin (the global mean when ``center``).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import elliptical_geometry
         >>> offsets = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])  # 2 points, +-1 along z

@@ -33,7 +33,7 @@ def center_correlation(centers: Any) -> float:
     Raises:
         ValueError: centers is not (P >= 2, N), or a centre coincides with the mean of all centres.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import center_correlation
         >>> round(center_correlation(np.eye(3)), 4)  # e_i - mean: pairwise cosine -1/2
@@ -187,7 +187,7 @@ def find_center_subspace(
     Raises:
         ValueError: fewer than 3 centres, n_reps < 1, or centres spanning fewer than 2 dimensions.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import find_center_subspace
         >>> rng = np.random.default_rng(0)

@@ -77,7 +77,7 @@ def nnls_gram(
     Raises:
         ValueError: gram is not (P, m, m), or rhs / init do not match it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.geometry import nnls_gram
         >>> A = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)

@@ -32,7 +32,7 @@ class PredictivityResult:
         method: "pls" or "ridge".
         n_splits: number of train/test splits.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import neural_predictivity
         >>> rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def split_half_ceiling(repeats: Any, n_splits: int = 10, seed: int | None = 0) -
     Raises:
         ValueError: repeats is not 3-d with at least 2 repetitions.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import split_half_ceiling
         >>> rng = np.random.default_rng(0)
@@ -142,7 +142,7 @@ def neural_predictivity(
     Raises:
         ValueError: the shapes do not match as above, or method is neither "pls" nor "ridge".
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import neural_predictivity
         >>> rng = np.random.default_rng(0)

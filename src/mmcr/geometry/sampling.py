@@ -42,7 +42,7 @@ class FiniteSampleResult:
         center_subspace_rank: rank removed in the correlated variant (0 otherwise).
         max_points: M, the smallest manifold's point count.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import FiniteSampleResult
         >>> values = np.array([[1.0, 1.5], [0.5, 0.5]])  # (len(points), repeats)
@@ -138,7 +138,7 @@ def capacity_vs_points(
         ValueError: manifolds of fewer than 2 points (without ``points``), sizes outside 1..min M_i, or
             repeats not a positive integer.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import capacity_vs_points
         >>> manifolds = np.random.default_rng(0).standard_normal((3, 4, 8)) + 3 * np.eye(3, 8)[:, None, :]

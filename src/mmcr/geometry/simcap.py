@@ -38,7 +38,7 @@ class SimCapResult:
         n_rep: random dichotomies per dimension.
         seed: the seed used.
 
-    Example:
+    Examples:
         >>> from mmcr.geometry import SimCapResult
         >>> SimCapResult(capacity=0.8, n_critical=5.0, n_values=[4, 6], p_values=[0.0, 1.0]).to_dict()["n_rep"]
         20
@@ -78,7 +78,7 @@ def is_separable(points: np.ndarray, labels: np.ndarray) -> bool:
     Raises:
         ValueError: the shapes do not match, or a label is neither -1 nor +1.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import is_separable
         >>> corners = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
@@ -185,7 +185,7 @@ def simulated_capacity(
     Raises:
         ValueError: n_rep < 1, or max_dim outside 1..N.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import simulated_capacity
         >>> manifolds = np.random.default_rng(0).standard_normal((4, 3, 20))  # (P, M, N)

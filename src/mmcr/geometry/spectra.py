@@ -30,7 +30,7 @@ def eigenspectrum(features: Any) -> np.ndarray:
     Raises:
         ValueError: features is neither 1-d nor (n_samples >= 2, n_features).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import eigenspectrum
         >>> x = np.random.default_rng(0).standard_normal((50, 4)) * [4.0, 2.0, 1.0, 0.5]
@@ -65,7 +65,7 @@ def participation_ratio(features: Any) -> float:
     Raises:
         ValueError: the features have zero variance.
 
-    Example:
+    Examples:
         >>> from mmcr.geometry import participation_ratio
         >>> participation_ratio([1.0, 1.0, 1.0, 1.0])  # four equal directions
         4.0
@@ -93,7 +93,7 @@ def effective_rank(features: Any) -> float:
     Raises:
         ValueError: the features have zero variance.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import effective_rank
         >>> round(effective_rank([1.0, 1.0, 1.0, 1.0]), 4)
@@ -123,7 +123,7 @@ class PowerLawFit:
         spectrum: (n,) the descending eigenvalues.
         fitted: (n,) the fitted power law at every rank.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import power_law_exponent
         >>> fit = power_law_exponent(np.arange(1, 51) ** -2.0, fit_range=(1, 50))
@@ -157,7 +157,7 @@ def power_law_exponent(features: Any, fit_range: tuple[int, int] = (11, 500)) ->
     Raises:
         ValueError: fit_range is not 1 <= first <= last, or fewer than 3 positive eigenvalues fall in it.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import power_law_exponent
         >>> fit = power_law_exponent(np.arange(1, 101) ** -1.5, fit_range=(1, 100))  # an exact power law

@@ -55,7 +55,7 @@ def build_objective(name: str, **kwargs) -> nn.Module:
     Raises:
         ValueError: unknown objective name, or an argument the objective does not accept.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.objectives import OBJECTIVES, build_objective
         >>> sorted(OBJECTIVES)

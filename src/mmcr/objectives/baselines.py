@@ -72,7 +72,7 @@ class SimCLRLoss(nn.Module):
         ValueError: temperature is not positive and finite; on call, z is not (B, k >= 2, d) floating point or
             holds NaN/Inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr import SimCLRLoss
         >>> _ = torch.manual_seed(0)
@@ -142,7 +142,7 @@ class BarlowTwinsLoss(nn.Module):
         ValueError: lambda_offdiag is negative or not finite; on call, z is not (B >= 2, k >= 2, d) floating
             point or holds NaN/Inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr import BarlowTwinsLoss
         >>> _ = torch.manual_seed(0)
@@ -211,7 +211,7 @@ class VICRegLoss(nn.Module):
         ValueError: a coefficient is negative or not finite; on call, z is not (B >= 2, k >= 2, d) floating
             point or holds NaN/Inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr import VICRegLoss
         >>> _ = torch.manual_seed(0)

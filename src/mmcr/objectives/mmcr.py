@@ -118,7 +118,7 @@ def effective_rank_from_singular_values(sigma: torch.Tensor) -> torch.Tensor:
     Returns:
         (...) effective ranks, between 1 and r (0 where all singular values are 0).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.objectives import effective_rank_from_singular_values
         >>> round(effective_rank_from_singular_values(torch.ones(4)).item(), 4)  # 4 equal values
@@ -170,7 +170,7 @@ class MMCRLoss(nn.Module):
         ValueError: lmbda is negative or not finite; on call, z is not (B, k, d) floating point, z_momentum's
             shape differs, or an input holds NaN/Inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr import MMCRLoss
         >>> _ = torch.manual_seed(0)

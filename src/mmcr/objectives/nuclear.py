@@ -540,7 +540,7 @@ def nuclear_norm_with_singular_values(
     Raises:
         ValueError: x is not a real floating-point tensor of shape (..., m, n), or holds NaN/Inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.objectives import nuclear_norm_with_singular_values
         >>> value, sigma = nuclear_norm_with_singular_values(torch.diag(torch.tensor([3.0, 1.0, 2.0])))
@@ -572,7 +572,7 @@ def nuclear_norm(x: torch.Tensor, method: str = "auto", *, dtype: torch.dtype | 
     Raises:
         ValueError: x is not a real floating-point tensor of shape (..., m, n), or holds NaN/Inf.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mmcr.objectives import nuclear_norm
         >>> x = torch.diag(torch.tensor([3.0, 2.0, 1.0])).requires_grad_()
