@@ -244,6 +244,7 @@ def load_exported(path: str | Path) -> nn.Module:
         >>> import pathlib, tempfile, torch
         >>> from mmcr.evaluate import export_backbone, load_exported
         >>> from mmcr.models import load_pretrained
+        >>> _ = torch.manual_seed(0)
         >>> backbone, source = load_pretrained("random:resnet_tiny")
         >>> tmp = tempfile.TemporaryDirectory()
         >>> path = pathlib.Path(tmp.name) / "backbone.safetensors"

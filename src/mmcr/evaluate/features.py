@@ -124,6 +124,7 @@ def extract_features(
     Examples:
         >>> import torch
         >>> from mmcr.evaluate import extract_features
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # mean colour
         >>> images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
         >>> feats, labels = extract_features(model, images, labels=torch.arange(5), batch_size=2, device="cpu")
@@ -209,6 +210,7 @@ def dataset_features(
         >>> import torch
         >>> from mmcr.data import ImageDataset
         >>> from mmcr.evaluate import dataset_features, eval_transform_for
+        >>> _ = torch.manual_seed(0)
         >>> images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
         >>> ds = ImageDataset(images, torch.tensor([0, 1, -1, 0, 1, 1]), classes=["a", "b"])  # -1: unlabelled
         >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())

@@ -297,6 +297,9 @@ def linear_probe(
         >>> result = linear_probe(train, train_labels, test, test_labels, weight_decays=[1e-2, 1e-4])
         >>> result["top1"], result["weight_decay"], result["val_source"], result["n_train"]
         (100.0, 0.01, 'carved', 40)
+        >>> from mmcr.evaluate import DEFAULT_WEIGHT_DECAYS  # the candidates when none are given
+        >>> DEFAULT_WEIGHT_DECAYS
+        (0.1, 0.01, 0.001, 0.0001, 1e-05, 1e-06)
     """
     t0 = time.perf_counter()
     train_feats = _check_probe_inputs(train_feats, train_labels, weight_decays, seed, val_feats, val_labels,

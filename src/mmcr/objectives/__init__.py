@@ -58,6 +58,7 @@ def build_objective(name: str, **kwargs) -> nn.Module:
     Examples:
         >>> import torch
         >>> from mmcr.objectives import OBJECTIVES, build_objective
+        >>> _ = torch.manual_seed(0)
         >>> sorted(OBJECTIVES)
         ['barlow_twins', 'infonce', 'mmcr', 'simclr', 'vicreg']
         >>> build_objective("Barlow-Twins", lambda_offdiag=0.005)
