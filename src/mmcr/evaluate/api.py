@@ -126,17 +126,14 @@ def run_knn(
 ) -> dict:
     """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits.
 
-    ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
-    pretraining summary used), else 200 and 0.1.
-
     Args:
         source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
         dataset: data set name for :func:`mmcr.data.load_dataset` (default: the run's own).
         root: its root (default: the run's own, for the run's data set).
         train_split: the split the neighbours come from.
         test_split: the split that is scored.
-        k: neighbours per test image.
-        temperature: T of the vote weights, > 0.
+        k: neighbours per test image (default: the run's ``eval.knn_k``, as its pretraining summary; else 200).
+        temperature: T of the vote weights, > 0 (default: the run's ``eval.knn_temperature``, else 0.1).
         size: centre-crop size of the eval view (default: the run's or the images' own).
         resize: short-side resize before the crop.
         batch_size: images per forward pass.
@@ -145,8 +142,7 @@ def run_knn(
         progress: show progress bars.
 
     Returns:
-        ``top1``/``top5`` (percent), dataset, k, temperature, n_train, n_test, step and ``json`` (the path
-        of the recorded result).
+        ``top1``/``top5`` (percent), dataset, k, temperature, n_train, n_test, step, ``json`` (the result file).
 
     Raises:
         ValueError: a bad setting, model source or data set, or test classes the training split lacks.
@@ -157,12 +153,9 @@ def run_knn(
         >>> import numpy as np
         >>> from mmcr.evaluate import run_knn
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> data = pathlib.Path(tmp.name) / "tiny.npz"
-        >>> rng = np.random.default_rng(0)
-        >>> np.savez(data, x_train=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), y_train=np.arange(8) % 2,
-        ...          x_test=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.arange(4) % 2)
-        >>> result = run_knn("random:resnet_tiny:cifar", dataset="npz", root=str(data), k=3,
-        ...                  out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
+        >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
+        >>> result = run_knn("random:resnet_tiny:cifar", "npz", str(data), k=3, out=tmp.name, progress=False)
         >>> result["n_train"], result["n_test"], pathlib.Path(result["json"]).name
         (8, 4, 'knn_npz-tiny.json')
         >>> tmp.cleanup()
@@ -246,12 +239,10 @@ def run_linear(
         >>> import numpy as np
         >>> from mmcr.evaluate import run_linear
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> data = pathlib.Path(tmp.name) / "tiny.npz"
-        >>> rng = np.random.default_rng(0)
-        >>> np.savez(data, x_train=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), y_train=np.arange(8) % 2,
-        ...          x_test=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.arange(4) % 2)
-        >>> result = run_linear("random:resnet_tiny:cifar", dataset="npz", root=str(data), weight_decays=[1e-2],
-        ...                     val_fraction=0.5, out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
+        >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
+        >>> result = run_linear("random:resnet_tiny:cifar", "npz", str(data), weight_decays=[1e-2], val_fraction=0.5,
+        ...                     out=tmp.name, progress=False)
         >>> result["weight_decay"], result["feature_dim"], pathlib.Path(result["json"]).name
         (0.01, 64, 'linear_npz-tiny.json')
         >>> tmp.cleanup()
@@ -360,12 +351,10 @@ def run_semi(
         >>> import numpy as np
         >>> from mmcr.evaluate import run_semi
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> data = pathlib.Path(tmp.name) / "tiny.npz"
-        >>> rng = np.random.default_rng(0)
-        >>> np.savez(data, x_train=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), y_train=np.arange(8) % 2,
-        ...          x_test=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.arange(4) % 2)
-        >>> result = run_semi("random:resnet_tiny:cifar", fraction=0.5, dataset="npz", root=str(data), epochs=1,
-        ...                   min_steps=1, batch_size=4, out=pathlib.Path(tmp.name) / "eval", progress=False)
+        >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
+        >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
+        >>> result = run_semi("random:resnet_tiny:cifar", 0.5, dataset="npz", root=str(data), epochs=1, min_steps=1,
+        ...                   batch_size=4, out=tmp.name, progress=False)
         >>> result["n_labelled"], result["steps"], pathlib.Path(result["json"]).name
         (4, 1, 'semi_npz-tiny_0.5.json')
         >>> tmp.cleanup()

@@ -106,7 +106,7 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
     Examples:
         >>> import pathlib, tempfile
         >>> from mmcr.evaluate import export_backbone
-        >>> from mmcr.models import load_pretrained
+        >>> from mmcr.evaluate import load_pretrained
         >>> backbone, source = load_pretrained("random:resnet_tiny")
         >>> tmp = tempfile.TemporaryDirectory()
         >>> meta = export_backbone(backbone, source, pathlib.Path(tmp.name) / "backbone.pt")
@@ -154,7 +154,7 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     Examples:
         >>> import pathlib, tempfile
         >>> from mmcr.evaluate import export_backbone, read_exported
-        >>> from mmcr.models import load_pretrained
+        >>> from mmcr.evaluate import load_pretrained
         >>> backbone, source = load_pretrained("random:resnet_tiny")
         >>> tmp = tempfile.TemporaryDirectory()
         >>> path = pathlib.Path(tmp.name) / "backbone.safetensors"
@@ -243,7 +243,7 @@ def load_exported(path: str | Path) -> nn.Module:
     Examples:
         >>> import pathlib, tempfile, torch
         >>> from mmcr.evaluate import export_backbone, load_exported
-        >>> from mmcr.models import load_pretrained
+        >>> from mmcr.evaluate import load_pretrained
         >>> _ = torch.manual_seed(0)
         >>> backbone, source = load_pretrained("random:resnet_tiny")
         >>> tmp = tempfile.TemporaryDirectory()

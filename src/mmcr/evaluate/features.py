@@ -95,25 +95,19 @@ def extract_features(
     description: str = "features",
     dist_info: DistInfo | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features of ``model`` (in eval mode) for every image.
-
-    ``images`` is a uint8 tensor (N, 3, H, W) or an iterable of batches (uint8 tensors or
-    ``(images, labels)`` pairs, e.g. a DataLoader). ``transform`` maps a uint8 batch on the device to a
-    float batch (default: ``EvalTransform()``). Returns ``(features float32 (N, D) on CPU, labels int64
-    (N,) or None)``. Random transforms give one augmented pass per call. With ``dist_info`` of several
-    ranks, a tensor of images is split into contiguous shards, each rank extracts its own and every
-    rank returns all features in the original order (an iterable is taken as this rank's shard).
+    """Features of ``model`` (in eval mode) for every image; random transforms give one augmented pass per call.
 
     Args:
         model: maps a float batch (B, 3, h, w) to (B, D) features (or anything flattened to that).
-        images: uint8 (N, 3, H, W), or an iterable of batches.
+        images: uint8 (N, 3, H, W), or an iterable of batches (uint8 tensors or ``(images, labels)``).
         labels: (N,) labels to pass through with a tensor of images.
         transform: uint8 batch -> float batch on the device (default ``EvalTransform()``).
         batch_size: images per forward pass, >= 1.
         device: where the model runs (default: the best available).
         progress: show a progress bar.
         description: the progress bar's label.
-        dist_info: the process group's :class:`~mmcr.distributed.DistInfo`, to shard over ranks.
+        dist_info: a :class:`~mmcr.distributed.DistInfo` of several ranks: each extracts a contiguous shard of a
+            tensor of images (an iterable is its own shard) and every rank returns all features, in order.
 
     Returns:
         ``(features, labels)``: float32 (N, D) on the CPU, and int64 (N,) labels or None.
@@ -124,12 +118,10 @@ def extract_features(
     Examples:
         >>> import torch
         >>> from mmcr.evaluate import extract_features
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # mean colour
-        >>> images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+        >>> model, images = torch.nn.Flatten(), torch.full((5, 3, 4, 4), 128, dtype=torch.uint8)
         >>> feats, labels = extract_features(model, images, labels=torch.arange(5), batch_size=2, device="cpu")
         >>> feats.shape, feats.dtype, labels.tolist()
-        (torch.Size([5, 3]), torch.float32, [0, 1, 2, 3, 4])
+        (torch.Size([5, 48]), torch.float32, [0, 1, 2, 3, 4])
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

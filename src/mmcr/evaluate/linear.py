@@ -99,10 +99,6 @@ def fit_logistic(
 ) -> LogisticModel:
     """Fit the L2-regularised multinomial logistic regression by full-batch L-BFGS.
 
-    ``tol`` bounds the largest gradient entry at convergence (scikit-learn's ``tol`` means the same on
-    the same mean-scaled objective). ``standardize`` z-scores each feature with this fit's statistics.
-    ``init`` warm-starts from another fit (used along a regularisation path).
-
     Args:
         feats: (N, D) training features.
         labels: (N,) class indices.
@@ -110,8 +106,8 @@ def fit_logistic(
         num_classes: C (default: the largest label + 1).
         standardize: z-score each feature with this fit's mean and standard deviation.
         max_iter: L-BFGS iteration cap.
-        tol: largest gradient entry at convergence.
-        init: a fitted :class:`LogisticModel` to start from.
+        tol: bound on the largest gradient entry at convergence (scikit-learn's ``tol`` on the same objective).
+        init: a fitted :class:`LogisticModel` to warm-start from (used along a regularisation path).
         device: where to fit (default: feats' device).
 
     Returns:
@@ -123,12 +119,11 @@ def fit_logistic(
     Examples:
         >>> import torch
         >>> from mmcr.evaluate import fit_logistic
-        >>> _ = torch.manual_seed(0)
         >>> labels = torch.arange(40) % 2
-        >>> feats = torch.randn(40, 4) * 0.3 + 2.0 * labels[:, None]  # two separated clusters, (N, D)
+        >>> feats = torch.stack([2.0 * labels, torch.linspace(-1, 1, 40)], 1)  # (N, D): class 1 at x = 2
         >>> probe = fit_logistic(feats, labels, weight_decay=1e-3)
         >>> probe.weight.shape, bool((probe.predict(feats) == labels).all())
-        (torch.Size([2, 4]), True)
+        (torch.Size([2, 2]), True)
     """
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
         raise ValueError(f"need feats (N, D) and labels (N,), got {tuple(feats.shape)} and {tuple(labels.shape)}")

@@ -125,16 +125,15 @@ def neural_predictivity(
 
     Args:
         features: (n_stimuli, n_features) model features.
-        responses: (n_stimuli, n_neuroids) mean responses, or (n_repeats, n_stimuli, n_neuroids) single
-            repetitions (averaged for the fit and used for the split-half ceiling).
+        responses: (n_stimuli, n_neuroids) means, or (n_repeats, n_stimuli, n_neuroids) (averaged; the ceiling).
         labels: optional (n_stimuli,) categories to stratify the splits by.
-        method: "pls" (PLS regression, ``n_components``) or "ridge" (RidgeCV over ``alphas``).
+        method: "pls" (PLS regression) or "ridge" (RidgeCV).
+        n_components: PLS components (capped by the training stimuli and features).
+        alphas: ridge strengths RidgeCV chooses from (default 1e-3 to 1e5, 17 log-spaced).
         n_splits: repeated random train/test splits of the stimuli.
         test_size: fraction of the stimuli held out in each split.
         seed: seeds the splits and the ceiling's halvings.
-        standardize: z-score each feature on the training stimuli (default); False only centres them, so that
-            principal-component scores keep their variances (Brain-Score's layer selection: PCA, then PLS with
-            ``scale=False``).
+        standardize: z-score features on the training stimuli; False only centres them (PCA scores keep variances).
 
     Returns:
         :class:`PredictivityResult` (with a ceiling when ``responses`` holds repetitions).
@@ -145,10 +144,8 @@ def neural_predictivity(
     Examples:
         >>> import numpy as np
         >>> from mmcr.geometry import neural_predictivity
-        >>> rng = np.random.default_rng(0)
-        >>> features = rng.standard_normal((60, 5))  # (n_stimuli, n_features)
-        >>> signal = features @ rng.standard_normal((5, 3))  # responses linear in the features
-        >>> repeats = signal + 0.5 * rng.standard_normal((4, 60, 3))  # (n_repeats, n_stimuli, n_neuroids)
+        >>> features = np.random.default_rng(0).standard_normal((60, 5))  # (n_stimuli, n_features)
+        >>> repeats = features[:, :3] + 0.5 * np.random.default_rng(1).standard_normal((4, 60, 3))  # (4, 60, 3)
         >>> result = neural_predictivity(features, repeats, method="ridge", n_splits=3)
         >>> bool(result.score > 0.9), bool(result.ceiling > 0.9), result.per_neuroid.shape
         (True, True, (3,))
