@@ -547,7 +547,27 @@ def sample_crop_boxes(
 
 
 def check_images(images: torch.Tensor) -> torch.Tensor:
-    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError."""
+    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError; every
+    augmentation and eval view checks its input here, so a float or channels-last batch fails clearly.
+
+    Args:
+        images: the batch to check.
+
+    Returns:
+        The batch as (B, 3, H, W) uint8 (a grey batch expanded without a copy).
+
+    Raises:
+        ValueError: not a 4-d uint8 tensor with 1 or 3 channels, or an empty batch.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment import check_images
+        >>> check_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape
+        torch.Size([2, 3, 8, 8])
+        >>> check_images(torch.zeros(2, 3, 8, 8))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: expected uint8 images, got torch.float32; convert with (x * 255).round().byte()
+    """
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")
