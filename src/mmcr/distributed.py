@@ -153,17 +153,46 @@ def _convert_global(module: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------ collectives with gradient
 def is_distributed() -> bool:
-    """True when torch.distributed is available, initialised, and has more than one rank."""
+    """True when torch.distributed is available, initialised, and has more than one rank.
+
+    The objectives gather across ranks only then, so the same code runs in one process and under torchrun.
+
+    Returns:
+        Whether collectives are needed.
+
+    Examples:
+        >>> from mmcr.objectives import is_distributed
+        >>> is_distributed()  # a plain Python process
+        False
+    """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
-    """Number of ranks in the default process group (1 when not distributed)."""
+    """Number of ranks in the default process group (1 when not distributed).
+
+    Returns:
+        The world size W, e.g. to divide a loss when summing (not averaging) gradients over ranks.
+
+    Examples:
+        >>> from mmcr.objectives import world_size
+        >>> world_size()
+        1
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
-    """This process's rank in the default process group (0 when not distributed)."""
+    """This process's rank in the default process group (0 when not distributed).
+
+    Returns:
+        The rank r in [0, W), e.g. to find this rank's rows in a gathered batch (rows r*n to (r+1)*n).
+
+    Examples:
+        >>> from mmcr.objectives import rank
+        >>> rank()
+        0
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -173,6 +202,24 @@ def all_gather_with_grad(x: torch.Tensor, check_sizes: bool = True) -> torch.Ten
     Without an initialised multi-rank group this returns x unchanged. All ranks must pass the same shape
     (use drop_last=True in the loader); ``check_sizes`` verifies that with one tiny collective and raises a
     ValueError naming every rank's size instead of hanging or corrupting the gather.
+
+    Args:
+        x: (n, ...) this rank's tensor; the same shape on every rank.
+        check_sizes: verify the shapes agree across ranks first (one small collective).
+
+    Returns:
+        (W*n, ...) the tensors of all ranks in rank order; its backward sums what every rank sends back to
+        each block (see the module docstring for the resulting gradient convention).
+
+    Raises:
+        ValueError: with ``check_sizes``, the ranks passed different shapes.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.objectives import all_gather_with_grad
+        >>> x = torch.ones(3, 2, requires_grad=True)
+        >>> all_gather_with_grad(x) is x  # one process: x itself, graph intact
+        True
     """
     if not is_distributed():
         return x

@@ -34,7 +34,32 @@ def _size(value, name: str) -> tuple[int, int] | None:
 
 class EvalTransform:
     """Resize (optional) + centre crop (optional) + normalise; ImageNet statistics by default (the
-    convention of torchvision/timm models); runs carry their own through ``from_config``."""
+    convention of torchvision/timm models); runs carry their own through ``from_config``.
+
+    Call it on uint8 images (B, 3, H, W) to get float32 (B, 3, h, w), on the images' device.
+
+    Args:
+        size: centre-crop size, an int or (height, width); None keeps the (resized) size.
+        resize: resize the short side to this many pixels first; None keeps it.
+        mean: 3 per-channel means of images in [0, 1].
+        std: 3 per-channel standard deviations (> 0).
+        interpolation: "bilinear" or "bicubic" (antialiased).
+
+    Raises:
+        ValueError: a bad size, resize, interpolation or statistics; on call, images that are not uint8
+            (B, 3, H, W).
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment import CIFAR_MEAN, CIFAR_STD, EvalTransform
+        >>> view = EvalTransform(size=24, resize=28, mean=CIFAR_MEAN, std=CIFAR_STD)
+        >>> out = view(torch.full((2, 3, 32, 40), 128, dtype=torch.uint8))
+        >>> out.shape, out.dtype
+        (torch.Size([2, 3, 24, 24]), torch.float32)
+        >>> expected = (128 / 255 - torch.tensor(CIFAR_MEAN)) / torch.tensor(CIFAR_STD)  # a flat image
+        >>> torch.allclose(out[0, :, 0, 0], expected, atol=1e-5)
+        True
+    """
 
     def __init__(
         self,
@@ -58,6 +83,7 @@ class EvalTransform:
 
     @property
     def config(self) -> dict:
+        """The settings as a JSON-ready dict (size, resize, mean, std, interpolation)."""
         return {"size": None if self.size is None else list(self.size), "resize": self.resize,
                 "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
 
@@ -65,6 +91,7 @@ class EvalTransform:
         return f"EvalTransform(size={self.size}, resize={self.resize}, mean={self.mean}, std={self.std})"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalised float32 (B, 3, h, w)."""
         x = check_images(images).to(torch.float32).mul_(1.0 / 255.0)
         mode = _MODES[self.interpolation]
         if self.resize is not None:

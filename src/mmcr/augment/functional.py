@@ -6,6 +6,21 @@ different parameters needs a Python loop per view; these do the same arithmetic 
 at once. The formulas follow ``torchvision.transforms.v2.functional`` on float images (same grayscale
 weights, same clamping after every op, same HSV round trip), so a view made here equals the view
 torchvision makes from the same parameters up to float rounding.
+
+Colour ops work on planar batches (3, N, H, W) (see :func:`to_planar`), where each channel is one
+contiguous block, the layout the batched kernels are fastest on.
+
+Examples:
+    >>> import torch
+    >>> import torchvision.transforms.v2.functional as TF
+    >>> from mmcr.augment import functional as AF
+    >>> _ = torch.manual_seed(0)
+    >>> images = torch.rand(4, 3, 8, 8)  # (N, 3, H, W) in [0, 1]
+    >>> factors = torch.tensor([0.5, 0.8, 1.2, 1.5])  # one per image
+    >>> out = AF.from_planar(AF.adjust_saturation(AF.to_planar(images), factors))
+    >>> reference = torch.stack([TF.adjust_saturation(im, float(f)) for im, f in zip(images, factors)])
+    >>> out.shape, torch.allclose(out, reference, atol=1e-6)
+    (torch.Size([4, 3, 8, 8]), True)
 """
 
 from __future__ import annotations
@@ -28,6 +43,18 @@ class Workspace:
     to the OS between calls; with 40 views per image the ops below would spend more time there than
     computing. Passing a Workspace makes them write their temporaries into buffers kept across calls.
     Not thread-safe: one Workspace per augmentation object (and thread).
+
+    Call it as ``ws(key, shape, dtype, device)`` for a tensor of that shape viewing the buffer of ``key``
+    (its contents are undefined; it stays valid until the next call with the same key).
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import Workspace
+        >>> ws = Workspace()
+        >>> a = ws("tmp", (2, 3), torch.float32, "cpu")
+        >>> b = ws("tmp", (2, 2), torch.float32, "cpu")  # smaller: the same memory again
+        >>> a.shape, b.shape, a.data_ptr() == b.data_ptr()
+        (torch.Size([2, 3]), torch.Size([2, 2]), True)
     """
 
     def __init__(self):
@@ -42,6 +69,7 @@ class Workspace:
         return buf[:n].view(tuple(shape))
 
     def clear(self) -> None:
+        """Drop every buffer (frees the memory)."""
         self._bufs.clear()
 
 
@@ -83,6 +111,28 @@ def resize_weights(
     crop border. Written by hand because torch offers no crop-and-resize with a different box per
     image; a matrix per axis turns all views' crops and resizes into two batched matmuls. Only the
     few taps inside each kernel's support are evaluated, then scattered into the dense matrix.
+
+    Args:
+        start: (N,) first input pixel of each crop along this axis.
+        length: (N,) crop lengths in input pixels.
+        out_size: output pixels along this axis.
+        in_size: input pixels along this axis.
+        interpolation: "bilinear" or "bicubic".
+        dtype: dtype of the matrices.
+        flip: (N,) bool, mirror these views' output.
+
+    Returns:
+        (N, out_size, in_size) matrices; row i holds the weights of output pixel i.
+
+    Raises:
+        ValueError: an unknown interpolation.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import resize_weights
+        >>> w = resize_weights(torch.zeros(1), torch.full((1,), 4.0), out_size=4, in_size=4)
+        >>> w.shape, torch.allclose(w[0], torch.eye(4, dtype=torch.float64))  # whole axis, same size
+        (torch.Size([1, 4, 4]), True)
     """
     if interpolation not in _TAPS:
         raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
@@ -122,6 +172,25 @@ def crop_resize(
     is one matmul per source image covering all its views, the column pass one matmul per view; the
     channel axis rides inside the matrices, so no per-view copy of the source image is made.
     With ``ws`` the result lives in the workspace (valid until the next call using it).
+
+    Raises:
+        ValueError: the number of views is not a multiple of the number of images.
+
+    Examples:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from mmcr.augment.functional import crop_resize, resize_weights
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+        >>> whole = dict(start=torch.zeros(2), length=torch.full((2,), 8.0), out_size=4, in_size=8, dtype=torch.float32)
+        >>> wy = resize_weights(**whole)
+        >>> wx = resize_weights(**whole, flip=torch.tensor([False, True]))  # 2 views, the second mirrored
+        >>> views = crop_resize(images, wy, wx, scale=1 / 255)  # planar (3, 2, 4, 4)
+        >>> reference = F.interpolate(images / 255, size=4, mode="bilinear", antialias=True)[0]
+        >>> views.shape, torch.allclose(views[:, 0], reference, atol=1e-5)
+        (torch.Size([3, 2, 4, 4]), True)
+        >>> torch.allclose(views[:, 1], reference.flip(-1), atol=1e-5)
+        True
     """
     m, c, h_in, w_in = images.shape
     n, h, _ = wy.shape
@@ -141,7 +210,16 @@ def crop_resize(
 
 
 def gather_views(planar: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """planar[:, idx] for a (C, N, ...) batch; per-channel 2-D gathers are torch's fastest CPU path."""
+    """planar[:, idx] for a (C, N, ...) batch; per-channel 2-D gathers are torch's fastest CPU path.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import gather_views
+        >>> _ = torch.manual_seed(0)
+        >>> planar = torch.rand(3, 4, 2, 2)
+        >>> torch.equal(gather_views(planar, torch.tensor([2, 0])), planar[:, [2, 0]])
+        True
+    """
     c, n = planar.shape[:2]
     flat = planar.reshape(c, n, -1)
     if out is None:
@@ -153,7 +231,16 @@ def gather_views(planar: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | No
 
 
 def scatter_views(planar: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
-    """planar[:, idx] = values, in place."""
+    """planar[:, idx] = values, in place.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import scatter_views
+        >>> planar = torch.ones(3, 4, 2, 2)
+        >>> scatter_views(planar, torch.tensor([1, 3]), torch.zeros(3, 2, 2, 2))
+        >>> planar[0, :, 0, 0].tolist()
+        [1.0, 0.0, 1.0, 0.0]
+    """
     c, n = planar.shape[:2]
     flat = planar.view(c, n, -1)
     vals = values.reshape(c, idx.numel(), -1)
@@ -166,14 +253,24 @@ def scatter_views(planar: torch.Tensor, idx: torch.Tensor, values: torch.Tensor)
 
 
 def to_planar(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> contiguous (3, N, H, W)."""
+    """(N, 3, H, W) -> contiguous (3, N, H, W), the layout of the colour ops.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import from_planar, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.rand(4, 3, 8, 8)
+        >>> planar = to_planar(images)
+        >>> planar.shape, planar.is_contiguous(), torch.equal(from_planar(planar), images)
+        (torch.Size([3, 4, 8, 8]), True, True)
+    """
     out = torch.empty((images.shape[1], images.shape[0], *images.shape[2:]), dtype=images.dtype, device=images.device)
     out.copy_(images.transpose(0, 1))
     return out
 
 
 def from_planar(planar: torch.Tensor) -> torch.Tensor:
-    """(3, N, H, W) -> contiguous (N, 3, H, W)."""
+    """(3, N, H, W) -> contiguous (N, 3, H, W), the inverse of :func:`to_planar`."""
     return to_planar(planar)
 
 
@@ -183,7 +280,17 @@ def _per_image(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def grayscale(planar: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Luma plane (N, H, W) with torchvision's ITU-R 601-2 weights."""
+    """Luma plane (N, H, W) with torchvision's ITU-R 601-2 weights.
+
+    Examples:
+        >>> import torch
+        >>> import torchvision.transforms.v2.functional as TF
+        >>> from mmcr.augment.functional import grayscale, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.rand(4, 3, 8, 8)
+        >>> torch.allclose(grayscale(to_planar(images)), TF.rgb_to_grayscale(images)[:, 0], atol=1e-6)
+        True
+    """
     r, g, b = planar.unbind(0)
     return torch.mul(r, _LUMA[0], out=out).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2])
 
@@ -192,19 +299,44 @@ def grayscale(planar: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
 
 
 def adjust_brightness(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
-    """Scale intensities by factor, clamp to [0, 1]."""
+    """Scale intensities by factor, clamp to [0, 1].
+
+    Like the other colour ops: planar (3, N, H, W) in [0, 1] and factor (N,) in, planar out (into
+    ``out`` when given, which may be the input); ``ws`` is an optional :class:`Workspace`.
+
+    Examples:
+        >>> import torch
+        >>> import torchvision.transforms.v2.functional as TF
+        >>> from mmcr.augment.functional import adjust_brightness, from_planar, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images, factors = torch.rand(2, 3, 8, 8), torch.tensor([0.5, 1.5])
+        >>> out = from_planar(adjust_brightness(to_planar(images), factors))
+        >>> torch.allclose(out[1], TF.adjust_brightness(images[1], 1.5), atol=1e-6)
+        True
+    """
     return torch.mul(planar, _per_image(factor, planar), out=out).clamp_(0.0, 1.0)
 
 
 def adjust_contrast(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
-    """Blend each image with the mean of its own grayscale version."""
+    """Blend each image with the mean of its own grayscale version.
+
+    Examples:
+        >>> import torch
+        >>> import torchvision.transforms.v2.functional as TF
+        >>> from mmcr.augment.functional import adjust_contrast, from_planar, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images, factors = torch.rand(2, 3, 8, 8), torch.tensor([0.5, 1.5])
+        >>> out = from_planar(adjust_contrast(to_planar(images), factors))
+        >>> torch.allclose(out[0], TF.adjust_contrast(images[0], 0.5), atol=1e-5)
+        True
+    """
     f = _per_image(factor, planar)
     mean = grayscale(planar, out=_buf(ws, "gray", planar.shape[1:], planar)).mean(dim=(1, 2), keepdim=True)
     return torch.addcmul(mean * (1.0 - f), planar, f, out=out).clamp_(0.0, 1.0)
 
 
 def adjust_saturation(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) -> torch.Tensor:
-    """Blend each image with its grayscale version."""
+    """Blend each image with its grayscale version (see the module example)."""
     f = _per_image(factor, planar)
     gray = grayscale(planar, out=_buf(ws, "gray", planar.shape[1:], planar)).mul_(1.0 - f)
     return torch.addcmul(gray, planar, f, out=out).clamp_(0.0, 1.0)
@@ -219,6 +351,16 @@ def adjust_hue(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) ->
     R, G, B: the same piecewise-linear map as the six-sector table torchvision uses. Branches are
     blended with 0/1 masks and the modulo is done with floor, because on CPU torch.where and
     torch.remainder cost several times more than plain arithmetic passes.
+
+    Examples:
+        >>> import torch
+        >>> import torchvision.transforms.v2.functional as TF
+        >>> from mmcr.augment.functional import adjust_hue, from_planar, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images, shifts = torch.rand(2, 3, 8, 8), torch.tensor([-0.4, 0.1])
+        >>> out = from_planar(adjust_hue(to_planar(images), shifts))
+        >>> torch.allclose(out[0], TF.adjust_hue(images[0], -0.4), atol=1e-5)
+        True
     """
     r, g, b = planar.unbind(0)
     shape = r.shape
@@ -255,13 +397,41 @@ def adjust_hue(planar: torch.Tensor, factor: torch.Tensor, out=None, ws=None) ->
 
 
 def blur_kernel_size(size: int) -> int:
-    """Odd kernel of about 10% of the image side (23 at 224 px), the BYOL/SimCLR rule."""
+    """Odd kernel of about 10% of the image side (23 at 224 px), the BYOL/SimCLR rule.
+
+    Examples:
+        >>> from mmcr.augment.functional import blur_kernel_size
+        >>> blur_kernel_size(224), blur_kernel_size(64), blur_kernel_size(32)
+        (23, 7, 3)
+    """
     k = int(0.1 * size)
     return max(3, k + 1 if k % 2 == 0 else k)
 
 
 def gaussian_blur(planar: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per image and reflect padding, like torchvision's."""
+    """Separable Gaussian blur with one sigma per image and reflect padding, like torchvision's.
+
+    Args:
+        planar: (3, N, H, W) images.
+        sigma: (N,) standard deviations in pixels.
+        kernel_size: odd kernel side, smaller than 2 * min(H, W) (see :func:`blur_kernel_size`).
+
+    Returns:
+        (3, N, H, W) blurred images.
+
+    Raises:
+        ValueError: an even or too large kernel.
+
+    Examples:
+        >>> import torch
+        >>> import torchvision.transforms.v2.functional as TF
+        >>> from mmcr.augment.functional import from_planar, gaussian_blur, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images, sigmas = torch.rand(2, 3, 8, 8), torch.tensor([0.5, 2.0])
+        >>> out = from_planar(gaussian_blur(to_planar(images), sigmas, kernel_size=5))
+        >>> torch.allclose(out[1], TF.gaussian_blur(images[1], [5, 5], [2.0, 2.0]), atol=1e-5)
+        True
+    """
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
     c, n, h, w = planar.shape
@@ -278,12 +448,31 @@ def gaussian_blur(planar: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -
 
 
 def solarize(planar: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Invert the pixels at or above threshold."""
+    """Invert the pixels at or above threshold.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import solarize
+        >>> solarize(torch.tensor([0.25, 0.5, 0.75])).tolist()
+        [0.25, 0.5, 0.25]
+    """
     return torch.where(planar >= threshold, 1.0 - planar, planar)
 
 
 def normalize_to(planar: torch.Tensor, mean, std, out: torch.Tensor) -> torch.Tensor:
-    """Per-channel (x - mean) / std of a planar batch, written into ``out`` of shape (N, 3, H, W)."""
+    """Per-channel (x - mean) / std of a planar batch, written into ``out`` of shape (N, 3, H, W).
+
+    Examples:
+        >>> import torch
+        >>> import torchvision.transforms.v2.functional as TF
+        >>> from mmcr.augment import CIFAR_MEAN, CIFAR_STD
+        >>> from mmcr.augment.functional import normalize_to, to_planar
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.rand(2, 3, 8, 8)
+        >>> out = normalize_to(to_planar(images), CIFAR_MEAN, CIFAR_STD, out=torch.empty(2, 3, 8, 8))
+        >>> torch.allclose(out, TF.normalize(images, list(CIFAR_MEAN), list(CIFAR_STD)), atol=1e-5)
+        True
+    """
     m = torch.as_tensor(mean, device=planar.device, dtype=planar.dtype).view(-1, 1, 1, 1)
     s = torch.as_tensor(std, device=planar.device, dtype=planar.dtype).view(-1, 1, 1, 1)
     torch.addcmul(-m / s, planar, 1.0 / s, out=out.transpose(0, 1))
@@ -304,6 +493,26 @@ def sample_crop_boxes(
     Per view: up to ``attempts`` draws of area ~ U(scale) * H * W and log aspect ~ U(log ratio); the
     first draw that fits is used and its position is uniform; if none fits, a centre crop with the
     aspect clamped to ``ratio``.
+
+    Args:
+        n: number of boxes.
+        height: image height H.
+        width: image width W.
+        scale: (min, max) area fraction.
+        ratio: (min, max) aspect ratio w / h.
+        generator: the random generator (CPU).
+        attempts: draws per box before the centre-crop fallback.
+
+    Returns:
+        ``(top, left, h, w)``, each (n,) int64, every box inside the image.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment.functional import sample_crop_boxes
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> top, left, h, w = sample_crop_boxes(6, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), generator)
+        >>> top.shape, top.dtype, bool(((top + h <= 32) & (left + w <= 32) & (h > 0) & (w > 0)).all())
+        (torch.Size([6]), torch.int64, True)
     """
     area = float(height * width)
     u_area = torch.rand(n, attempts, generator=generator, dtype=torch.float64)
@@ -338,7 +547,27 @@ def sample_crop_boxes(
 
 
 def check_images(images: torch.Tensor) -> torch.Tensor:
-    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError."""
+    """A uint8 batch (B, 3, H, W) (1 channel is expanded to 3), else a one-line ValueError; every
+    augmentation and eval view checks its input here, so a float or channels-last batch fails clearly.
+
+    Args:
+        images: the batch to check.
+
+    Returns:
+        The batch as (B, 3, H, W) uint8 (a grey batch expanded without a copy).
+
+    Raises:
+        ValueError: not a 4-d uint8 tensor with 1 or 3 channels, or an empty batch.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.augment import check_images
+        >>> check_images(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape
+        torch.Size([2, 3, 8, 8])
+        >>> check_images(torch.zeros(2, 3, 8, 8))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: expected uint8 images, got torch.float32; convert with (x * 255).round().byte()
+    """
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"expected a uint8 image batch of shape (B, 3, H, W), got {got}")

@@ -11,9 +11,13 @@ from mmcr.registry import Registry, options_section
 from mmcr.schema import option
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+"""Per-channel (R, G, B) mean of the CIFAR-10 training images in [0, 1], the CIFAR preset's normalisation."""
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+"""Per-channel (R, G, B) standard deviation of the CIFAR-10 training images in [0, 1]."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel (R, G, B) ImageNet mean in [0, 1], the convention of torchvision and timm models."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""Per-channel (R, G, B) ImageNet standard deviation in [0, 1]."""
 
 _COMMON = dict(
     ratio=(3.0 / 4.0, 4.0 / 3.0),

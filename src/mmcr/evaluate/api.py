@@ -108,8 +108,39 @@ def run_knn(source: str | Path, settings: KnnSettings | None = None, *, device: 
     """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits;
     ``changes`` are :class:`~mmcr.evaluate.settings.KnnSettings` fields (``k=20``), checked like it.
 
-    ``k``/``temperature`` default to the run's own (``eval.knn_k``, ``eval.knn_temperature``, which its
-    pretraining summary used), else 200 and 0.1.
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        dataset: data set name for :func:`mmcr.data.load_dataset` (default: the run's own).
+        root: its root (default: the run's own, for the run's data set).
+        train_split: the split the neighbours come from.
+        test_split: the split that is scored.
+        k: neighbours per test image (default: the run's ``eval.knn_k``, as its pretraining summary; else 200).
+        temperature: T of the vote weights, > 0 (default: the run's ``eval.knn_temperature``, else 0.1).
+        size: centre-crop size of the eval view (default: the run's or the images' own).
+        resize: short-side resize before the crop.
+        batch_size: images per forward pass.
+        device: where to run (default: the best available).
+        out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
+        progress: show progress bars.
+
+    Returns:
+        ``top1``/``top5`` (percent), dataset, k, temperature, n_train, n_test, step, ``json`` (the result file).
+
+    Raises:
+        ValueError: a bad setting, model source or data set, or test classes the training split lacks.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from mmcr.evaluate import run_knn
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
+        >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
+        >>> result = run_knn("random:resnet_tiny:cifar", "npz", str(data), k=3, out=tmp.name, progress=False)
+        >>> result["n_train"], result["n_test"], pathlib.Path(result["json"]).name
+        (8, 4, 'knn_npz-tiny.json')
+        >>> tmp.cleanup()
     """
     s = resolve(KnnSettings, settings, changes)
     destination("knn", source, out)  # a bad --out or setting is refused before any work
@@ -255,7 +286,28 @@ def run_transfer(source: str | Path, settings: TransferSettings | None = None, *
 
 
 def run_export(source: str | Path, out: str | Path) -> dict:
-    """Export a model's backbone (see :mod:`mmcr.evaluate.export`)."""
+    """Export a model's backbone (see :mod:`mmcr.evaluate.export`).
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        out: a ``.pt``, ``.pth`` or ``.safetensors`` file path.
+
+    Returns:
+        The export's metadata (see :func:`~mmcr.evaluate.export_backbone`) plus ``path``.
+
+    Raises:
+        ValueError: a bad model source or file suffix.
+        RunFileError: ``out`` is a folder, the source, or a run's checkpoint or record.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mmcr.evaluate import load_exported, run_export
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> meta = run_export("random:resnet_tiny:cifar", pathlib.Path(tmp.name) / "backbone.safetensors")
+        >>> meta["arch"], meta["cifar_stem"], type(load_exported(meta["path"])).__name__
+        ('resnet_tiny', True, 'SmallResNet')
+        >>> tmp.cleanup()
+    """
     check_export_path(out, source)
     model, model_src = _load_model(source)
     meta = export_backbone(model, model_src, out)

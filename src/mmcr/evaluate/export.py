@@ -47,7 +47,22 @@ EXPORT_FORMAT = "mmcr-backbone-v1"
 
 
 def backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's weights under the key names of the plain architecture (see the module doc)."""
+    """The backbone's weights under the key names of the plain architecture (see the module doc), so that
+    users load them into a model they build themselves, without mmcr.
+
+    Args:
+        backbone: an mmcr backbone (a wrapped torchvision/timm model or a small ResNet).
+
+    Returns:
+        ``{name: tensor}`` detached, contiguous CPU tensors.
+
+    Examples:
+        >>> from mmcr.evaluate import backbone_state_dict
+        >>> from mmcr.models import build_backbone
+        >>> sd = backbone_state_dict(build_backbone("resnet18"))  # torchvision's keys, no "model." prefix
+        >>> "conv1.weight" in sd, "fc.weight" in sd, sd["conv1.weight"].device.type
+        (True, False, 'cpu')
+    """
     sd = backbone.state_dict()
     if hasattr(backbone, "model") and all(k.startswith("model.") for k in sd):
         sd = {k[len("model.") :]: v for k, v in sd.items()}
@@ -75,6 +90,29 @@ def export_backbone(backbone: nn.Module, model_src, out: str | Path) -> dict[str
     with metadata in ``<out>.json``; ``.safetensors`` files carry the metadata in their header.
     ``model_src`` is the :class:`~mmcr.evaluate.sources.ModelSource` of the backbone (or None). Files are written
     atomically with the user's usual permissions. Returns the metadata.
+
+    Args:
+        backbone: the backbone to export.
+        model_src: its :class:`~mmcr.models.ModelSource` (arch, stem, source, step), or None.
+        out: a ``.pt``, ``.pth`` or ``.safetensors`` file path.
+
+    Returns:
+        The metadata: format, arch, cifar_stem, feature_dim, backbone_options, source and step.
+
+    Raises:
+        ValueError: out has another suffix.
+        RunFileError: out is a folder, the model source, or a run's checkpoint or record.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mmcr.evaluate import export_backbone
+        >>> from mmcr.evaluate import load_pretrained
+        >>> backbone, source = load_pretrained("random:resnet_tiny")
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> meta = export_backbone(backbone, source, pathlib.Path(tmp.name) / "backbone.pt")
+        >>> meta["format"], meta["arch"], meta["feature_dim"], sorted(p.name for p in pathlib.Path(tmp.name).iterdir())
+        ('mmcr-backbone-v1', 'resnet_tiny', 64, ['backbone.pt', 'backbone.pt.json'])
+        >>> tmp.cleanup()
     """
     out = check_export_path(out, model_src.source if model_src is not None else None)
     sd = backbone_state_dict(backbone)
@@ -101,7 +139,31 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     """``(state_dict, metadata)`` of an exported file (metadata is ``{}`` if the sidecar is missing).
 
     Read as data only: ``.safetensors`` hold nothing else, ``.pt`` files load with ``weights_only=True``
-    and must hold a mapping of names to tensors (see :func:`mmcr.rundir.checkpoint.load_torch_data`)."""
+    and must hold a mapping of names to tensors (see :func:`mmcr.rundir.checkpoint.load_torch_data`).
+
+    Args:
+        path: an exported ``.pt``/``.pth`` (metadata in ``<path>.json``) or ``.safetensors`` file.
+
+    Returns:
+        ``(state_dict, metadata)``.
+
+    Raises:
+        ValueError: the file does not exist.
+        InvalidCheckpointError: the file or its metadata cannot be read as an export.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mmcr.evaluate import export_backbone, read_exported
+        >>> from mmcr.evaluate import load_pretrained
+        >>> backbone, source = load_pretrained("random:resnet_tiny")
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(tmp.name) / "backbone.safetensors"
+        >>> _ = export_backbone(backbone, source, path)
+        >>> state_dict, meta = read_exported(path)
+        >>> len(state_dict) == len(backbone.state_dict()), meta["source"]
+        (True, 'random:resnet_tiny')
+        >>> tmp.cleanup()
+    """
 
     path = Path(path)
     if not path.exists():
@@ -132,7 +194,26 @@ def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 def build_plain_model(arch: str, cifar_stem: bool = False, options: dict | None = None) -> nn.Module:
     """The plain model an export loads into strictly: a torchvision model with ``fc = Identity`` (and the
     CIFAR stem when asked), a timm model without head (built with the run's ``backbone_options``), or one
-    of our small ResNets."""
+    of our small ResNets.
+
+    Args:
+        arch: a torchvision ResNet name, ``timm:<name>``, or one of mmcr's small ResNets.
+        cifar_stem: give a torchvision model the CIFAR stem (3x3 stride-1 conv1, no max-pool).
+        options: timm model options (e.g. ``{"img_size": 32}``); none for other architectures.
+
+    Returns:
+        The model, randomly initialised; it returns features (B, D).
+
+    Raises:
+        ValueError: options for an architecture that takes none, or an unknown architecture.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import build_plain_model
+        >>> model = build_plain_model("resnet18", cifar_stem=True)
+        >>> model.conv1.stride, type(model.fc).__name__
+        ((1, 1), 'Identity')
+    """
 
     if arch.startswith("timm:"):
         return build_backbone(arch, options=options).model
@@ -148,7 +229,34 @@ def build_plain_model(arch: str, cifar_stem: bool = False, options: dict | None 
 
 
 def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild the plain model of an export from its metadata and load the weights strictly."""
+    """Rebuild the plain model of an export from its metadata and load the weights strictly.
+
+    Args:
+        path: an exported file with metadata (see :func:`export_backbone`).
+
+    Returns:
+        The plain model (see :func:`build_plain_model`) in eval mode.
+
+    Raises:
+        ValueError: the metadata names no architecture, or the weights do not fit it.
+
+    Examples:
+        >>> import pathlib, tempfile, torch
+        >>> from mmcr.evaluate import export_backbone, load_exported
+        >>> from mmcr.evaluate import load_pretrained
+        >>> _ = torch.manual_seed(0)
+        >>> backbone, source = load_pretrained("random:resnet_tiny")
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(tmp.name) / "backbone.safetensors"
+        >>> _ = export_backbone(backbone, source, path)
+        >>> model = load_exported(path)
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> with torch.no_grad():
+        ...     same = torch.allclose(model(x), backbone(x))
+        >>> same, model(x).shape
+        (True, torch.Size([2, 64]))
+        >>> tmp.cleanup()
+    """
     sd, meta = read_exported(path)
     if "arch" not in meta:
         raise ValueError(f"{path} has no metadata naming its architecture; build the model yourself and load it")

@@ -29,7 +29,25 @@ def eval_transform_for(
     """The deterministic eval view of how a model was trained: a run's own crop size, interpolation and
     normalisation (from its config); ImageNet statistics and the images' own size for torchvision/timm/
     random models. ``size``/``resize`` override the crop and the short-side resize; ``crop=False`` keeps
-    the images' size (data already at its final size, as in transfer)."""
+    the images' size (data already at its final size, as in transfer).
+
+    Args:
+        model_src: the :class:`~mmcr.models.ModelSource` of the model (None: a plain ImageNet-statistics view).
+        size: centre-crop size, overriding the run's.
+        resize: short-side resize before the crop, overriding the run's.
+        crop: False keeps the images' own size (no crop).
+
+    Returns:
+        An :class:`~mmcr.augment.EvalTransform`: uint8 (B, 3, H, W) -> float32 (B, 3, h, w).
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import eval_transform_for
+        >>> view = eval_transform_for(size=24)  # no run: ImageNet statistics, a 24 px centre crop
+        >>> out = view(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+        >>> out.shape, out.dtype
+        (torch.Size([2, 3, 24, 24]), torch.float32)
+    """
     cfg = model_src.config if model_src is not None else None
     tf = eval_transform_of(cfg.augment, size=size, resize=resize) if cfg is not None else EvalTransform(
         size=size, resize=resize
@@ -77,14 +95,33 @@ def extract_features(
     description: str = "features",
     dist_info: DistInfo | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features of ``model`` (in eval mode) for every image.
+    """Features of ``model`` (in eval mode) for every image; random transforms give one augmented pass per call.
 
-    ``images`` is a uint8 tensor (N, 3, H, W) or an iterable of batches (uint8 tensors or
-    ``(images, labels)`` pairs, e.g. a DataLoader). ``transform`` maps a uint8 batch on the device to a
-    float batch (default: ``EvalTransform()``). Returns ``(features float32 (N, D) on CPU, labels int64
-    (N,) or None)``. Random transforms give one augmented pass per call. With ``dist_info`` of several
-    ranks, a tensor of images is split into contiguous shards, each rank extracts its own and every
-    rank returns all features in the original order (an iterable is taken as this rank's shard).
+    Args:
+        model: maps a float batch (B, 3, h, w) to (B, D) features (or anything flattened to that).
+        images: uint8 (N, 3, H, W), or an iterable of batches (uint8 tensors or ``(images, labels)``).
+        labels: (N,) labels to pass through with a tensor of images.
+        transform: uint8 batch -> float batch on the device (default ``EvalTransform()``).
+        batch_size: images per forward pass, >= 1.
+        device: where the model runs (default: the best available).
+        progress: show a progress bar.
+        description: the progress bar's label.
+        dist_info: a :class:`~mmcr.distributed.DistInfo` of several ranks: each extracts a contiguous shard of a
+            tensor of images (an iterable is its own shard) and every rank returns all features, in order.
+
+    Returns:
+        ``(features, labels)``: float32 (N, D) on the CPU, and int64 (N,) labels or None.
+
+    Raises:
+        ValueError: batch_size < 1, no images, or fewer images than ranks.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import extract_features
+        >>> model, images = torch.nn.Flatten(), torch.full((5, 3, 4, 4), 128, dtype=torch.uint8)
+        >>> feats, labels = extract_features(model, images, labels=torch.arange(5), batch_size=2, device="cpu")
+        >>> feats.shape, feats.dtype, labels.tolist()
+        (torch.Size([5, 48]), torch.float32, [0, 1, 2, 3, 4])
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -142,7 +179,37 @@ def dataset_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of the labelled images of a data set (in memory or a lazy folder), at most
     ``max_n`` of them (a seeded random subset, not the first, class-sorted rows); sharded over ranks
-    and gathered when ``dist_info`` has several."""
+    and gathered when ``dist_info`` has several.
+
+    Args:
+        model: maps a float batch (B, 3, h, w) to (B, D) features.
+        ds: an :class:`~mmcr.data.ImageDataset`, a lazy image folder or a :class:`~mmcr.data.ShardSet`.
+        transform: uint8 batch -> float batch on the device (e.g. :func:`eval_transform_for`).
+        device: where the model runs.
+        dist_info: the process group's :class:`~mmcr.distributed.DistInfo`, to shard over ranks.
+        max_n: at most this many labelled images (a subset seeded with 0).
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+        description: the progress bar's label.
+
+    Returns:
+        ``(features, labels)``: float32 (n, D) and int64 (n,) on the CPU, unlabelled (-1) images left out.
+
+    Raises:
+        ValueError: the split has no labelled images.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.data import ImageDataset
+        >>> from mmcr.evaluate import dataset_features, eval_transform_for
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+        >>> ds = ImageDataset(images, torch.tensor([0, 1, -1, 0, 1, 1]), classes=["a", "b"])  # -1: unlabelled
+        >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> feats, labels = dataset_features(model, ds, eval_transform_for(), device="cpu", max_n=4)
+        >>> feats.shape, labels.shape
+        (torch.Size([4, 3]), torch.Size([4]))
+    """
 
     if isinstance(ds, ShardSet):  # a stream: the first max_n samples spread over its shards, the labelled ones
         return _stream_features(model, ds.head(max_n) if max_n is not None else ds, transform, device, dist_info,

@@ -64,7 +64,33 @@ def knn_scores(
     batch_size: int = 256,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Class scores (N_test, C) of the weighted kNN vote, on ``device`` (default: train_feats')."""
+    """Class scores (N_test, C) of the weighted kNN vote, on ``device`` (default: train_feats'), for callers
+    that need more than the accuracy (per-image predictions, other metrics).
+
+    Args:
+        train_feats: (N_train, D) features of the labelled points (L2-normalised here).
+        train_labels: (N_train,) class indices.
+        test_feats: (N_test, D) features to classify.
+        k: neighbours per test point (clipped to N_train).
+        temperature: T of the vote weights exp(similarity / T), > 0.
+        num_classes: C (default: the largest training label + 1).
+        batch_size: test points per similarity block (memory is batch_size x N_train).
+        device: where to compute (default: train_feats' device).
+
+    Returns:
+        (N_test, C) float32 sums of the neighbours' weights per class.
+
+    Raises:
+        ValueError: mismatched shapes, k < 1, temperature <= 0, no training points, or labels outside 0..C-1.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import knn_scores
+        >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> scores = knn_scores(train, torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 0.2], [0.2, 1.0]]), k=2)
+        >>> scores.shape, scores.argmax(1).tolist()
+        (torch.Size([2, 2]), [0, 1])
+    """
     _check(train_feats, train_labels, test_feats, None, k, temperature)
     dev = resolve_device(device) if device is not None else train_feats.device
     train = F.normalize(train_feats.to(dev, torch.float32), dim=1)
@@ -99,6 +125,31 @@ def knn_accuracy(
 
     Features are L2-normalised here (cosine similarity); ``k`` is clipped to the training-set size and
     top-5 to the number of classes. Ties in the vote go to the lower class index.
+
+    Args:
+        train_feats: (N_train, D) features of the labelled points.
+        train_labels: (N_train,) class indices.
+        test_feats: (N_test, D) features to classify.
+        test_labels: (N_test,) their true classes.
+        k: neighbours per test point (the authors use 200).
+        temperature: T of the vote weights exp(similarity / T), > 0.
+        num_classes: C (default: the largest label in either split + 1).
+        batch_size: test points per similarity block.
+        device: where to compute (default: train_feats' device).
+
+    Returns:
+        ``{"top1": float, "top5": float}`` in percent.
+
+    Raises:
+        ValueError: as :func:`knn_scores`, or test labels outside 0..C-1.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import knn_accuracy
+        >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> test = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
+        >>> knn_accuracy(train, torch.tensor([0, 0, 1, 1]), test, torch.tensor([0, 1]), k=2)
+        {'top1': 100.0, 'top5': 100.0}
     """
     _check(train_feats, train_labels, test_feats, test_labels, k, temperature)
     if num_classes is None:
@@ -109,7 +160,27 @@ def knn_accuracy(
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """``{"top1", "top5"}`` in percent from class scores (N, C); top-5 uses min(5, C) classes."""
+    """``{"top1", "top5"}`` in percent from class scores (N, C); top-5 uses min(5, C) classes.
+
+    Shared by the kNN, the linear probe and fine-tuning, so that they rank ties the same way (the lower
+    class first, as argmax does).
+
+    Args:
+        scores: (N, C) class scores (logits, votes, probabilities).
+        labels: (N,) true classes.
+
+    Returns:
+        ``{"top1": float, "top5": float}`` in percent.
+
+    Raises:
+        ValueError: N is 0.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import topk_accuracy
+        >>> topk_accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))
+        {'top1': 50.0, 'top5': 100.0}
+    """
     labels = labels.to(scores.device)
     if scores.shape[0] == 0:
         raise ValueError("no test points to score")

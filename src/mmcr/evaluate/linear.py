@@ -27,11 +27,29 @@ from mmcr.evaluate.knn import check_class_labels, topk_accuracy
 from mmcr.schema import NON_NEGATIVE, check_seed
 
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+"""Candidate weight decays of the probe's validation search (strongest first), 1e-1 to 1e-6 by decades."""
 
 
 @dataclass
 class LogisticModel:
-    """A fitted probe: ``scores(x) = ((x - mean) / std) @ weight.T + bias``."""
+    """A fitted probe: ``scores(x) = ((x - mean) / std) @ weight.T + bias``.
+
+    Attributes:
+        weight: (C, D) weights on standardised features.
+        bias: (C,) biases.
+        mean: (D,) feature means of the fit (zeros without standardisation).
+        std: (D,) feature standard deviations of the fit (ones without standardisation).
+        weight_decay: the L2 penalty it was fitted with.
+        iterations: L-BFGS iterations the fit took.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import LogisticModel
+        >>> probe = LogisticModel(weight=torch.tensor([[1.0, 0.0], [0.0, 1.0]]), bias=torch.zeros(2),
+        ...                       mean=torch.zeros(2), std=torch.ones(2), weight_decay=0.0, iterations=0)
+        >>> probe.predict(torch.tensor([[3.0, 1.0], [0.0, 2.0]])).tolist()
+        [0, 1]
+    """
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -41,15 +59,30 @@ class LogisticModel:
     iterations: int
 
     def scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, C) (logits) of features (N, D), on the probe's device."""
         x = (feats.to(self.weight.device, torch.float32) - self.mean) / self.std
         return x @ self.weight.T + self.bias
 
     def predict(self, feats: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (N,) of features (N, D)."""
         return self.scores(feats).argmax(dim=1)
 
 
 def sklearn_C(weight_decay: float, n_samples: int) -> float:
-    """The ``C`` of scikit-learn's LogisticRegression that gives the same optimum as ``weight_decay``."""
+    """The ``C`` of scikit-learn's LogisticRegression that gives the same optimum as ``weight_decay``.
+
+    Args:
+        weight_decay: the probe's L2 penalty (> 0) on the mean-scaled objective.
+        n_samples: N, the number of training rows the probe was fitted on.
+
+    Returns:
+        C = 1 / (weight_decay * N).
+
+    Examples:
+        >>> from mmcr.evaluate import sklearn_C
+        >>> sklearn_C(1e-2, 50)
+        2.0
+    """
     return 1.0 / (weight_decay * n_samples)
 
 
@@ -66,9 +99,31 @@ def fit_logistic(
 ) -> LogisticModel:
     """Fit the L2-regularised multinomial logistic regression by full-batch L-BFGS.
 
-    ``tol`` bounds the largest gradient entry at convergence (scikit-learn's ``tol`` means the same on
-    the same mean-scaled objective). ``standardize`` z-scores each feature with this fit's statistics.
-    ``init`` warm-starts from another fit (used along a regularisation path).
+    Args:
+        feats: (N, D) training features.
+        labels: (N,) class indices.
+        weight_decay: L2 penalty (>= 0) on the weights (not the bias).
+        num_classes: C (default: the largest label + 1).
+        standardize: z-score each feature with this fit's mean and standard deviation.
+        max_iter: L-BFGS iteration cap.
+        tol: bound on the largest gradient entry at convergence (scikit-learn's ``tol`` on the same objective).
+        init: a fitted :class:`LogisticModel` to warm-start from (used along a regularisation path).
+        device: where to fit (default: feats' device).
+
+    Returns:
+        The fitted :class:`LogisticModel` (weight (C, D), bias (C,)).
+
+    Raises:
+        ValueError: feats is not (N >= 1, D) with matching labels, or weight_decay is negative.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import fit_logistic
+        >>> labels = torch.arange(40) % 2
+        >>> feats = torch.stack([2.0 * labels, torch.linspace(-1, 1, 40)], 1)  # (N, D): class 1 at x = 2
+        >>> probe = fit_logistic(feats, labels, weight_decay=1e-3)
+        >>> probe.weight.shape, bool((probe.predict(feats) == labels).all())
+        (torch.Size([2, 2]), True)
     """
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
         raise ValueError(f"need feats (N, D) and labels (N,), got {tuple(feats.shape)} and {tuple(labels.shape)}")
@@ -200,6 +255,46 @@ def linear_probe(
     split is carved and the refit uses train and validation together, as in Kornblith et al. (2019).
     Returns top-1/top-5 (percent) on test, the chosen ``weight_decay`` (and scikit-learn's ``C``), the
     validation accuracy of every candidate, sizes and time.
+
+    Args:
+        train_feats: (N, D) or (P, N, D) training features.
+        train_labels: (N,) their classes.
+        test_feats: (N_test, D) test features, used once for the final report.
+        test_labels: (N_test,) their classes.
+        weight_decays: candidate L2 penalties (>= 0), searched strongest first.
+        val_fraction: share of the training images carved out for validation (stratified), in (0, 1).
+        val_feats: (N_val, D) official validation features (then no split is carved).
+        val_labels: (N_val,) their classes.
+        seed: seeds the carved split.
+        num_classes: C (default: the largest label + 1).
+        standardize: z-score features with the fit's statistics.
+        max_iter: L-BFGS iteration cap per fit.
+        tol: largest gradient entry at convergence.
+        device: where to fit.
+        progress: show a progress bar.
+
+    Returns:
+        A dict with ``top1``, ``top5``, ``weight_decay``, ``sklearn_C``, ``val_top1`` (per candidate),
+        ``val_source``, ``n_train``, ``n_test``, ``passes``, ``feature_dim``, ``iterations`` and ``seconds``.
+
+    Raises:
+        ValueError: mismatched shapes, no candidates, a negative weight decay, val_fraction outside (0, 1),
+            only one of val_feats/val_labels, or labels outside 0..C-1.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import linear_probe
+        >>> _ = torch.manual_seed(0)
+        >>> def clusters(n):  # two separated classes in D = 4
+        ...     labels = torch.arange(n) % 2
+        ...     return torch.randn(n, 4) * 0.3 + 2.0 * labels[:, None], labels
+        >>> (train, train_labels), (test, test_labels) = clusters(40), clusters(10)
+        >>> result = linear_probe(train, train_labels, test, test_labels, weight_decays=[1e-2, 1e-4])
+        >>> result["top1"], result["weight_decay"], result["val_source"], result["n_train"]
+        (100.0, 0.01, 'carved', 40)
+        >>> from mmcr.evaluate import DEFAULT_WEIGHT_DECAYS  # the candidates when none are given
+        >>> DEFAULT_WEIGHT_DECAYS
+        (0.1, 0.01, 0.001, 0.0001, 1e-05, 1e-06)
     """
     t0 = time.perf_counter()
     train_feats = _check_probe_inputs(train_feats, train_labels, weight_decays, seed, val_feats, val_labels,

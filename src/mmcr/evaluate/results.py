@@ -48,6 +48,32 @@ def record_result(
     ``<dir>`` is :func:`output_dir`; if ``out`` ends in ``.json`` the JSON goes exactly there and the
     report line next to it. ``details`` names result keys to quote in the report line. Returns the
     JSON path.
+
+    Args:
+        kind: the evaluation ("knn", "linear", "semi", "transfer", ...), the JSON file's name.
+        result: JSON-serialisable values; ``top1``/``top5`` are quoted in the report line.
+        source: the model source (a run directory or checkpoint puts the result inside that run).
+        out: a folder, or a ``.json`` file path, overriding the default place.
+        tag: appended to the file name, e.g. the data set.
+        details: keys of ``result`` to quote in the report line.
+
+    Returns:
+        The path of the JSON file written (atomically).
+
+    Raises:
+        RunFileError: the path would replace a run's checkpoint or record, or leads through a link.
+
+    Examples:
+        >>> import json, pathlib, tempfile
+        >>> from mmcr.evaluate import record_result
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> run = pathlib.Path(tmp.name)  # stands in for a run directory
+        >>> path = record_result("knn", {"top1": 91.5, "top5": 99.0}, source=run, tag="cifar10")
+        >>> path.relative_to(run).as_posix(), json.loads(path.read_text())["top1"]
+        ('eval/knn_cifar10.json', 91.5)
+        >>> (run / "report.md").read_text().count("\\n")  # one report line per result
+        1
+        >>> tmp.cleanup()
     """
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     payload = {"kind": kind, "source": str(source), "time": stamp, **result}

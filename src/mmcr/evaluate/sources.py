@@ -16,6 +16,7 @@ from mmcr.rundir.checkpoint import WEIGHTS, InvalidCheckpointError, find_checkpo
 from mmcr.rundir.layout import CHECKPOINT_DIR
 
 SOURCE_HELP = "run directory, checkpoint .pt, torchvision:<arch>, timm:<name> or random:<arch>"
+"""The accepted model sources in words, for error messages and command-line help."""
 
 
 def check_finite_weights(model: nn.Module, where: str | Path) -> None:
@@ -32,7 +33,21 @@ def check_finite_weights(model: nn.Module, where: str | Path) -> None:
 @dataclass
 class ModelSource:
     """Where a loaded backbone came from: its architecture, stem, the source string, and for our runs
-    the run's config (how it was trained: augmentation, normalisation, data) and checkpoint step."""
+    the run's config (how it was trained: augmentation, normalisation, data) and checkpoint step.
+
+    Attributes:
+        arch: the backbone name (``resnet18``, ``timm:<name>``, ...).
+        cifar_stem: whether the backbone has the CIFAR stem (3x3 stride-1 conv1, no max-pool).
+        source: the source string, or the checkpoint file read.
+        config: the run's :class:`~mmcr.run.config.RunConfig` (None for named models).
+        step: the checkpoint's training step (None for named models).
+        run_dir: the run directory of the checkpoint (None outside a run).
+
+    Examples:
+        >>> from mmcr.evaluate import ModelSource
+        >>> ModelSource(arch="resnet18", cifar_stem=True, source="random:resnet18:cifar").describe()
+        {'arch': 'resnet18', 'cifar_stem': True, 'source': 'random:resnet18:cifar', 'step': None}
+    """
 
     arch: str
     cifar_stem: bool
@@ -42,6 +57,7 @@ class ModelSource:
     run_dir: Path | None = None
 
     def describe(self) -> dict:
+        """Architecture, stem, source and step as a JSON-ready dict (for result records)."""
         return {"arch": self.arch, "cifar_stem": self.cifar_stem, "source": self.source, "step": self.step}
 
 
@@ -81,6 +97,28 @@ def load_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
     - ``torchvision:<arch>`` (ImageNet weights; needs them on disk or a network);
     - ``timm:<name>`` (needs timm);
     - ``random:<arch>`` for a randomly initialised backbone (a baseline); ``:cifar`` adds the CIFAR stem.
+
+    Args:
+        source: one of the above (see :data:`SOURCE_HELP`).
+        map_location: where checkpoint tensors are read to.
+
+    Returns:
+        ``(backbone, source)``: the backbone in eval mode, mapping (B, 3, h, w) images to (B, D) features,
+        and its :class:`ModelSource`.
+
+    Raises:
+        ValueError: an unknown source, architecture or flag, or pretrained weights that cannot be fetched.
+        InvalidCheckpointError: an unreadable checkpoint, or weights holding NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import load_pretrained
+        >>> backbone, source = load_pretrained("random:resnet_tiny:cifar")
+        >>> source.arch, source.cifar_stem, source.config is None, backbone.training
+        ('resnet_tiny', True, True, False)
+        >>> with torch.no_grad():
+        ...     backbone(torch.zeros(2, 3, 16, 16)).shape
+        torch.Size([2, 64])
     """
     s = str(source)
     if s.startswith(("torchvision:", "random:", "timm:")):

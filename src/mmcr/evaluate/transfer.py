@@ -46,6 +46,8 @@ TRANSFER_DATASETS: dict[str, TransferSpec] = {
     "cifar100": TransferSpec(tvd.CIFAR100, 100, 32, False),
     "stl10": TransferSpec(tvd.STL10, 10, 96, False),
 }
+"""The transfer data sets by name: torchvision class, number of classes, native image size (None when sizes
+vary) and whether an official validation split exists."""
 
 
 def default_transfer_size(name: str, cifar_stem: bool) -> int:
@@ -58,7 +60,37 @@ def default_transfer_size(name: str, cifar_stem: bool) -> int:
 
 def transfer_dataset(name: str, root: str | Path, split: str, size: int):
     """A torchvision dataset whose items are uint8 tensors (3, size, size) (shorter side resized to
-    ``size``, then centre-cropped) and integer labels."""
+    ``size``, then centre-cropped) and integer labels, read from ``root`` and never downloaded.
+
+    Args:
+        name: a key of :data:`TRANSFER_DATASETS`.
+        root: the folder holding the data set in torchvision's layout (see the module docstring).
+        split: "train", "val" (Flowers-102, DTD) or "test".
+        size: output image size in pixels.
+
+    Returns:
+        The torchvision dataset; item i is ``(uint8 (3, size, size), int label)``.
+
+    Raises:
+        ValueError: unknown name, or the data set is not under root.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from PIL import Image
+        >>> from mmcr.evaluate import TRANSFER_DATASETS, transfer_dataset
+        >>> sorted(TRANSFER_DATASETS)
+        ['cifar100', 'dtd', 'flowers102', 'food101', 'stl10']
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> dtd = pathlib.Path(tmp.name) / "dtd" / "dtd"  # a one-image DTD in torchvision's layout
+        >>> (dtd / "images" / "banded").mkdir(parents=True)
+        >>> (dtd / "labels").mkdir()
+        >>> Image.new("RGB", (40, 30), (200, 10, 10)).save(dtd / "images" / "banded" / "a.png")
+        >>> _ = (dtd / "labels" / "test1.txt").write_text("banded/a.png\\n")
+        >>> image, label = transfer_dataset("dtd", tmp.name, "test", size=16)[0]
+        >>> image.shape, image.dtype, label
+        (torch.Size([3, 16, 16]), torch.uint8, 0)
+        >>> tmp.cleanup()
+    """
     if name not in TRANSFER_DATASETS:
         raise ValueError(f"unknown transfer dataset {name!r}; choose one of {', '.join(TRANSFER_DATASETS)}")
     spec = TRANSFER_DATASETS[name]
@@ -86,7 +118,40 @@ def transfer_probe(
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> dict:
-    """Extract features of every split once and run :func:`mmcr.evaluate.linear.linear_probe`."""
+    """Extract features of every split once and run :func:`mmcr.evaluate.linear.linear_probe`.
+
+    The regularisation is chosen on the official validation split where the data set has one (then the
+    refit uses train + val), else on a split carved from train; test is used once, for the report.
+
+    Args:
+        backbone: maps float (B, 3, size, size) images to (B, D) features.
+        name: a key of :data:`TRANSFER_DATASETS`.
+        root: the folder holding the data set (never downloaded).
+        model_src: the backbone's :class:`~mmcr.models.ModelSource` (its stem and normalisation), or None.
+        size: image size (default: 224, or the native/64 px size for CIFAR-stem models).
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers decoding the images.
+        weight_decays: candidate L2 penalties of the probe.
+        val_fraction: share of train carved out for validation where there is no official split.
+        seed: seeds the carved split.
+        device: where the backbone and probe run.
+        progress: show progress bars.
+
+    Returns:
+        The :func:`~mmcr.evaluate.linear.linear_probe` result plus ``dataset``, ``size`` and ``seconds``.
+
+    Raises:
+        ValueError: unknown name, or a split is not under root.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import transfer_probe
+        >>> transfer_probe(torch.nn.Flatten(), "dtd", "/no/such/folder", size=8)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: dtd (train) not found under /no/such/folder: ... evaluation never downloads.
+
+        A run on a (tiny, made-up) DTD folder is the example of :func:`~mmcr.evaluate.run_transfer`.
+    """
     t0 = time.perf_counter()
     size = size or default_transfer_size(name, bool(model_src is not None and model_src.cifar_stem))
     spec = TRANSFER_DATASETS.get(name)

@@ -19,7 +19,20 @@ from mmcr.geometry._arrays import manifold_list, to_numpy
 
 @dataclass
 class PairSimilarity:
-    """A (P, P) similarity matrix and its off-diagonal entries split by whether the pair shares a label."""
+    """A (P, P) similarity matrix and its off-diagonal entries split by whether the pair shares a label.
+
+    Attributes:
+        matrix: (P, P) similarities between all manifolds (or examples).
+        same: (n_same,) upper-triangle entries of pairs with the same label (empty without labels).
+        different: (n_different,) entries of pairs with different labels (all pairs without labels).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import PairSimilarity
+        >>> sim = PairSimilarity(np.eye(3), same=np.array([0.5]), different=np.array([0.0, 0.25]))
+        >>> sim.to_dict()
+        {'same_mean': 0.5, 'different_mean': 0.125, 'n_same': 1, 'n_different': 2}
+    """
 
     matrix: np.ndarray
     same: np.ndarray
@@ -27,13 +40,16 @@ class PairSimilarity:
 
     @property
     def same_mean(self) -> float:
+        """Mean similarity of same-label pairs (nan when there are none)."""
         return float(self.same.mean()) if self.same.size else float("nan")
 
     @property
     def different_mean(self) -> float:
+        """Mean similarity of different-label pairs (nan when there are none)."""
         return float(self.different.mean()) if self.different.size else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
+        """Means and pair counts as a JSON-ready dict (the matrix left out)."""
         return {
             "same_mean": self.same_mean,
             "different_mean": self.different_mean,
@@ -63,6 +79,21 @@ def centroid_similarity(manifolds: Any, labels: Any = None, center: bool = False
         labels: (P,) class of each manifold (e.g. the class of the image behind an augmentation manifold).
         center: subtract the mean of all points first (useful for non-negative features such as ReLU
             outputs, whose centroids otherwise all point the same way).
+
+    Returns:
+        :class:`PairSimilarity` over the (P, P) centroid cosine matrix.
+
+    Raises:
+        ValueError: labels do not have one entry per manifold.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import centroid_similarity
+        >>> centres = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # P = 3 manifolds in N = 2
+        >>> manifolds = centres[:, None, :] + np.array([[0.1, 0.1], [-0.1, -0.1]])  # (3, 2, 2)
+        >>> sim = centroid_similarity(manifolds, labels=[0, 0, 1])
+        >>> sim.matrix.shape, round(sim.same_mean, 4), round(sim.different_mean, 4)
+        ((3, 3), 1.0, 0.0)
     """
     ms = manifold_list(manifolds)
     c = torch.stack([m.mean(0) for m in ms])
@@ -77,6 +108,27 @@ def subspace_alignment(manifolds: Any, labels: Any = None, n_components: int = 5
 
     1 means the two manifolds vary along the same directions, 0 orthogonal directions. Each manifold's
     subspace is spanned by the top ``n_components`` right singular vectors of its centred points.
+
+    Args:
+        manifolds: (P, M, N) array or list of (M_i, N) arrays.
+        labels: (P,) class of each manifold, to split the pairs.
+        n_components: dimension of each principal subspace (capped by the manifolds' own sizes).
+
+    Returns:
+        :class:`PairSimilarity` over the (P, P) alignment matrix.
+
+    Raises:
+        ValueError: n_components < 1, or labels do not have one entry per manifold.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import subspace_alignment
+        >>> t = np.array([-1.0, 0.0, 1.0])[:, None]
+        >>> e = np.eye(3)
+        >>> manifolds = np.stack([t * e[0], 2 + t * e[0], t * e[1]])  # lines along x, x and y: (3, 3, 3)
+        >>> sim = subspace_alignment(manifolds, labels=[0, 0, 1], n_components=1)
+        >>> round(sim.same_mean, 4), round(sim.different_mean, 4)
+        (1.0, 0.0)
     """
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
@@ -101,7 +153,26 @@ def _top_directions(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def principal_angles(a: Any, b: Any, n_components: int = 5) -> np.ndarray:
-    """Principal angles (radians, ascending) between the top principal subspaces of two point sets."""
+    """Principal angles (radians, ascending) between the top principal subspaces of two point sets.
+
+    Args:
+        a: (M_a, N) points.
+        b: (M_b, N) points.
+        n_components: dimension of each principal subspace (capped by the point sets' sizes).
+
+    Returns:
+        (k,) angles in [0, pi/2], ascending, k = min(n_components, sizes).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import principal_angles
+        >>> square = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+        >>> zeros = np.zeros((4, 1))
+        >>> a = np.hstack([square, zeros])  # points in the x-y plane
+        >>> b = np.hstack([square[:, :1], zeros, square[:, 1:]])  # points in the x-z plane
+        >>> [round(float(angle), 4) for angle in principal_angles(a, b, n_components=2)]
+        [0.0, 1.5708]
+    """
     ms = manifold_list([a, b])
     k = min([n_components] + [min(m.shape) for m in ms])
     bases = [_top_directions(m - m.mean(0), k) for m in ms]
@@ -132,6 +203,21 @@ def gradient_coherence(
 
     Returns:
         :class:`PairSimilarity` over the (B, B) gradient cosine matrix.
+
+    Raises:
+        ValueError: views is not 5-d, a name in ``params`` is unknown, or nothing requires grad.
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from mmcr import MMCRLoss
+        >>> from mmcr.geometry import gradient_coherence
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8))
+        >>> views = torch.randn(4, 2, 3, 4, 4)  # (B, k, 3, h, w)
+        >>> sim = gradient_coherence(model, MMCRLoss(), views, labels=[0, 0, 1, 1])
+        >>> sim.matrix.shape, sim.same.shape, bool(np.allclose(np.diag(sim.matrix), 1.0))
+        ((4, 4), (2,), True)
     """
     if views.ndim != 5:
         raise ValueError(f"views must be (B, k, 3, h, w), got shape {tuple(views.shape)}")

@@ -42,6 +42,28 @@ class CapacityResult:
     basis removed from the centres in the correlated variant (None otherwise); ``residual_correlation``
     is the mean |cosine| between centres after removing rank 1, 2, ... (correlated variant, when the
     subspace was optimised here).
+
+    Attributes:
+        capacity: 1 / mean(1 / alpha), the capacity of the P manifolds together.
+        radius: mean of ``radii``.
+        dimension: mean of ``dimensions``.
+        alpha: (P,) per-manifold capacities.
+        radii: (P,) mean-field radii, relative to each centre's norm.
+        dimensions: (P,) mean-field dimensions.
+        center_correlation: mean |cosine| between the mean-subtracted centres.
+        kappa: the margin.
+        n_t: Gaussian samples per manifold.
+        correlated: whether shared centre structure was removed.
+        center_subspace: (N, K) removed basis, or None.
+        residual_correlation: mean |cosine| after removing rank 1, 2, ... (empty when not searched).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import manifold_capacity
+        >>> points = np.eye(4, 10)[:, None, :]  # 4 single-point manifolds (P, M, N) = (4, 1, 10)
+        >>> result = manifold_capacity(points, n_t=50, seed=0)
+        >>> result.alpha.shape, round(result.radius, 4), result.to_dict()["center_rank_removed"]
+        ((4,), 0.0, 0)
     """
 
     capacity: float
@@ -104,6 +126,19 @@ def manifold_capacity(
 
     Returns:
         :class:`CapacityResult`.
+
+    Raises:
+        ValueError: fewer than 2 manifolds, a negative margin, a centre at the global mean, t-vectors of the
+            wrong shape, or ``correlated`` without the 3 manifolds and 2 centre dimensions it needs.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import manifold_capacity
+        >>> rng = np.random.default_rng(0)
+        >>> manifolds = rng.standard_normal((4, 5, 10)) * 0.3 + 2 * np.eye(4, 10)[:, None, :]  # (P, M, N)
+        >>> result = manifold_capacity(manifolds, n_t=100, seed=0)
+        >>> result.alpha.shape, bool(result.capacity > 0), bool(result.dimension >= 1)
+        ((4,), True, True)
     """
     return _capacities(
         manifolds, [kappa], n_t, t_vectors, correlated, seed, center_subspace, n_reps, max_rank, "kappa"
@@ -128,6 +163,32 @@ def capacity_vs_margin(
     their own), the manifolds are reduced once, and each margin's NNLS problems start from the
     solutions' supports at the neighbouring margin, which nearly always are the right ones or one swap
     away. Arguments as in :func:`manifold_capacity`.
+
+    Args:
+        manifolds: (P, M, N) array or list of (M_i, N) arrays.
+        kappas: (n_kappas,) margins, each >= 0.
+        n_t: Gaussian samples per manifold.
+        t_vectors: optional fixed t-vectors, as in :func:`manifold_capacity`.
+        correlated: remove the centres' shared low-rank structure first.
+        seed: seeds the t-vectors and the centre-subspace search.
+        center_subspace: (N, K) basis to remove instead of searching for one.
+        n_reps: random starts per rank in the centre-subspace search.
+        max_rank: largest rank tried in the search.
+
+    Returns:
+        A list of n_kappas :class:`CapacityResult`, in the order of ``kappas``.
+
+    Raises:
+        ValueError: ``kappas`` is empty, or as :func:`manifold_capacity`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import capacity_vs_margin
+        >>> rng = np.random.default_rng(0)
+        >>> manifolds = rng.standard_normal((4, 5, 10)) * 0.3 + 2 * np.eye(4, 10)[:, None, :]
+        >>> caps = [r.capacity for r in capacity_vs_margin(manifolds, [0.0, 0.5, 1.0], n_t=20, seed=0)]
+        >>> len(caps), caps == sorted(caps, reverse=True)  # a larger margin leaves less capacity
+        (3, True)
     """
     ks = np.asarray(kappas, dtype=np.float64).reshape(-1)
     if ks.size == 0:

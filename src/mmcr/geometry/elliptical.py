@@ -24,7 +24,26 @@ from mmcr.geometry._arrays import manifold_list, to_numpy
 @dataclass
 class EllipticalGeometry:
     """Per-manifold arrays of shape (P,) and their means; ``centroid_nuclear_norm`` is ||C||_* of the
-    (P, N) matrix of centres and ``mean_manifold_nuclear_norm`` the mean of ||Z_p||_* over manifolds."""
+    (P, N) matrix of centres and ``mean_manifold_nuclear_norm`` the mean of ||Z_p||_* over manifolds.
+
+    Attributes:
+        radii: (P,) elliptical radii R, relative to each centre's norm.
+        dimensions: (P,) elliptical dimensions D (participation ratio of the axes).
+        capacity_estimates: (P,) large-D capacity estimates (1 + R^2) / (R^2 D) (inf for zero radius).
+        nuclear_norms: (P,) nuclear norms of the centred points of each manifold.
+        radius: mean of ``radii``.
+        dimension: mean of ``dimensions``.
+        capacity: harmonic mean of ``capacity_estimates``.
+        centroid_nuclear_norm: ||C||_* of the (P, N) centres (MMCR's global term, uncentred input).
+        mean_manifold_nuclear_norm: mean of ||Z_p||_* of the uncentred points (MMCR's local term).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import elliptical_geometry
+        >>> geometry = elliptical_geometry(np.eye(2, 3)[:, None, :] + [[[0, 0, 0.5]], [[0, 0, -0.5]]])
+        >>> sorted(geometry.to_dict())[:3], geometry.radii.shape
+        (['capacity', 'centroid_nuclear_norm', 'dimension'], (2,))
+    """
 
     radii: np.ndarray
     dimensions: np.ndarray
@@ -37,6 +56,7 @@ class EllipticalGeometry:
     mean_manifold_nuclear_norm: float
 
     def to_dict(self) -> dict[str, Any]:
+        """Summaries and the per-manifold radii and dimensions as a JSON-ready dict."""
         return {
             "radius": self.radius,
             "dimension": self.dimension,
@@ -65,6 +85,20 @@ def elliptical_geometry(manifolds: Any, center: bool = True) -> EllipticalGeomet
     Returns:
         :class:`EllipticalGeometry`; capacity is the harmonic mean of per-manifold estimates (infinite
         for manifolds of zero radius, such as single points, where the large-D formula does not apply).
+
+    Raises:
+        ValueError: a manifold's centre coincides with the origin (the global mean when ``center``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import elliptical_geometry
+        >>> offsets = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])  # 2 points, +-1 along z
+        >>> manifolds = np.stack([2 * np.eye(3)[0] + offsets, 2 * np.eye(3)[1] + offsets])  # (2, 2, 3)
+        >>> g = elliptical_geometry(manifolds, center=False)  # centres (2, 0, 0) and (0, 2, 0)
+        >>> g.radii.round(4).tolist(), g.dimensions.round(4).tolist(), round(g.capacity, 4)
+        ([0.5, 0.5], [1.0, 1.0], 5.0)
+        >>> round(g.centroid_nuclear_norm, 4)  # ||C||_* of the centres (2, 0, 0) and (0, 2, 0)
+        4.0
     """
     ms = manifold_list(manifolds)
     origin = torch.cat(ms).mean(0) if center else torch.zeros_like(ms[0][0])

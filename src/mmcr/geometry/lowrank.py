@@ -20,7 +20,25 @@ from mmcr.geometry._arrays import checked_seed
 
 
 def center_correlation(centers: Any) -> float:
-    """Mean |cosine similarity| between distinct mean-subtracted centres ((P, N) array), in [0, 1]."""
+    """Mean |cosine similarity| between distinct mean-subtracted centres ((P, N) array), in [0, 1].
+
+    Correlated centres lower capacity; this is the number the correlated analysis tries to reduce.
+
+    Args:
+        centers: (P >= 2, N) manifold centres, numpy or torch.
+
+    Returns:
+        The mean |cosine| over the P (P - 1) / 2 pairs.
+
+    Raises:
+        ValueError: centers is not (P >= 2, N), or a centre coincides with the mean of all centres.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import center_correlation
+        >>> round(center_correlation(np.eye(3)), 4)  # e_i - mean: pairwise cosine -1/2
+        0.5
+    """
     c = centers.detach().cpu().numpy() if isinstance(centers, torch.Tensor) else np.asarray(centers, float)
     if c.ndim != 2 or c.shape[0] < 2:
         raise ValueError(f"centers must be (P >= 2, N), got shape {c.shape}")
@@ -156,6 +174,27 @@ def find_center_subspace(
     K is the argmin of the residual correlation (at least 1). For each K, ``n_reps`` random starts are
     optimised and the one whose residual keeps the largest minimum fraction of any centre's norm wins
     (the reference's stability rule). The search stops after three consecutive increases (K > 4).
+
+    Args:
+        centers: (P >= 3, N) manifold centres spanning at least 2 dimensions.
+        n_reps: random starts per rank K.
+        max_rank: largest K tried (default: rank reaching 95% of centre variance + 10, capped at P - 2).
+        seed: seeds the random starts.
+
+    Returns:
+        ``(basis, residual)``: the (N, K) orthonormal basis and the residual mean |corr| for each K tried.
+
+    Raises:
+        ValueError: fewer than 3 centres, n_reps < 1, or centres spanning fewer than 2 dimensions.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import find_center_subspace
+        >>> rng = np.random.default_rng(0)
+        >>> shared = 5 * rng.standard_normal((8, 1)) @ rng.standard_normal((1, 6))  # a rank-1 common part
+        >>> basis, residual = find_center_subspace(rng.standard_normal((8, 6)) + shared, n_reps=3, seed=0)
+        >>> basis.shape[0], bool(np.allclose(basis.T @ basis, np.eye(basis.shape[1]))), len(residual) >= 1
+        (6, True, True)
     """
     centers = np.asarray(centers, dtype=np.float64)
     P, N = centers.shape

@@ -73,6 +73,18 @@ def nnls_gram(
 
     Returns:
         (P, T, m) solutions, exact up to rounding (for a singular G, one of the minimisers).
+
+    Raises:
+        ValueError: gram is not (P, m, m), or rhs / init do not match it.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.geometry import nnls_gram
+        >>> A = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> t = torch.tensor([2.0, 1.0, -1.0], dtype=torch.float64)
+        >>> x = nnls_gram((A.T @ A)[None], (A.T @ t)[None, None])  # P = 1 Gram, T = 1 right-hand side
+        >>> x.shape, [round(v, 4) for v in x[0, 0].tolist()]  # as scipy.optimize.nnls(A, t)
+        (torch.Size([1, 1, 2]), [1.5, 0.0])
     """
     if gram.ndim != 3 or gram.shape[1] != gram.shape[2]:
         raise ValueError(f"gram must be (P, m, m), got {tuple(gram.shape)}")

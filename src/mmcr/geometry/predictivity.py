@@ -22,9 +22,25 @@ from mmcr.geometry._arrays import checked_seed, to_numpy
 
 @dataclass
 class PredictivityResult:
-    """``per_neuroid``: (n_neuroids,) held-out Pearson r averaged over splits; ``score``: its median;
-    ``ceiling``: median split-half Spearman-Brown reliability (None without repetitions);
-    ``ceiled_score``: score / ceiling."""
+    """Result of :func:`neural_predictivity`: raw and ceiled scores with the per-neuroid values behind them.
+
+    Attributes:
+        score: median of ``per_neuroid``.
+        per_neuroid: (n_neuroids,) held-out Pearson r averaged over splits.
+        ceiling: median split-half Spearman-Brown reliability (None without repetitions).
+        ceiled_score: score / ceiling (None without a positive ceiling).
+        method: "pls" or "ridge".
+        n_splits: number of train/test splits.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import neural_predictivity
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.standard_normal((40, 4))
+        >>> result = neural_predictivity(features, features[:, :2], method="ridge", n_splits=2)
+        >>> result.per_neuroid.shape, result.ceiling, result.to_dict()["n_neuroids"]
+        ((2,), None, 2)
+    """
 
     score: float
     per_neuroid: np.ndarray
@@ -34,6 +50,7 @@ class PredictivityResult:
     n_splits: int
 
     def to_dict(self) -> dict[str, Any]:
+        """Scores, method, splits and neuroid count as a JSON-ready dict (per-neuroid values left out)."""
         return {
             "score": self.score,
             "ceiling": self.ceiling,
@@ -56,7 +73,29 @@ def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def split_half_ceiling(repeats: Any, n_splits: int = 10, seed: int | None = 0) -> np.ndarray:
     """Per-neuroid split-half reliability of (n_repeats, n_stimuli, n_neuroids) responses, Spearman-Brown
-    corrected (2r / (1 + r)) and averaged over ``n_splits`` random halvings of the repetitions."""
+    corrected (2r / (1 + r)) and averaged over ``n_splits`` random halvings of the repetitions: the
+    score a perfect model could reach given the recordings' noise.
+
+    Args:
+        repeats: (n_repeats >= 2, n_stimuli, n_neuroids) single-repetition responses.
+        n_splits: random halvings of the repetitions to average over.
+        seed: seeds the halvings.
+
+    Returns:
+        (n_neuroids,) corrected reliabilities (at most 1).
+
+    Raises:
+        ValueError: repeats is not 3-d with at least 2 repetitions.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import split_half_ceiling
+        >>> rng = np.random.default_rng(0)
+        >>> signal = rng.standard_normal((1, 60, 3))  # (1, n_stimuli, n_neuroids)
+        >>> ceiling = split_half_ceiling(signal + 0.5 * rng.standard_normal((4, 60, 3)), n_splits=5)
+        >>> ceiling.shape, bool(np.all((ceiling > 0.8) & (ceiling <= 1)))  # reliable: noise is small
+        ((3,), True)
+    """
     R = np.asarray(to_numpy(repeats), dtype=np.float64)
     if R.ndim != 3 or R.shape[0] < 2:
         raise ValueError(f"repeats must be (n_repeats >= 2, n_stimuli, n_neuroids), got shape {R.shape}")
@@ -86,16 +125,30 @@ def neural_predictivity(
 
     Args:
         features: (n_stimuli, n_features) model features.
-        responses: (n_stimuli, n_neuroids) mean responses, or (n_repeats, n_stimuli, n_neuroids) single
-            repetitions (averaged for the fit and used for the split-half ceiling).
+        responses: (n_stimuli, n_neuroids) means, or (n_repeats, n_stimuli, n_neuroids) (averaged; the ceiling).
         labels: optional (n_stimuli,) categories to stratify the splits by.
-        method: "pls" (PLS regression, ``n_components``) or "ridge" (RidgeCV over ``alphas``).
+        method: "pls" (PLS regression) or "ridge" (RidgeCV).
+        n_components: PLS components (capped by the training stimuli and features).
+        alphas: ridge strengths RidgeCV chooses from (default 1e-3 to 1e5, 17 log-spaced).
         n_splits: repeated random train/test splits of the stimuli.
         test_size: fraction of the stimuli held out in each split.
         seed: seeds the splits and the ceiling's halvings.
-        standardize: z-score each feature on the training stimuli (default); False only centres them, so that
-            principal-component scores keep their variances (Brain-Score's layer selection: PCA, then PLS with
-            ``scale=False``).
+        standardize: z-score features on the training stimuli; False only centres them (PCA scores keep variances).
+
+    Returns:
+        :class:`PredictivityResult` (with a ceiling when ``responses`` holds repetitions).
+
+    Raises:
+        ValueError: the shapes do not match as above, or method is neither "pls" nor "ridge".
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import neural_predictivity
+        >>> features = np.random.default_rng(0).standard_normal((60, 5))  # (n_stimuli, n_features)
+        >>> repeats = features[:, :3] + 0.5 * np.random.default_rng(1).standard_normal((4, 60, 3))  # (4, 60, 3)
+        >>> result = neural_predictivity(features, repeats, method="ridge", n_splits=3)
+        >>> bool(result.score > 0.9), bool(result.ceiling > 0.9), result.per_neuroid.shape
+        (True, True, (3,))
     """
     X = np.asarray(to_numpy(features), dtype=np.float64)
     Y = np.asarray(to_numpy(responses), dtype=np.float64)

@@ -27,7 +27,30 @@ DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 class FiniteSampleResult:
     """``points``: the subsample sizes m; ``capacity``, ``radius``, ``dimension``: (len(points), repeats)
     arrays of the summaries (capacity = harmonic mean over manifolds, radius and dimension = means).
-    ``center_subspace_rank``: rank removed in the correlated variant (found once on all points)."""
+    ``center_subspace_rank``: rank removed in the correlated variant (found once on all points).
+
+    Attributes:
+        points: the subsample sizes m, ascending.
+        capacity: (len(points), repeats) capacities.
+        radius: (len(points), repeats) mean radii.
+        dimension: (len(points), repeats) mean dimensions.
+        repeats: subsets per size.
+        kappa: the margin.
+        n_t: Gaussian samples per manifold.
+        correlated: whether shared centre structure was removed.
+        seed: the seed of the subsets and t-vectors.
+        center_subspace_rank: rank removed in the correlated variant (0 otherwise).
+        max_points: M, the smallest manifold's point count.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import FiniteSampleResult
+        >>> values = np.array([[1.0, 1.5], [0.5, 0.5]])  # (len(points), repeats)
+        >>> result = FiniteSampleResult(points=[2, 4], capacity=values, radius=values, dimension=values,
+        ...                             repeats=2, kappa=0.0, n_t=20, correlated=False, seed=0, max_points=4)
+        >>> result.mean("capacity").tolist(), result.std("capacity").round(4).tolist(), result.relative_change()
+        ([1.25, 0.5], [0.3536, 0.0], -1.5)
+    """
 
     points: list[int]
     capacity: np.ndarray
@@ -42,6 +65,7 @@ class FiniteSampleResult:
     max_points: int = 0
 
     def mean(self, key: str) -> np.ndarray:
+        """Mean over repeats, (len(points),), of "capacity", "radius" or "dimension"."""
         return np.asarray(getattr(self, key)).mean(1)
 
     def std(self, key: str) -> np.ndarray:
@@ -60,6 +84,7 @@ class FiniteSampleResult:
         return float((v[-1] - v[half[-1]]) / v[-1]) if v[-1] != 0 else None
 
     def to_dict(self) -> dict[str, Any]:
+        """One row (mean and spread of each summary) per subsample size, and the settings, JSON-ready."""
         rows = []
         for i, m in enumerate(self.points):
             row: dict[str, Any] = {"points": int(m)}
@@ -108,6 +133,18 @@ def capacity_vs_points(
 
     Returns:
         :class:`FiniteSampleResult`.
+
+    Raises:
+        ValueError: manifolds of fewer than 2 points (without ``points``), sizes outside 1..min M_i, or
+            repeats not a positive integer.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import capacity_vs_points
+        >>> manifolds = np.random.default_rng(0).standard_normal((3, 4, 8)) + 3 * np.eye(3, 8)[:, None, :]
+        >>> result = capacity_vs_points(manifolds, points=[2, 4], repeats=2, n_t=10, seed=0)  # (P, M, N)
+        >>> result.points, result.capacity.shape, isinstance(result.relative_change(), float)
+        ([2, 4], (2, 2), True)
     """
     ms = manifold_list(manifolds)
     M = min(m.shape[0] for m in ms)

@@ -28,7 +28,21 @@ from mmcr.geometry._arrays import checked_seed, manifold_list, to_numpy
 
 @dataclass
 class SimCapResult:
-    """``capacity`` = P / ``n_critical``; ``n_values``/``p_values``: every n tried and its separable fraction."""
+    """``capacity`` = P / ``n_critical``; ``n_values``/``p_values``: every n tried and its separable fraction.
+
+    Attributes:
+        capacity: P / n_critical.
+        n_critical: projection dimension where half the dichotomies are separable (interpolated).
+        n_values: every projection dimension tried, ascending.
+        p_values: separable fraction at each of ``n_values``.
+        n_rep: random dichotomies per dimension.
+        seed: the seed used.
+
+    Examples:
+        >>> from mmcr.geometry import SimCapResult
+        >>> SimCapResult(capacity=0.8, n_critical=5.0, n_values=[4, 6], p_values=[0.0, 1.0]).to_dict()["n_rep"]
+        20
+    """
 
     capacity: float
     n_critical: float
@@ -38,6 +52,7 @@ class SimCapResult:
     seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict."""
         return {
             "capacity": self.capacity,
             "n_critical": self.n_critical,
@@ -49,7 +64,29 @@ class SimCapResult:
 
 
 def is_separable(points: np.ndarray, labels: np.ndarray) -> bool:
-    """Exact strict linear separability (with bias) of ``points`` (n_pts, d) by ``labels`` in {-1, +1}."""
+    """Exact strict linear separability (with bias) of ``points`` (n_pts, d) by ``labels`` in {-1, +1}.
+
+    The decision :func:`simulated_capacity` makes for every dichotomy, exposed for checks of its own.
+
+    Args:
+        points: (n_pts, d) points.
+        labels: (n_pts,) labels, each -1 or +1.
+
+    Returns:
+        Whether some hyperplane w.x + b puts every point strictly on its label's side.
+
+    Raises:
+        ValueError: the shapes do not match, or a label is neither -1 nor +1.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import is_separable
+        >>> corners = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+        >>> is_separable(corners, np.array([1, 1, -1, -1]))  # XOR
+        False
+        >>> is_separable(corners, np.array([1, -1, 1, 1]))
+        True
+    """
     points = np.asarray(points, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     if points.ndim != 2 or labels.shape != (points.shape[0],):
@@ -144,6 +181,17 @@ def simulated_capacity(
 
     Returns:
         :class:`SimCapResult` with n_c linearly interpolated where the separable fraction crosses 0.5.
+
+    Raises:
+        ValueError: n_rep < 1, or max_dim outside 1..N.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import simulated_capacity
+        >>> manifolds = np.random.default_rng(0).standard_normal((4, 3, 20))  # (P, M, N)
+        >>> result = simulated_capacity(manifolds, n_rep=5, seed=0)
+        >>> bool(result.capacity > 0), len(result.n_values) == len(result.p_values)
+        (True, True)
     """
     ms = [to_numpy(m) for m in manifold_list(manifolds)]
     P = len(ms)

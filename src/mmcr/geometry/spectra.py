@@ -17,9 +17,28 @@ from mmcr.geometry._arrays import to_numpy, to_tensor
 
 def eigenspectrum(features: Any) -> np.ndarray:
     """Descending eigenvalues of the covariance of ``features`` (n_samples, n_features), float64
-    (min(n_samples, n_features) of them).
+    (min(n_samples, n_features) of them), the input of every spectral measure here.
 
     A 1-d input is taken to be a spectrum already and is returned sorted in descending order.
+
+    Args:
+        features: (n_samples >= 2, n_features) array (numpy or torch, any device), or a 1-d spectrum.
+
+    Returns:
+        (min(n_samples, n_features),) float64 eigenvalues, descending (covariance with n_samples - 1).
+
+    Raises:
+        ValueError: features is neither 1-d nor (n_samples >= 2, n_features).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import eigenspectrum
+        >>> x = np.random.default_rng(0).standard_normal((50, 4)) * [4.0, 2.0, 1.0, 0.5]
+        >>> lam = eigenspectrum(x)
+        >>> lam.shape, lam.dtype, bool(np.all(np.diff(lam) <= 0))
+        ((4,), dtype('float64'), True)
+        >>> eigenspectrum([1.0, 3.0, 2.0]).tolist()
+        [3.0, 2.0, 1.0]
     """
     x = to_tensor(features)
     if x.ndim == 1:
@@ -35,7 +54,24 @@ def eigenspectrum(features: Any) -> np.ndarray:
 
 
 def participation_ratio(features: Any) -> float:
-    """(sum lambda)^2 / sum lambda^2 of the covariance eigenvalues: the number of dimensions in use."""
+    """(sum lambda)^2 / sum lambda^2 of the covariance eigenvalues: the number of dimensions in use.
+
+    Args:
+        features: (n_samples, n_features) array, or a 1-d spectrum (see :func:`eigenspectrum`).
+
+    Returns:
+        The participation ratio, between 1 and the number of eigenvalues.
+
+    Raises:
+        ValueError: the features have zero variance.
+
+    Examples:
+        >>> from mmcr.geometry import participation_ratio
+        >>> participation_ratio([1.0, 1.0, 1.0, 1.0])  # four equal directions
+        4.0
+        >>> round(participation_ratio([2.0, 1.0, 1.0]), 4)  # 4^2 / 6
+        2.6667
+    """
     lam = eigenspectrum(features)
     denom = float(np.sum(lam**2))
     if denom == 0:
@@ -46,7 +82,26 @@ def participation_ratio(features: Any) -> float:
 def effective_rank(features: Any) -> float:
     """Roy & Vetterli's effective rank of centred features: exp of the entropy of their normalised singular
     values (the objectives log the same quantity for the uncentred centroid matrix, from singular values they
-    already have: ``mmcr.objectives.effective_rank_from_singular_values``)."""
+    already have: ``mmcr.objectives.effective_rank_from_singular_values``).
+
+    Args:
+        features: (n_samples, n_features) array, or a 1-d spectrum of covariance eigenvalues.
+
+    Returns:
+        The effective rank, between 1 and the number of eigenvalues.
+
+    Raises:
+        ValueError: the features have zero variance.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import effective_rank
+        >>> round(effective_rank([1.0, 1.0, 1.0, 1.0]), 4)
+        4.0
+        >>> x = np.random.default_rng(0).standard_normal((1000, 3))  # isotropic in 3 dimensions
+        >>> 2.9 < effective_rank(x) <= 3.0
+        True
+    """
     lam = eigenspectrum(features)
     s = np.sqrt(np.clip(lam, 0, None))
     if s.sum() == 0:
@@ -58,8 +113,23 @@ def effective_rank(features: Any) -> float:
 
 @dataclass
 class PowerLawFit:
-    """``alpha``: decay exponent (lambda_n ~ n^-alpha); ``r2``: weighted R^2 of the log-log fit;
-    ``fit_range``: the 1-based inclusive rank range used; ``spectrum`` and ``fitted`` for plotting."""
+    """Result of :func:`power_law_exponent`: the fitted decay and what is needed to plot it.
+
+    Attributes:
+        alpha: decay exponent (lambda_n ~ n^-alpha).
+        intercept: b of the fit log lambda_n = b - alpha log n.
+        r2: weighted R^2 of the log-log fit.
+        fit_range: the 1-based inclusive rank range used (after clipping).
+        spectrum: (n,) the descending eigenvalues.
+        fitted: (n,) the fitted power law at every rank.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import power_law_exponent
+        >>> fit = power_law_exponent(np.arange(1, 51) ** -2.0, fit_range=(1, 50))
+        >>> sorted(fit.to_dict()), fit.fitted.shape
+        (['alpha', 'fit_range', 'intercept', 'r2'], (50,))
+    """
 
     alpha: float
     intercept: float
@@ -69,6 +139,7 @@ class PowerLawFit:
     fitted: np.ndarray
 
     def to_dict(self) -> dict[str, Any]:
+        """The scalar fields as a JSON-ready dict (the arrays left out)."""
         return {"alpha": self.alpha, "intercept": self.intercept, "r2": self.r2, "fit_range": list(self.fit_range)}
 
 
@@ -79,6 +150,19 @@ def power_law_exponent(features: Any, fit_range: tuple[int, int] = (11, 500)) ->
     Args:
         features: (n_samples, n_features) array, or a 1-d spectrum.
         fit_range: (first, last) rank of the fit; the default skips the first 10 as Stringer et al. do.
+
+    Returns:
+        :class:`PowerLawFit` with alpha, intercept, r2 and the spectrum with its fit.
+
+    Raises:
+        ValueError: fit_range is not 1 <= first <= last, or fewer than 3 positive eigenvalues fall in it.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mmcr.geometry import power_law_exponent
+        >>> fit = power_law_exponent(np.arange(1, 101) ** -1.5, fit_range=(1, 100))  # an exact power law
+        >>> round(fit.alpha, 4), round(fit.r2, 4), fit.fit_range
+        (1.5, 1.0, (1, 100))
     """
     lam = eigenspectrum(features)
     lo, hi = int(fit_range[0]), int(fit_range[1])

@@ -62,6 +62,24 @@ class SimCLRLoss(nn.Module):
     Every embedding is an anchor; its positives are the k-1 other views of its image and its denominator
     runs over every other embedding of the (global) batch. Default temperature 0.1 is SimCLR's ImageNet
     default (Chen et al. 2020); their CIFAR runs used 0.5. For k = 2 this is SimCLR's NT-Xent.
+
+    Args:
+        temperature: softmax temperature (> 0) of the cosine similarities.
+        dtype: computation dtype; None means float32 (float64 for float64 embeddings).
+        gather: under torch.distributed, contrast against the embeddings of all ranks.
+
+    Raises:
+        ValueError: temperature is not positive and finite; on call, z is not (B, k >= 2, d) floating point or
+            holds NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr import SimCLRLoss
+        >>> _ = torch.manual_seed(0)
+        >>> loss_fn = SimCLRLoss(temperature=0.5)
+        >>> loss = loss_fn(torch.randn(8, 2, 16))  # (batch, views, dim) -> scalar
+        >>> loss.shape, bool(loss > 0), sorted(loss_fn.last_components)
+        (torch.Size([]), True, ['loss', 'positive_similarity'])
     """
 
     check_finite = True  # see MMCRLoss.check_finite
@@ -74,6 +92,7 @@ class SimCLRLoss(nn.Module):
         self.last_components: dict[str, torch.Tensor] = {}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The loss (a scalar) for z (B, k, d), k >= 2."""
         check_embeddings(z, "z", min_views=2)
         b, k, d = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -113,6 +132,24 @@ class BarlowTwinsLoss(nn.Module):
     C is the cross-correlation of two views' batch-standardised embeddings (batch norm without affine,
     eps 1e-5, statistics over the global batch), averaged over view pairs. Default off-diagonal weight
     0.0051 as in the authors' code (paper: 5e-3).
+
+    Args:
+        lambda_offdiag: weight (>= 0) of the off-diagonal (redundancy-reduction) term.
+        dtype: computation dtype; None means float32 (float64 for float64 embeddings).
+        gather: under torch.distributed, take the batch statistics over all ranks.
+
+    Raises:
+        ValueError: lambda_offdiag is negative or not finite; on call, z is not (B >= 2, k >= 2, d) floating
+            point or holds NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr import BarlowTwinsLoss
+        >>> _ = torch.manual_seed(0)
+        >>> loss_fn = BarlowTwinsLoss()
+        >>> loss = loss_fn(torch.randn(16, 2, 8))  # (batch, views, dim) -> scalar
+        >>> loss.shape, sorted(loss_fn.last_components)
+        (torch.Size([]), ['loss', 'off_diagonal', 'on_diagonal'])
     """
 
     check_finite = True  # see MMCRLoss.check_finite
@@ -125,6 +162,7 @@ class BarlowTwinsLoss(nn.Module):
         self.last_components: dict[str, torch.Tensor] = {}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The loss (a scalar) for z (B, k, d), B >= 2 and k >= 2."""
         check_embeddings(z, "z", min_views=2)
         with torch.autocast(device_type=z.device.type, enabled=False):
             zc = _global_batch(z, self.dtype, self.gather, "BarlowTwinsLoss", self.check_finite)
@@ -161,6 +199,27 @@ class VICRegLoss(nn.Module):
     Per view pair (x, y): invariance = mean squared error; variance = (mean(relu(1 - std_x)) +
     mean(relu(1 - std_y))) / 2 with std = sqrt(var + 1e-4); covariance = (sum of squared off-diagonal
     covariances of x plus that of y) / d. Averaged over pairs; statistics over the global batch.
+
+    Args:
+        sim_coeff: weight (>= 0) of the invariance term.
+        std_coeff: weight (>= 0) of the variance term.
+        cov_coeff: weight (>= 0) of the covariance term.
+        dtype: computation dtype; None means float32 (float64 for float64 embeddings).
+        gather: under torch.distributed, take the batch statistics over all ranks.
+
+    Raises:
+        ValueError: a coefficient is negative or not finite; on call, z is not (B >= 2, k >= 2, d) floating
+            point or holds NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr import VICRegLoss
+        >>> _ = torch.manual_seed(0)
+        >>> loss_fn = VICRegLoss()
+        >>> view = torch.randn(16, 1, 8)
+        >>> loss = loss_fn(view.expand(16, 2, 8))  # two identical views: no invariance penalty
+        >>> loss.shape, abs(loss_fn.last_components["invariance"].item()) < 1e-6
+        (torch.Size([]), True)
     """
 
     check_finite = True  # see MMCRLoss.check_finite
@@ -182,6 +241,7 @@ class VICRegLoss(nn.Module):
         self.last_components: dict[str, torch.Tensor] = {}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The loss (a scalar) for z (B, k, d), B >= 2 and k >= 2."""
         check_embeddings(z, "z", min_views=2)
         with torch.autocast(device_type=z.device.type, enabled=False):
             zc = _global_batch(z, self.dtype, self.gather, "VICRegLoss", self.check_finite)

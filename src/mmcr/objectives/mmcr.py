@@ -110,7 +110,22 @@ _NORM_EPS = 1e-12
 def effective_rank_from_singular_values(sigma: torch.Tensor) -> torch.Tensor:
     """Roy & Vetterli's effective rank, exp(entropy) of the normalised singular values, from singular values
     already at hand (those of the centroid matrix for ``effective_rank_C``); 0 for an all-zero matrix. The
-    same quantity as :func:`mmcr.geometry.effective_rank`, which starts from features and centres them."""
+    same quantity as :func:`mmcr.geometry.effective_rank`, which starts from features and centres them.
+
+    Args:
+        sigma: (..., r) non-negative singular values (any order).
+
+    Returns:
+        (...) effective ranks, between 1 and r (0 where all singular values are 0).
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.objectives import effective_rank_from_singular_values
+        >>> round(effective_rank_from_singular_values(torch.ones(4)).item(), 4)  # 4 equal values
+        4.0
+        >>> effective_rank_from_singular_values(torch.tensor([[5.0, 0.0], [0.0, 0.0]])).tolist()
+        [1.0, 0.0]
+    """
     total = sigma.sum(-1, keepdim=True)
     p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
     entropy = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1)
@@ -143,11 +158,38 @@ class MMCRLoss(nn.Module):
     After each forward ``last_components`` holds detached scalars, all derived from quantities the loss
     computes anyway: ``loss``, ``global_nuclear_norm``, ``mean_centroid_norm``, ``effective_rank_C`` and, when
     the local term is evaluated (lmbda > 0, or ``track_local=True``), ``local_nuclear_norm`` (mean over images).
+
+    Args:
+        lmbda: weight (>= 0, finite) of the mean local nuclear norm; 0 (the paper's default) drops the term.
+        method: nuclear-norm method, "auto", "gram", "newton_schulz" or "svd".
+        dtype: computation dtype; None means float32 (float64 for float64 embeddings).
+        gather: under torch.distributed, use the centroids of all ranks (global-batch loss).
+        track_local: evaluate the local term for logging even when lmbda is 0 (default: only when lmbda > 0).
+
+    Raises:
+        ValueError: lmbda is negative or not finite; on call, z is not (B, k, d) floating point, z_momentum's
+            shape differs, or an input holds NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr import MMCRLoss
+        >>> _ = torch.manual_seed(0)
+        >>> loss_fn = MMCRLoss()
+        >>> z = torch.randn(8, 4, 16)  # (batch, views, dim)
+        >>> loss = loss_fn(z)
+        >>> loss.shape, bool(loss < 0)
+        (torch.Size([]), True)
+        >>> sorted(loss_fn.last_components)
+        ['effective_rank_C', 'global_nuclear_norm', 'loss', 'mean_centroid_norm']
+        >>> same = torch.eye(4).unsqueeze(1).expand(4, 2, 4)  # 2 identical views, orthogonal centroids
+        >>> round(loss_fn(same).item(), 4)  # -||C||_* with C = I (4 x 4)
+        -4.0
     """
 
     # Non-finite inputs raise a ValueError naming them, which reads one value back to the host per call. The
     # trainer, whose step masks non-finite embeddings itself without a host read, turns the check off.
     check_finite = True
+    """Raise a ValueError on NaN/Inf inputs (one host read per call); the trainer turns it off."""
 
     def __init__(
         self,
@@ -187,6 +229,7 @@ class MMCRLoss(nn.Module):
         return f"lmbda={self.lmbda}, method={self.method!r}, gather={self.gather}"
 
     def forward(self, z: torch.Tensor, z_momentum: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss (a scalar, in the computation dtype) for z (B, k, d) and optional z_momentum (B, k, d)."""
         check_embeddings(z, "z")
         if z_momentum is not None:
             check_same_shape(z, z_momentum, "z_momentum")

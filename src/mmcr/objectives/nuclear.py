@@ -523,23 +523,70 @@ def _nuclear(x: torch.Tensor, method: str, dtype: torch.dtype | None, want_sigma
 def nuclear_norm_with_singular_values(
     x: torch.Tensor, method: str = "auto", *, dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like :func:`nuclear_norm` but also returns the singular values (..., min(m, n)), ascending, detached.
+    """Like :func:`nuclear_norm` but also returns the singular values, for logging (effective rank) at no extra cost.
 
     With "gram" and "svd" they come for free from the same decomposition; "newton_schulz" computes them with an
-    extra ``eigvalsh`` of the float64 Gram. They serve logging (effective rank).
+    extra ``eigvalsh`` of the float64 Gram.
+
+    Args:
+        x: (..., m, n) real floating-point matrices.
+        method: "auto", "gram", "newton_schulz" or "svd", as in :func:`nuclear_norm`.
+        dtype: computation dtype (float32 by default, float64 for float64 input or on request).
+
+    Returns:
+        ``(value, sigma)``: value (...) with the gradient of :func:`nuclear_norm`, and sigma (..., min(m, n)),
+        the singular values in ascending order, detached.
+
+    Raises:
+        ValueError: x is not a real floating-point tensor of shape (..., m, n), or holds NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.objectives import nuclear_norm_with_singular_values
+        >>> value, sigma = nuclear_norm_with_singular_values(torch.diag(torch.tensor([3.0, 1.0, 2.0])))
+        >>> round(value.item(), 4), [round(s, 4) for s in sigma.tolist()]
+        (6.0, [1.0, 2.0, 3.0])
     """
     return _nuclear(x, method, dtype, want_sigma=True)
 
 
 def nuclear_norm(x: torch.Tensor, method: str = "auto", *, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Nuclear norm ||x||_* of each matrix in x (..., m, n); returns shape (...).
+    """Nuclear norm ||x||_* (sum of singular values) of each matrix, with an exact gradient at float32-class cost.
 
-    method: "gram" (float64 Gram eigendecomposition with a mostly-float32 gradient product; the CPU default),
+    Method "gram" (float64 Gram eigendecomposition with a mostly-float32 gradient product; the CPU default),
     "newton_schulz" (matmul-only polar iteration in float64; the CUDA default), "svd" (reference,
     ``torch.linalg.svdvals`` and its autograd) or "auto". The gradient is the polar factor U V^T over every
     singular value above the rounding floor of the computation dtype (:func:`rounding_floor`); below it the
     minimum-norm subgradient (zero matrix -> zero gradient). The computation runs in float32, or float64 when x
     is float64 or ``dtype=torch.float64``, also under autocast; float16/bfloat16 inputs are upcast and their
     gradient is cast back. Supports one backward (no double backward).
+
+    Args:
+        x: (..., m, n) real floating-point matrices (any leading batch dimensions).
+        method: "auto" (the device's default), "gram", "newton_schulz" or "svd".
+        dtype: computation dtype; None means float32, or float64 when x is float64.
+
+    Returns:
+        (...) nuclear norms, in the computation dtype.
+
+    Raises:
+        ValueError: x is not a real floating-point tensor of shape (..., m, n), or holds NaN/Inf.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.objectives import nuclear_norm
+        >>> x = torch.diag(torch.tensor([3.0, 2.0, 1.0])).requires_grad_()
+        >>> value = nuclear_norm(x)
+        >>> round(value.item(), 4)
+        6.0
+        >>> value.backward()  # the gradient is the polar factor U V^T, here the identity
+        >>> torch.allclose(x.grad, torch.eye(3), atol=1e-6)
+        True
+        >>> _ = torch.manual_seed(0)
+        >>> batch = torch.randn(4, 5, 3)
+        >>> nuclear_norm(batch).shape
+        torch.Size([4])
+        >>> torch.allclose(nuclear_norm(batch), torch.linalg.matrix_norm(batch, "nuc"), atol=1e-5)
+        True
     """
     return _nuclear(x, method, dtype, want_sigma=False)[0]
