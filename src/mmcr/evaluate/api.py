@@ -38,10 +38,6 @@ if TYPE_CHECKING:
     from mmcr.run.config import RunConfig
 
 
-def _load_model(source: str | Path, device=None):
-    return load_pretrained(source)
-
-
 def dataset_spec(run_cfg: RunConfig | None, dataset: str | None, root: str | None):
     """``(name, root, options, cache_dir)``: the arguments, else the run config's ``data`` section."""
     data = run_cfg.data if run_cfg is not None else None
@@ -105,29 +101,23 @@ def _features(model, model_src, ds, s: ProbeSettings, device, desc):
 
 def run_knn(source: str | Path, settings: KnnSettings | None = None, *, device: str | None = None,
             out: str | Path | None = None, **changes) -> dict:
-    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a dataset's splits;
-    ``changes`` are :class:`~mmcr.evaluate.settings.KnnSettings` fields (``k=20``), checked like it.
+    """Weighted kNN (see :func:`mmcr.evaluate.knn.knn_accuracy`) of a model on a data set's splits. The
+    neighbours and temperature default to the run's ``eval.knn_k``/``eval.knn_temperature`` (as in its
+    pretraining summary), else 200 and 0.1.
 
     Args:
         source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
-        dataset: data set name for :func:`mmcr.data.load_dataset` (default: the run's own).
-        root: its root (default: the run's own, for the run's data set).
-        train_split: the split the neighbours come from.
-        test_split: the split that is scored.
-        k: neighbours per test image (default: the run's ``eval.knn_k``, as its pretraining summary; else 200).
-        temperature: T of the vote weights, > 0 (default: the run's ``eval.knn_temperature``, else 0.1).
-        size: centre-crop size of the eval view (default: the run's or the images' own).
-        resize: short-side resize before the crop.
-        batch_size: images per forward pass.
+        settings: a :class:`~mmcr.evaluate.settings.KnnSettings` (default: its defaults).
         device: where to run (default: the best available).
         out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
-        progress: show progress bars.
+        **changes: fields of the settings to change (``dataset``, ``root``, ``k``, ``temperature``, ``size``, ...),
+            checked like the settings.
 
     Returns:
         ``top1``/``top5`` (percent), dataset, k, temperature, n_train, n_test, step, ``json`` (the result file).
 
     Raises:
-        ValueError: a bad setting, model source or data set, or test classes the training split lacks.
+        ValueError: a bad setting (an unknown field is refused by name), model source or data set.
         RunFileError: ``out`` would replace a run's checkpoint or record.
 
     Examples:
@@ -137,14 +127,15 @@ def run_knn(source: str | Path, settings: KnnSettings | None = None, *, device: 
         >>> tmp = tempfile.TemporaryDirectory()
         >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
         >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
-        >>> result = run_knn("random:resnet_tiny:cifar", "npz", str(data), k=3, out=tmp.name, progress=False)
+        >>> result = run_knn("random:resnet_tiny:cifar", dataset="npz", root=str(data), k=3, out=tmp.name,
+        ...                  progress=False)
         >>> result["n_train"], result["n_test"], pathlib.Path(result["json"]).name
         (8, 4, 'knn_npz-tiny.json')
         >>> tmp.cleanup()
     """
     s = resolve(KnnSettings, settings, changes)
     destination("knn", source, out)  # a bad --out or setting is refused before any work
-    model, model_src = _load_model(source)
+    model, model_src = load_pretrained(source)
     run_eval = model_src.config.eval if model_src.config is not None else None
     k = s.k if s.k is not None else (run_eval.knn_k if run_eval else 200)
     temperature = s.temperature if s.temperature is not None else (run_eval.knn_temperature if run_eval else 0.1)
@@ -192,12 +183,41 @@ def _augmented_passes(model, model_src, train, s: LinearSettings, device) -> lis
 
 def run_linear(source: str | Path, settings: LinearSettings | None = None, *, device: str | None = None,
                out: str | Path | None = None, **changes) -> dict:
-    """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`); ``changes`` are
-    :class:`~mmcr.evaluate.settings.LinearSettings` fields. ``aug_passes`` adds that many passes of the
-    run's training augmentation (one view each) to the clean training features."""
+    """Linear probe (see :func:`mmcr.evaluate.linear.linear_probe`): the weight decay chosen on validation
+    images carved from the training split, reported once on the test split. ``aug_passes`` adds that many
+    passes of the run's training augmentation (one view each) to the clean training features.
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        settings: a :class:`~mmcr.evaluate.settings.LinearSettings` (default: its defaults).
+        device: where to run (default: the best available).
+        out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
+        **changes: fields of the settings to change (``weight_decays``, ``val_fraction``, ``aug_passes``, ``seed``, ...),
+            checked like the settings.
+
+    Returns:
+        The :func:`~mmcr.evaluate.linear.linear_probe` result plus dataset, step and ``json``.
+
+    Raises:
+        ValueError: a bad setting (an unknown field is refused by name), model source or data set.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from mmcr.evaluate import run_linear
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
+        >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
+        >>> result = run_linear("random:resnet_tiny:cifar", dataset="npz", root=str(data), weight_decays=[1e-2],
+        ...                     val_fraction=0.5, out=tmp.name, progress=False)
+        >>> result["weight_decay"], result["feature_dim"], pathlib.Path(result["json"]).name
+        (0.01, 64, 'linear_npz-tiny.json')
+        >>> tmp.cleanup()
+    """
     s = resolve(LinearSettings, settings, changes)
     destination("linear", source, out)  # a bad --out or setting is refused before any work
-    model, model_src = _load_model(source)
+    model, model_src = load_pretrained(source)
     name, train, test = load_split_pair(model_src, s.dataset, s.root, s.train_split, s.test_split)
     passes = [_features(model, model_src, train, s, device, f"{name} {s.train_split}")]
     if s.aug_passes > 0:
@@ -234,12 +254,41 @@ def run_semi(source: str | Path, settings: SemiSettings | None = None, *, device
              out: str | Path | None = None, **changes) -> dict:
     """Fine-tune on a class-balanced ``fraction`` of the training labels (or the subset in
     ``subset_file``) and report on the test split, beside the linear probe on the same subset that
-    fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`); ``changes`` are
-    :class:`~mmcr.evaluate.settings.SemiSettings` fields. Horizontal flips are used only when the run's
-    own training augmentation flipped."""
+    fine-tuning starts from (see :func:`mmcr.evaluate.semi.finetune`). Horizontal flips are used only
+    when the run's own training augmentation flipped.
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        settings: a :class:`~mmcr.evaluate.settings.SemiSettings` (default: its defaults).
+        device: where to run (default: the best available).
+        out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
+        **changes: fields of the settings to change (``fraction``, ``subset_file``, ``epochs``, ``min_steps``, ``lr``, ...),
+            checked like the settings.
+
+    Returns:
+        The :func:`~mmcr.evaluate.semi.finetune` result (top1/top5 and the linear probe's ``linear_top1``
+        on the same subset) plus dataset, subset, flip_p, step and ``json``.
+
+    Raises:
+        ValueError: a bad setting (an unknown field is refused by name), model source or data set.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from mmcr.evaluate import run_semi
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data, images, labels = pathlib.Path(tmp.name) / "tiny.npz", np.zeros((8, 16, 16, 3), "u1"), np.arange(8) % 2
+        >>> np.savez(data, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])  # a tiny .npz data set
+        >>> result = run_semi("random:resnet_tiny:cifar", dataset="npz", root=str(data), fraction=0.5, epochs=1,
+        ...                   min_steps=2, out=tmp.name, progress=False)
+        >>> result["n_labelled"], result["steps"], pathlib.Path(result["json"]).name
+        (4, 2, 'semi_npz-tiny_0.5.json')
+        >>> tmp.cleanup()
+    """
     s = resolve(SemiSettings, settings, changes)
     destination("semi", source, out)  # a bad --out or setting is refused before any work
-    model, model_src = _load_model(source)
+    model, model_src = load_pretrained(source)
     name, train, test = load_split_pair(model_src, s.dataset, s.root, s.train_split, s.test_split)
     idx, subset = _semi_subset(s, train)
     tf = eval_transform_for(model_src, size=s.size)
@@ -259,13 +308,35 @@ def run_semi(source: str | Path, settings: SemiSettings | None = None, *, device
 
 def run_transfer(source: str | Path, settings: TransferSettings | None = None, *, device: str | None = None,
                  out: str | Path | None = None, **changes) -> dict:
-    """Transfer linear probe on a torchvision dataset from a local root (see :mod:`.transfer`);
-    ``changes`` are :class:`~mmcr.evaluate.settings.TransferSettings` fields (``dataset`` and ``root``
-    are required)."""
+    """Transfer linear probe on a torchvision data set from a local root (see :mod:`.transfer`): frozen
+    features of the source, the weight decay chosen on a validation split, the test split reported once.
+
+    Args:
+        source: a run directory, checkpoint, ``torchvision:<arch>``, ``timm:<name>`` or ``random:<arch>``.
+        settings: a :class:`~mmcr.evaluate.settings.TransferSettings` (default: its defaults).
+        device: where to run (default: the best available).
+        out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
+        **changes: fields of the settings to change (``dataset`` and ``root`` (required), ``size``, ``weight_decays``, ...),
+            checked like the settings.
+
+    Returns:
+        The :func:`~mmcr.evaluate.transfer.transfer_probe` result plus step and ``json``.
+
+    Raises:
+        ValueError: a bad setting (an unknown field is refused by name), model source or data set.
+        RunFileError: ``out`` would replace a run's checkpoint or record.
+
+    Examples:
+        The transfer sets are torchvision's on-disk formats, which are not shipped (so this one is skipped):
+
+        >>> from mmcr.evaluate import run_transfer
+        >>> run_transfer("runs/mine", dataset="flowers102", root="data/flowers")["top1"]  # doctest: +SKIP
+        91.2
+    """
     s = resolve(TransferSettings, settings, changes)
     s.required()
     destination("transfer", source, out)  # a bad --out or setting is refused before any work
-    model, model_src = _load_model(source)
+    model, model_src = load_pretrained(source)
     res = transfer_probe(
         model,
         s.dataset,
@@ -309,7 +380,7 @@ def run_export(source: str | Path, out: str | Path) -> dict:
         >>> tmp.cleanup()
     """
     check_export_path(out, source)
-    model, model_src = _load_model(source)
+    model, model_src = load_pretrained(source)
     meta = export_backbone(model, model_src, out)
     meta["path"] = str(out)
     return meta

@@ -13,6 +13,7 @@ images, report once on the test split. The test split is never used to select an
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -230,31 +231,38 @@ def _probe_splits(train_feats, train_labels, val_feats, val_labels, val_fraction
     return fit_x, fit_y, val_x, val_y, full_x, full_y
 
 
-def linear_probe(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-    weight_decays: tuple[float, ...] | list[float] = DEFAULT_WEIGHT_DECAYS,
-    val_fraction: float = 0.1,
-    val_feats: torch.Tensor | None = None,
-    val_labels: torch.Tensor | None = None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    standardize: bool = True,
-    max_iter: int = 1000,
-    tol: float = 1e-5,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> dict:
+def _select_and_refit(fit, fit_set: list, val_x, val_y, full_x, full_y, weight_decays, progress: bool):
+    """Fit each weight decay (strong to weak: warm starts stay well-conditioned), keep the best on
+    validation (ties: the stronger one seen first), refit it on all the training data. ``fit_set``
+    ([x, y] of the sweep) is emptied before the full set moves to the device, so the two never share it."""
+    val_top1: dict[str, float] = {}
+    best, best_acc, model, best_model = None, -math.inf, None, None
+    with progress_bar(len(weight_decays) + 1, "linear probe", enabled=progress) as advance:
+        for wd in sorted(weight_decays, reverse=True):
+            model = fit(*fit_set, wd, init=model)
+            acc = topk_accuracy(model.scores(val_x), val_y)["top1"]
+            val_top1[f"{wd:g}"] = acc
+            if acc > best_acc:
+                best, best_acc, best_model = wd, acc, model
+            advance()
+        fit_set.clear()
+        final = fit(full_x.to(val_x.device), full_y.to(val_x.device), best, init=best_model)
+        advance()
+    return best, val_top1, final
+
+
+def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, weight_decays: tuple[float, ...] | list[float] = DEFAULT_WEIGHT_DECAYS,
+                 val_fraction: float = 0.1, val_feats: torch.Tensor | None = None,
+                 val_labels: torch.Tensor | None = None, seed: int = 0, num_classes: int | None = None,
+                 standardize: bool = True, max_iter: int = 1000, tol: float = 1e-5,
+                 device: str | torch.device | None = None, progress: bool = False) -> dict:
     """Select the weight decay on validation data, refit on all training data, report on test.
 
     ``train_feats`` is (N, D), or (P, N, D) for P passes over the same N training images (pass 0 clean,
     the others augmented): the validation split is then carved by image, validation uses the clean pass
     only, and fits use every pass. With ``val_feats``/``val_labels`` (an official validation split) no
     split is carved and the refit uses train and validation together, as in Kornblith et al. (2019).
-    Returns top-1/top-5 (percent) on test, the chosen ``weight_decay`` (and scikit-learn's ``C``), the
-    validation accuracy of every candidate, sizes and time.
 
     Args:
         train_feats: (N, D) or (P, N, D) training features.
@@ -308,23 +316,12 @@ def linear_probe(
 
     fit_x, fit_y, val_x, val_y, full_x, full_y = _probe_splits(train_feats, train_labels, val_feats, val_labels,
                                                                val_fraction, seed)
-    fit_x, fit_y = fit_x.to(dev), fit_y.to(dev)
-
-    val_top1: dict[str, float] = {}
-    best, best_acc, model = None, -math.inf, None
-    with progress_bar(len(weight_decays) + 1, "linear probe", enabled=progress) as advance:
-        for wd in sorted(weight_decays, reverse=True):  # strong to weak: warm starts stay well-conditioned
-            model = fit_logistic(fit_x, fit_y, wd, num_classes, standardize, max_iter, tol, init=model, device=dev)
-            acc = topk_accuracy(model.scores(val_x.to(dev)), val_y.to(dev))["top1"]
-            val_top1[f"{wd:g}"] = acc
-            if acc > best_acc:  # ties keep the stronger regularisation seen first
-                best, best_acc, best_model = wd, acc, model
-            advance()
-        del fit_x, fit_y
-        final = fit_logistic(
-            full_x.to(dev), full_y.to(dev), best, num_classes, standardize, max_iter, tol, init=best_model, device=dev
-        )
-        advance()
+    fit_set = [fit_x.to(dev), fit_y.to(dev)]
+    del fit_x, fit_y  # only fit_set holds the sweep's rows now: freed before the refit
+    fit = functools.partial(fit_logistic, num_classes=num_classes, standardize=standardize, max_iter=max_iter,
+                            tol=tol, device=dev)
+    best, val_top1, final = _select_and_refit(fit, fit_set, val_x.to(dev), val_y.to(dev), full_x, full_y,
+                                              weight_decays, progress)
     test = topk_accuracy(final.scores(test_feats.to(dev)), test_labels.to(dev))
     return {
         "top1": test["top1"],

@@ -50,6 +50,31 @@ CHUNK_ELEMENTS = 1 << 21
 EXACT_GROUP_MIN = 32
 
 
+def _check_shapes(gram: torch.Tensor, rhs: torch.Tensor, init: torch.Tensor | None) -> None:
+    if gram.ndim != 3 or gram.shape[1] != gram.shape[2]:
+        raise ValueError(f"gram must be (P, m, m), got {tuple(gram.shape)}")
+    if rhs.ndim != 3 or rhs.shape[0] != gram.shape[0] or rhs.shape[2] != gram.shape[1]:
+        raise ValueError(f"rhs must be (P, T, m) matching gram {tuple(gram.shape)}, got {tuple(rhs.shape)}")
+    if init is not None and tuple(init.shape) != tuple(rhs.shape):
+        raise ValueError(f"init must have the shape of rhs {tuple(rhs.shape)}, got {tuple(init.shape)}")
+
+
+def _cold_start(gram, diag, b, owner, thresh, x, cold: torch.Tensor, max_iter: int):
+    """Step 1 for problems without a guess: Lawson-Hanson steps (problems heading for a large support
+    switch early); the finished ones are written into ``x``, the others returned as a block-pivoting
+    group (problems, start support, Lawson-Hanson state to fall back on)."""
+    m = gram.shape[-1]
+    st = _LHState.empty(cold.numel(), m, b.device, b.dtype)
+    steps = min(LH_WARMUP_STEPS, max_iter)
+    status, w = _lawson_hanson(gram, diag, b[cold], owner[cold], thresh[cold], st, steps, BPP_SWITCH)
+    done = status == 1
+    x[cold[done]] = st.x[done]
+    r = torch.nonzero(~done).flatten()
+    st = st.select(r)
+    start = (st.passive() | (w[r] > thresh[cold[r], None])) & ~st.excluded
+    return cold[r], start, st
+
+
 def nnls_gram(
     gram: torch.Tensor,
     rhs: torch.Tensor,
@@ -86,12 +111,7 @@ def nnls_gram(
         >>> x.shape, [round(v, 4) for v in x[0, 0].tolist()]  # as scipy.optimize.nnls(A, t)
         (torch.Size([1, 1, 2]), [1.5, 0.0])
     """
-    if gram.ndim != 3 or gram.shape[1] != gram.shape[2]:
-        raise ValueError(f"gram must be (P, m, m), got {tuple(gram.shape)}")
-    if rhs.ndim != 3 or rhs.shape[0] != gram.shape[0] or rhs.shape[2] != gram.shape[1]:
-        raise ValueError(f"rhs must be (P, T, m) matching gram {tuple(gram.shape)}, got {tuple(rhs.shape)}")
-    if init is not None and tuple(init.shape) != tuple(rhs.shape):
-        raise ValueError(f"init must have the shape of rhs {tuple(rhs.shape)}, got {tuple(init.shape)}")
+    _check_shapes(gram, rhs, init)
     P, T, m = rhs.shape
     dev, dt = rhs.device, rhs.dtype
     B = P * T
@@ -116,16 +136,7 @@ def nnls_gram(
         if warm.numel():
             groups.append((warm, guess[warm], None))
     if cold.numel():
-        # Step 1: Lawson-Hanson steps; problems heading for a large support switch early.
-        st = _LHState.empty(cold.numel(), m, dev, dt)
-        steps = min(LH_WARMUP_STEPS, max_iter)
-        status, w = _lawson_hanson(gram, diag, b[cold], owner[cold], thresh[cold], st, steps, BPP_SWITCH)
-        done = status == 1
-        x[cold[done]] = st.x[done]
-        r = torch.nonzero(~done).flatten()
-        st = st.select(r)
-        start = (st.passive() | (w[r] > thresh[cold[r], None])) & ~st.excluded
-        groups.append((cold[r], start, st))
+        groups.append(_cold_start(gram, diag, b, owner, thresh, x, cold, max_iter))
 
     for idx, start, st in groups:
         if idx.numel() == 0:
