@@ -8,7 +8,7 @@ deterministic view (B, 3, h, w) that evaluation uses; ``mmcr.augment.functional`
 
 from mmcr.augment import functional
 from mmcr.augment.eval import EvalTransform
-from mmcr.augment.multiview import MultiViewAugment, ViewParams, check_images
+from mmcr.augment.multiview import MultiViewAugment, ViewParams, check_images, map_params
 from mmcr.augment.presets import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, PRESETS, TRAIN_PRESETS
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "EvalTransform",
     "MultiViewAugment",
     "ViewParams",
+    "map_params",
     "check_images",
     "functional",
 ]

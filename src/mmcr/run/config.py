@@ -225,7 +225,9 @@ class DataConfig:
 class AugmentConfig:
     preset: str = _field("cifar", choices=_choices(_augment_presets), doc="training augmentation preset")
     views: int = _field(8, check=AT_LEAST_1, doc="views per image at full resolution")
-    overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment")
+    overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment: size, scale, ratio, interpolation, "
+                                     "flip_p, colour jitter, blur, solarize_p, mean, std; affine views: degrees, "
+                                     "translate, affine_scale, shear, fill, affine_interpolation")
     small_views: int = _field(0, check=NON_NEGATIVE,
                               doc="extra low-resolution crops per image (multi-crop); each counts once in the centroid")
     small_size: int | None = _field(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
@@ -502,6 +504,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.overwrite=true starts a new run in place of the old one, so it cannot go with "
                           f"train.resume={cfg.train.resume} (--resume); drop one of them")
     _validate_temporal(cfg.temporal)
+    _validate_augment(cfg.augment)
+
+
+def _validate_augment(a: AugmentConfig) -> None:
+    """augment.overrides are checked by the augmentation itself (names and values, e.g. the affine keys),
+    here once so that a bad value is a one-line config error before any data is loaded."""
+    from mmcr.augment import MultiViewAugment  # imported here: mmcr.augment reads check_seed from this module
+
+    try:
+        MultiViewAugment(a.preset, views=1, seed=0, **a.overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"augment.overrides: {e}") from e
 
 
 def _validate_temporal(t: TemporalConfig) -> None:
