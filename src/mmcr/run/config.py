@@ -225,8 +225,8 @@ class DataConfig:
 class AugmentConfig:
     preset: str = _field("cifar", choices=_choices(_augment_presets), doc="training augmentation preset")
     views: int = _field(8, check=AT_LEAST_1, doc="views per image at full resolution")
-    overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment: size, scale, ratio, interpolation, "
-                                     "flip_p, colour jitter, blur, solarize_p, mean, std; affine views: degrees, "
+    overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment: size, scale, ratio, "
+                                     "interpolation, flip_p, colour jitter, blur, solarize_p, mean, std; affine views: degrees, "
                                      "translate, affine_scale, shear, fill, affine_interpolation")
     small_views: int = _field(0, check=NON_NEGATIVE,
                               doc="extra low-resolution crops per image (multi-crop); each counts once in the centroid")
