@@ -227,7 +227,7 @@ class AugmentConfig:
     views: int = _field(8, check=AT_LEAST_1, doc="views per image at full resolution")
     overrides: dict = _field({}, doc="preset overrides, checked by MultiViewAugment: size, scale, ratio, "
                                      "interpolation, flip_p, colour jitter, blur, solarize_p, mean, std; "
-                                     "affine views: degrees, translate, affine_scale, shear, fill, affine_interpolation")
+                                     "affine: degrees, translate, affine_scale, shear, fill, affine_interpolation")
     small_views: int = _field(0, check=NON_NEGATIVE,
                               doc="extra low-resolution crops per image (multi-crop); each counts once in the centroid")
     small_size: int | None = _field(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
