@@ -342,6 +342,15 @@ class EvalConfig:
     knn_temperature: float = _field(0.1, check=POSITIVE, resume="free")
     knn_max_train: int = _field(10000, check=AT_LEAST_1, resume="free")
     final: bool = _field(True, resume="free", doc="kNN on the test split at the end")
+    geometry_every_epochs: int = _field(0, check=NON_NEGATIVE, resume="free",
+                                        doc="manifold geometry on a validation subset every N epochs (augmentation "
+                                            "and class manifolds' capacity, radius, dimension; participation "
+                                            "ratio, power-law alpha); 0 = off")
+    geometry_images: int = _field(500, check=AT_LEAST_1, resume="free",
+                                  doc="validation images of the geometry subset (class manifolds, spectrum)")
+    geometry_manifolds: int = _field(50, check=AT_LEAST_1, resume="free",
+                                     doc="subset images whose augmentation manifolds are measured")
+    geometry_views: int = _field(16, check=AT_LEAST_1, resume="free", doc="views per augmentation manifold")
 
 
 @dataclass
