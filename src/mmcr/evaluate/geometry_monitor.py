@@ -49,6 +49,9 @@ class GeometryProbe:
 
     def __init__(self, val_ds, augment_cfg, transform, settings: GeometrySettings, device: torch.device):
         ds = still_images(val_ds)
+        if not hasattr(ds, "labels") or not hasattr(ds, "subset"):
+            raise ValueError(f"eval.geometry_every_epochs needs a validation split with a label list (got "
+                             f"{type(ds).__name__}, a stream); set eval.geometry_every_epochs=0")
         labelled = torch.nonzero(ds.labels >= 0).flatten()
         g = torch.Generator().manual_seed(settings.seed)
         pick = labelled[torch.randperm(len(labelled), generator=g)[: settings.images]].sort().values

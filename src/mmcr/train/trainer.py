@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -387,14 +388,20 @@ def _maybe_geometry(run: Run, state: TrainState, log, progress, finished: bool, 
     """Manifold geometry of a fixed validation subset (mmcr.evaluate.geometry_monitor), logged with its
     own cost in seconds (``geometry_s``); ``start``: the measurement of the initial weights."""
     every = run.cfg.eval.geometry_every_epochs
-    if not (_due(run, state, every, finished) or (start and every and run.val_ds is not None)):
+    if run.geometry is False or not (_due(run, state, every, finished) or (start and every and run.val_ds is not None)):
         return
     from mmcr.evaluate.geometry_monitor import GeometryProbe, GeometrySettings
 
     t0 = time.perf_counter()
     if run.geometry is None:
-        run.geometry = GeometryProbe(run.val_ds, run.cfg.augment, _eval_transform(run),
-                                     GeometrySettings.from_config(run.cfg.eval, run.cfg.seed), run.dist_info.device)
+        try:
+            run.geometry = GeometryProbe(run.val_ds, run.cfg.augment, _eval_transform(run),
+                                         GeometrySettings.from_config(run.cfg.eval, run.cfg.seed), run.dist_info.device)
+        except ValueError as e:  # a validation split it cannot measure: said once, training goes on
+            run.geometry = False
+            if run.is_main:
+                warnings.warn(f"geometry during training skipped: {e}", stacklevel=2)
+            return
     figures = run.geometry.measure(state.model.backbone)
     if run.is_main:
         ep = state.epoch + state.batch_in_epoch / run.steps_per_epoch
