@@ -88,6 +88,7 @@ def fits(rows: list[dict]) -> dict:
 
 def plot(rows: list[dict], fitted: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,6 +106,11 @@ def plot(rows: list[dict], fitted: dict, path: Path) -> None:
                 p = fitted[key][ykey]
                 grid = np.geomspace(xs.min(), xs.max(), 50)
                 ax.loglog(grid, p["a"] * grid ** p["b"], "-", label=f"fit b={p['b']:.2f} (R2 {p['r2']:.2f})")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)  # a y range inside one decade has only minor ticks
             ax.set_xlabel(label, fontsize=9)
             ax.set_ylabel(ylabel, fontsize=9)
             ax.legend(fontsize=8)
@@ -121,7 +127,12 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=value")
     ap.add_argument("--out", type=Path, default=Path("/tmp/mmcr-scaling"))
     ap.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "scaling.png")
+    ap.add_argument("--replot", type=Path, default=None, help="redraw --plot from a sweep's fits.json; no training")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        plot(saved["rows"], saved["fits"], args.plot)
+        return
     g = GRIDS[args.grid]
     b0, k0, d0, c0 = g["centre"]
     points = ([("batch", (b, k0, d0, c0)) for b in g["batch"]] + [("views", (b0, k, d0, c0)) for k in g["views"]]
