@@ -58,7 +58,6 @@ class GeometryProbe:
         self.images, self.labels = _images_of(ds.subset(pick))
         self.settings, self.transform, self.device = settings, transform, device
         self.augment = MultiViewAugment.from_config(augment_cfg, views=settings.views, seed=settings.seed)
-        self.augment.clear_cache()
 
     def measure(self, backbone: nn.Module) -> dict[str, float]:
         """The figures of ``GEOMETRY_KEYS`` (a figure that cannot be computed, e.g. too few classes, is left out)."""
