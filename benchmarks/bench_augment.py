@@ -1,13 +1,15 @@
 """Views per second of MultiViewAugment against the authors' per-image PIL pipeline, same process.
 
-    .venv/bin/python benchmarks/bench_augment.py [--reps 5] [--no-data]
+    .venv/bin/python benchmarks/bench_augment.py [--reps 5] [--no-data] [--affine-only]
 
 Both sides run on one CPU thread. The baseline is the authors' CIFAR recipe built from torchvision's
 PIL transforms (RandomResizedCrop(32), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2,
 ToTensor, Normalize), called 40 times per image as their data-loader workers do. The byol rows make
 2 views at 224 px from 256 px images (the ImageNet recipe), against the same recipe in PIL. On a
 CUDA machine the cifar preset is also timed on the GPU. With the shared CIFAR-10 archive present,
-the decode-once and cached load times of mmcr.data are printed too.
+the decode-once and cached load times of mmcr.data are printed too. The affine rows time random affine
+views (one batched grid_sample) against torchvision's RandomAffine called per view, and what they add to
+the cifar preset.
 """
 
 from __future__ import annotations
@@ -100,6 +102,50 @@ def compare(aug: MultiViewAugment, images: torch.Tensor, transforms: list, reps:
     return statistics.median(ours), statistics.median(base), statistics.median(ratios)
 
 
+AFFINE = dict(degrees=15, translate=(0.1, 0.1), affine_scale=(0.9, 1.1), shear=10, affine_interpolation="bilinear")
+
+
+def affine_rows(reps: int) -> list[tuple]:
+    """Affine views: MultiViewAugment (affine only: identity crop, no colour) against torchvision's
+    RandomAffine called once per view on each image tensor (v2, bilinear), rounds alternating; and the
+    cifar preset with and without the same affine views (what affine adds to the whole pipeline)."""
+    import torchvision.transforms.v2 as T2
+
+    imgs = smooth_images(32, 32)
+    only = MultiViewAugment("cifar", views=40, seed=0, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                            grayscale_p=0.0, **AFFINE)
+    tv = T2.Compose([T2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10,
+                                     interpolation=T2.InterpolationMode.BILINEAR),
+                     T2.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    floats = [im.float() / 255 for im in imgs]
+
+    def tv_round() -> float:
+        t0 = time.perf_counter()
+        for im in floats:
+            torch.stack([tv(im) for _ in range(40)])
+        return len(floats) * 40 / (time.perf_counter() - t0)
+
+    only(imgs)
+    ours, base, ratios = [], [], []
+    for _ in range(reps):
+        b = tv_round()
+        a = batched_round(only, imgs, 3)
+        ours.append(a)
+        base.append(b)
+        ratios.append(a / b)
+    rows = [("affine only, 32 px, B=32, k=40", "CPU, 1 thread", statistics.median(ours), statistics.median(base),
+             statistics.median(ratios), "torchvision RandomAffine per view")]
+    plain, with_aff = MultiViewAugment("cifar", views=40, seed=0), MultiViewAugment("cifar", views=40, seed=0, **AFFINE)
+    plain(imgs), with_aff(imgs)
+    p_s, a_s = [], []
+    for _ in range(reps):
+        p_s.append(batched_round(plain, imgs, 3))
+        a_s.append(batched_round(with_aff, imgs, 3))
+    rows.append(("cifar + affine, 32 px, B=32, k=40", "CPU, 1 thread", statistics.median(a_s), statistics.median(p_s),
+                 statistics.median(a_s) / statistics.median(p_s), "cifar preset without affine"))
+    return rows
+
+
 def time_device(aug: MultiViewAugment, images: torch.Tensor, reps: int) -> float:
     aug(images)
     torch.cuda.synchronize()
@@ -110,9 +156,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-data", action="store_true", help="skip the data-loading timings")
+    ap.add_argument("--affine-only", action="store_true", help="only the affine-view rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 CPU thread, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    aff = affine_rows(args.reps)
+    print("\n| case | device | MultiViewAugment views/s | baseline views/s | ratio | baseline |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, dev, a, b, r, what in aff:
+        print(f"| {name} | {dev} | {a:,.0f} | {b:,.0f} | {r:.2f}x | {what} |")
+    if args.affine_only:
+        return
     rows = []
 
     imgs = smooth_images(32, 32)

@@ -14,8 +14,9 @@ def test_pretrain_cli_writes_summary_and_report(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     printed = capsys.readouterr().out
     assert "random-init encoder" in printed and "raw pixels" in printed
-    for name in ("config.yaml", "metrics.jsonl", "report.md", "loss.png"):
+    for name in ("config.yaml", "metrics.jsonl", "report.md", "loss.png", "geometry.png"):
         assert (out / name).exists(), name
+    assert "## Geometry during training" in (out / "report.md").read_text()  # on by default in mnist5k
     assert list((out / "checkpoints").glob("ckpt_*.pt"))
     assert summary["steps"] == 6 and summary["stopped_by"] == "max_steps"
     # the same question gets the same answer: `mmcr eval knn` on the run (its own k and T) repeats the

@@ -150,10 +150,12 @@ def test_folder_views_replay_from_seed_epoch_and_index(tmp_path):
     assert torch.equal(sub[1][0], crops[1][0]) and torch.equal(sub[0][0], crops[4][0])
 
 
-def test_apply_views_finishes_crops_like_the_device_path():
-    """Pre-cropped views get the flips, colour, blur and solarisation the device applies to its own
-    crops: apply_views(views, p) == apply(images, p with every box the whole image)."""
-    aug = MultiViewAugment("byol", views=2, seed=0, size=40)
+@pytest.mark.parametrize("affine", [{}, {"degrees": 20, "translate": (0.1, 0.1), "shear": 5,
+                                        "affine_interpolation": "bilinear"}])
+def test_apply_views_finishes_crops_like_the_device_path(affine):
+    """Pre-cropped views get the flips, affine warps, colour, blur and solarisation the device applies to
+    its own crops: apply_views(views, p) == apply(images, p with every box the whole image)."""
+    aug = MultiViewAugment("byol", views=2, seed=0, size=40, **affine)
     images = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8)
     p = aug.sample_params(5, 40, 40, torch.Generator().manual_seed(3))
     out = aug.apply_views(images[:, None].expand(-1, 2, -1, -1, -1).contiguous(), p)

@@ -9,7 +9,7 @@ deterministic view (B, 3, h, w) that evaluation uses; ``mmcr.augment.functional`
 from mmcr.augment import functional
 from mmcr.augment.eval import EvalTransform
 from mmcr.augment.functional import check_images
-from mmcr.augment.multiview import MultiViewAugment, ViewParams, eval_transform_of
+from mmcr.augment.multiview import MultiViewAugment, ViewParams, eval_transform_of, map_params
 from mmcr.augment.presets import (
     AUGMENT_PRESETS,
     CIFAR_MEAN,
@@ -31,6 +31,7 @@ __all__ = [
     "EvalTransform",
     "MultiViewAugment",
     "ViewParams",
+    "map_params",
     "check_images",
     "eval_transform_of",
     "functional",

@@ -19,6 +19,7 @@ output (B, k, 3, h, w); every view has independent parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from mmcr.augment import functional as AF
+from mmcr.augment.affine import AffineParams, AffineSpec, apply_affine, inverse_matrices, sample_affine
 from mmcr.augment.eval import EvalTransform
 from mmcr.augment.functional import check_images
 from mmcr.augment.presets import PRESETS
@@ -93,7 +95,8 @@ class ViewParams:
 
     top/left/height/width: crop box (int64); flip, jitter, gray, blur, solarize: bool masks; order:
     (N, 4) jitter order, a permutation of 0..3 = brightness, contrast, saturation, hue; brightness,
-    contrast, saturation: multiplicative factors; hue: shift in turns; sigma: blur sigma.
+    contrast, saturation: multiplicative factors; hue: shift in turns; sigma: blur sigma; affine: the
+    random affine parameters (None when the augmentation has no affine views).
     """
 
     top: torch.Tensor
@@ -111,6 +114,17 @@ class ViewParams:
     blur: torch.Tensor
     sigma: torch.Tensor
     solarize: torch.Tensor
+    affine: AffineParams | None = None
+
+
+def map_params(params, fn):
+    """A copy of per-view parameters (``ViewParams``, its ``AffineParams``, any dataclass of (N, ...)
+    tensors) with ``fn`` applied to every tensor, e.g. to select or repeat views; None stays None."""
+    if params is None:
+        return None
+    if dataclasses.is_dataclass(params):
+        return type(params)(**{f.name: map_params(getattr(params, f.name), fn) for f in dataclasses.fields(params)})
+    return fn(params)
 
 
 class MultiViewAugment:
@@ -120,7 +134,10 @@ class MultiViewAugment:
     ``seed``: seeds the augmentation's own ``torch.Generator`` (``self.generator``; with seed=None it is
     seeded from torch's global RNG, so ``torch.manual_seed`` makes runs repeatable). Overrides: size,
     scale, ratio, interpolation ("bilinear"|"bicubic"), flip_p, brightness, contrast, saturation, hue,
-    jitter_p, grayscale_p, blur_p, blur_sigma, blur_kernel_size, solarize_p, mean, std, color_first.
+    jitter_p, grayscale_p, blur_p, blur_sigma, blur_kernel_size, solarize_p, mean, std, color_first, and
+    the random affine views of torchvision's RandomAffine applied to each view after its crop: degrees,
+    translate, affine_scale (RandomAffine's ``scale``), shear, fill (0-255), affine_interpolation
+    ("nearest"|"bilinear"); see :mod:`mmcr.augment.affine`.
     Probabilities may be sequences, cycled over view slots (view v uses p[v % len(p)]): byol's
     blur_p=(1.0, 0.1) makes views alternate A, B. The matching deterministic evaluation view is
     :meth:`eval_transform` (an :class:`~mmcr.augment.EvalTransform`).
@@ -189,6 +206,8 @@ class MultiViewAugment:
         self.blur_kernel_size = int(ks)
         self.probs = {k: _probs(cfg[k], k) for k in _PROB_KEYS}
         self.color_first = bool(cfg["color_first"])
+        self.affine = AffineSpec.from_options(cfg["degrees"], cfg["translate"], cfg["affine_scale"], cfg["shear"],
+                                              cfg["fill"], cfg["affine_interpolation"])
 
     @staticmethod
     def _size(value, name: str) -> tuple[int, int]:
@@ -215,6 +234,7 @@ class MultiViewAugment:
             blur_kernel_size=self.blur_kernel_size,
             color_first=self.color_first,
             **{k: list(v) for k, v in self.probs.items()},
+            **self.affine.config(),
         )
         return out
 
@@ -270,7 +290,8 @@ class MultiViewAugment:
         """Draw the parameters of batch * views views of (height, width) images, on the CPU.
 
         The draw order is fixed and independent of the probabilities' outcomes, so a generator state
-        always maps to the same views.
+        always maps to the same views. Affine parameters are drawn last and only when affine views are
+        on, so runs without them draw exactly what they drew before affine views existed.
         """
         g = self.generator if generator is None else generator
         n = batch * self.views
@@ -296,8 +317,10 @@ class MultiViewAugment:
         blur = coin("blur_p")
         sigma = uniform(self.blur_sigma, 1.0)
         solarize = coin("solarize_p")
+        affine = sample_affine(self.affine, n, *self.size, g) if self.affine.enabled else None
         return ViewParams(
-            top, left, h, w, flip, jitter, order, brightness, contrast, saturation, hue, gray, blur, sigma, solarize
+            top, left, h, w, flip, jitter, order, brightness, contrast, saturation, hue, gray, blur, sigma, solarize,
+            affine,
         )
 
     # ----------------------------------------------------------------------------------- applying
@@ -345,11 +368,12 @@ class MultiViewAugment:
             x = AF.crop_resize(AF.from_planar(x), wy, wx, ws=self._ws)
             if self.interpolation == "bicubic":
                 x.clamp_(0.0, 1.0)  # cubic overshoot, clipped as torchvision does for uint8 images (and PIL)
+            x = self._affine(x, p)
         else:
             x = AF.crop_resize(images, wy, wx, scale=1.0 / 255.0, ws=self._ws)
             if self.interpolation == "bicubic":
                 x.clamp_(0.0, 1.0)
-            x = self._colour(x, p, dev)
+            x = self._colour(self._affine(x, p), p, dev)
         x = self._subset(x, p.blur, lambda v, idx: AF.gaussian_blur(v, p.sigma[idx], self.blur_kernel_size))
         x = self._subset(x, p.solarize, lambda v, idx: AF.solarize(v))
         out = torch.empty(n, 3, *self.size, dtype=torch.float32, device=dev)
@@ -374,12 +398,21 @@ class MultiViewAugment:
         x = self._ws("views.in", (3, n, *self.size), torch.float32, dev)
         x.copy_(views.reshape(n, 3, *self.size).transpose(0, 1)).mul_(1.0 / 255.0)
         x = self._subset(x, p.flip, lambda v, idx: v.flip(-1))
-        x = self._colour(x, p, dev)
+        x = self._colour(self._affine(x, p), p, dev)
         x = self._subset(x, p.blur, lambda v, idx: AF.gaussian_blur(v, p.sigma[idx], self.blur_kernel_size))
         x = self._subset(x, p.solarize, lambda v, idx: AF.solarize(v))
         out = torch.empty(n, 3, *self.size, dtype=torch.float32, device=dev)
         AF.normalize_to(x, self.mean, self.std, out)
         return out.view(b, self.views, 3, *self.size)
+
+    def _affine(self, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
+        """The views' random affine warps (planar x in [0, 1]), all in one grid_sample; x itself when off."""
+        if p.affine is None:
+            if self.affine.enabled:
+                raise ValueError("these view parameters have no affine part, but the augmentation has affine views: "
+                                 "draw them with this augmentation's sample_params")
+            return x
+        return AF.to_planar(apply_affine(x.transpose(0, 1), inverse_matrices(p.affine), self.affine))
 
     def _subset(self, x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
         """Apply fn to the views selected by mask (planar x), in place of those views."""

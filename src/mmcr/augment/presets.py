@@ -26,6 +26,13 @@ _COMMON = dict(
     blur_sigma=(0.1, 2.0),
     solarize_p=0.0,
     color_first=False,
+    # Random affine views (torchvision's RandomAffine), applied to each view after its crop; off by default.
+    degrees=0.0,
+    translate=None,
+    affine_scale=None,
+    shear=0.0,
+    fill=0,
+    affine_interpolation="nearest",
 )
 
 PRESETS: dict[str, dict] = {

@@ -18,14 +18,13 @@ Two pieces, used by the trainer for clip data sets (``mmcr.data.video``):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mmcr.augment.functional import check_images
-from mmcr.augment.multiview import MultiViewAugment
+from mmcr.augment.multiview import MultiViewAugment, map_params
 
 SAMPLING = ("random", "strided")
 SPATIAL = ("none", "window", "frame")
@@ -162,8 +161,7 @@ class TemporalViews:
         if self.spatial == "frame":
             return self.base.sample_params(batch * self.views, height, width, g)
         p = self.base.sample_params(batch, height, width, g)
-        return type(p)(**{f.name: getattr(p, f.name).repeat_interleave(self.views, dim=0)
-                          for f in dataclasses.fields(p)})
+        return map_params(p, lambda t: t.repeat_interleave(self.views, dim=0))
 
     def apply(self, frames: torch.Tensor, params) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.ndim != 5:

@@ -110,7 +110,7 @@ def run_knn(source: str | Path, settings: KnnSettings | None = None, *, device: 
         settings: a :class:`~mmcr.evaluate.settings.KnnSettings` (default: its defaults).
         device: where to run (default: the best available).
         out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
-        **changes: fields of the settings to change (``dataset``, ``root``, ``k``, ``temperature``, ``size``, ...),
+        **changes: settings fields to change (``dataset``, ``root``, ``k``, ``temperature``, ``size``, ...),
             checked like the settings.
 
     Returns:
@@ -192,7 +192,7 @@ def run_linear(source: str | Path, settings: LinearSettings | None = None, *, de
         settings: a :class:`~mmcr.evaluate.settings.LinearSettings` (default: its defaults).
         device: where to run (default: the best available).
         out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
-        **changes: fields of the settings to change (``weight_decays``, ``val_fraction``, ``aug_passes``, ``seed``, ...),
+        **changes: settings fields to change (``weight_decays``, ``val_fraction``, ``aug_passes``, ``seed``, ...),
             checked like the settings.
 
     Returns:
@@ -262,7 +262,7 @@ def run_semi(source: str | Path, settings: SemiSettings | None = None, *, device
         settings: a :class:`~mmcr.evaluate.settings.SemiSettings` (default: its defaults).
         device: where to run (default: the best available).
         out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
-        **changes: fields of the settings to change (``fraction``, ``subset_file``, ``epochs``, ``min_steps``, ``lr``, ...),
+        **changes: settings fields to change (``fraction``, ``subset_file``, ``epochs``, ``lr``, ...),
             checked like the settings.
 
     Returns:
@@ -316,7 +316,7 @@ def run_transfer(source: str | Path, settings: TransferSettings | None = None, *
         settings: a :class:`~mmcr.evaluate.settings.TransferSettings` (default: its defaults).
         device: where to run (default: the best available).
         out: where the result goes (default: the run directory, else ``mmcr-eval/<source>``).
-        **changes: fields of the settings to change (``dataset`` and ``root`` (required), ``size``, ``weight_decays``, ...),
+        **changes: settings fields to change (``dataset``, ``root``: required; ``size``, ...),
             checked like the settings.
 
     Returns:

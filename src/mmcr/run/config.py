@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcr import models, schema
-from mmcr.augment import temporal
+from mmcr.augment import MultiViewAugment, temporal
 from mmcr.data.datasets import MAX_IMAGE_SIZE  # noqa: F401 - the limit of data.options.size, re-exported
 from mmcr.registry import registry
 from mmcr.rundir.files import write_text_atomic
@@ -148,7 +148,9 @@ class DataConfig:
 class AugmentConfig:
     preset: str = option("cifar", choices=_choices(_augment_presets), doc="training augmentation preset")
     views: int = option(8, check=AT_LEAST_1, doc="views per image at full resolution")
-    overrides: dict = option({}, doc="preset overrides, checked by MultiViewAugment")
+    overrides: dict = option({}, doc="preset overrides, checked by MultiViewAugment: size, scale, ratio, "
+                                     "interpolation, flip_p, colour jitter, blur, solarize_p, mean, std; "
+                                     "affine: degrees, translate, affine_scale, shear, fill, affine_interpolation")
     small_views: int = option(0, check=NON_NEGATIVE,
                               doc="extra low-resolution crops per image (multi-crop); each counts once in the centroid")
     small_size: int | None = option(None, check=AT_LEAST_1, doc="side of the small crops (default: half the views')")
@@ -263,6 +265,15 @@ class EvalConfig:
     knn_temperature: float = option(0.1, check=POSITIVE, resume="free")
     knn_max_train: int = option(10000, check=AT_LEAST_1, resume="free")
     final: bool = option(True, resume="free", doc="kNN on the test split at the end")
+    geometry_every_epochs: int = option(0, check=NON_NEGATIVE, resume="free",
+                                        doc="manifold geometry on a validation subset every N epochs (augmentation "
+                                            "and class manifolds' capacity, radius, dimension; participation "
+                                            "ratio, power-law alpha); 0 = off")
+    geometry_images: int = option(500, check=AT_LEAST_1, resume="free",
+                                 doc="validation images of the geometry subset (class manifolds, spectrum)")
+    geometry_manifolds: int = option(50, check=AT_LEAST_1, resume="free",
+                                    doc="subset images whose augmentation manifolds are measured")
+    geometry_views: int = option(16, check=AT_LEAST_1, resume="free", doc="views per augmentation manifold")
 
 
 @section
@@ -306,6 +317,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.overwrite=true starts a new run in place of the old one, so it cannot go with "
                           f"train.resume={cfg.train.resume} (--resume); drop one of them")
     _validate_temporal(cfg.temporal)
+    _validate_augment(cfg.augment)
+
+
+def _validate_augment(a: AugmentConfig) -> None:
+    """augment.overrides are checked by the augmentation itself (names and values, e.g. the affine keys),
+    here once so that a bad value is a one-line config error before any data is loaded."""
+    try:
+        MultiViewAugment(a.preset, views=1, seed=0, **a.overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"augment.overrides: {e}") from e
 
 
 def _validate_temporal(t: TemporalConfig) -> None:

@@ -33,6 +33,42 @@ def _plot(points: list[tuple[float, float]], ylabel: str, path: Path, marker: st
     plt.close(fig)
 
 
+def _plot_geometry(recs: list[dict], path: Path) -> None:
+    """The geometry records as the paper's Figure 2 over training: capacity, radius and dimension of the
+    augmentation and class manifolds, and the spectrum's participation ratio and power-law alpha."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("capacity", "mean-field capacity"), ("radius", "manifold radius"), ("dimension", "manifold dimension"))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, (key, label) in zip(axes, panels):
+        for kind in ("aug", "class"):
+            pts = [(r["step"], r[f"geo_{kind}_{key}"]) for r in recs if f"geo_{kind}_{key}" in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label={"aug": "augmentation", "class": "class"}[kind])
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=8)
+    ax = axes[3]
+    for key, label in (("geo_participation_ratio", "participation ratio"), ("geo_powerlaw_alpha", "power-law alpha")):
+        pts = [(r["step"], r[key]) for r in recs if key in r]
+        if pts:
+            target = ax if key == "geo_participation_ratio" else ax.twinx()
+            colour = "C2" if target is ax else "C3"
+            target.plot(*zip(*pts), marker="o", color=colour, label=label)
+            target.set_ylabel(label, fontsize=9, color=colour)
+    ax.set_title("embedding spectrum", fontsize=10)
+    for a in axes:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    from mmcr.run.files import save_figure
+
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
 def knn_training_time(recs: list[dict]) -> list[tuple[float, float, int]]:
     """``(training seconds, kNN val top-1, step)`` of every kNN-on-validation record of a metrics log.
 
@@ -91,6 +127,23 @@ def append_eval_line(report: str | Path, line: str) -> None:
         f.write(line.rstrip("\n") + "\n")
 
 
+def _geometry_section(recs: list[dict], run_dir: Path) -> list[str]:
+    """The report lines (and plot) of the geometry measured during training; none when it was off."""
+    geo = [r for r in recs if "step" in r and any(k.startswith("geo_") for k in r)]
+    if not geo:
+        return []
+    _plot_geometry(geo, run_dir / "geometry.png")
+    first, last = geo[0], geo[-1]
+    keys = [k for k in last if k.startswith("geo_") and k in first]
+    change = ", ".join(f"{k[4:]} {first[k]:.3g} -> {last[k]:.3g}" for k in keys)
+    cost = sum(r.get("geometry_s", 0.0) for r in geo)
+    return ["## Geometry during training (validation subset)", "",
+            "Augmentation manifolds (views of one image) and class manifolds of a fixed validation subset, and "
+            "the spectrum of its eval-view features (`eval.geometry_every_epochs`).", "",
+            "![geometry](geometry.png)", "",
+            f"Step {first['step']} -> {last['step']}: {change}. Measured {len(geo)} times in {cost:.1f} s.", ""]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write ``report.md`` from ``metrics.jsonl`` and ``summary.json``, keeping evaluation lines."""
 
@@ -118,6 +171,7 @@ def write_report(run_dir: str | Path) -> Path:
                   marker="o", xlabel="training time (s, without the kNN evaluations)")
             lines += ["![knn against training time](knn_time.png)", ""]
         lines += [f"Last: {knn[-1][1]:.2f}% at step {knn[-1][0]}.", ""]
+    lines += _geometry_section(recs, run_dir)
     path = run_dir / layout.REPORT_FILE
     evals = [ln for ln in path.read_text().splitlines() if _EVAL_MARK in ln] if path.exists() else []
     lines += ["## Evaluations", "", *evals] if evals else ["## Evaluations", ""]

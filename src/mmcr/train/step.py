@@ -13,14 +13,13 @@ loss scaling (torch's GradScaler decides on the host) and optimisers without an 
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mmcr.augment import MultiViewAugment
+from mmcr.augment import MultiViewAugment, map_params
 from mmcr.distributed import DistInfo
 from mmcr.train.chunked import chunked_forward_backward
 from mmcr.train.context import StepContext, autocast_for, finite_and_clean, to_input
@@ -138,7 +137,7 @@ def gradient_norm(params: list[torch.Tensor], clip: float | None) -> torch.Tenso
 
 def _select_views(params, view_idx: torch.Tensor):
     """The rows ``view_idx`` of every per-view parameter tensor."""
-    return type(params)(**{f.name: getattr(params, f.name)[view_idx] for f in dataclasses.fields(params)})
+    return map_params(params, lambda t: t[view_idx])
 
 
 def augment_shard(aug, images: torch.Tensor, global_batch: int, dist_info: DistInfo,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     ctx: StepContext
+    geometry: Any = None  # the GeometryProbe of eval.geometry_every_epochs, built at its first use
 
     @property
     def is_main(self) -> bool:
@@ -321,6 +323,8 @@ def _train(cfg: RunConfig, dist_info: D.DistInfo, run_dir: Path) -> dict:
                         run.steps_per_epoch)
     with StopSignals() as signals:
         stop = StopRule(run.total_steps, tc.time_budget_s, tc.log_every_steps, signals, dist_info)
+        if state.step == 0:
+            _maybe_geometry(run, state, log, progress, finished=False, start=True)  # the random-init point
         try:
             while state.step < run.total_steps and state.epoch < tc.epochs:
                 stopped = train_one_epoch(run, state, logger, stop)
@@ -359,13 +363,18 @@ def _eval_transform(run: Run):
     return run.ctx.augment.eval_transform()
 
 
-def _maybe_monitor(run: Run, state: TrainState, log, progress, finished: bool) -> None:
-    """The online kNN on the validation split at the scheduled epochs and when training ends."""
-    every = run.cfg.eval.knn_every_epochs
+def _due(run: Run, state: TrainState, every: int, finished: bool) -> bool:
+    """Whether an every-N-epochs evaluation on the validation split runs now (and always at the end)."""
     if run.val_ds is None or not every:
-        return
+        return False
     done_epoch = state.batch_in_epoch == 0
-    if not (finished or (done_epoch and state.epoch % every == 0) or state.epoch == run.cfg.train.epochs):
+    return finished or (done_epoch and state.epoch % every == 0) or state.epoch == run.cfg.train.epochs
+
+
+def _maybe_monitor(run: Run, state: TrainState, log, progress, finished: bool) -> None:
+    """The online kNN and the geometry on the validation split at their scheduled epochs and at the end."""
+    _maybe_geometry(run, state, log, progress, finished)
+    if not _due(run, state, run.cfg.eval.knn_every_epochs, finished):
         return
     from mmcr.evaluate.monitor import KnnSettings, knn_top1
 
@@ -375,6 +384,32 @@ def _maybe_monitor(run: Run, state: TrainState, log, progress, finished: bool) -
         ep = state.epoch + state.batch_in_epoch / run.steps_per_epoch
         log.metrics(step=state.step, epoch=ep, knn_val_top1=acc["top1"], knn_val_top5=acc["top5"])
         progress.note(f"epoch {ep:g} (step {state.step}): kNN val top-1 {acc['top1']:.2f}%")
+
+
+def _maybe_geometry(run: Run, state: TrainState, log, progress, finished: bool, start: bool = False) -> None:
+    """Manifold geometry of a fixed validation subset (mmcr.evaluate.geometry_monitor), logged with its
+    own cost in seconds (``geometry_s``); ``start``: the measurement of the initial weights."""
+    every = run.cfg.eval.geometry_every_epochs
+    if run.geometry is False or not (_due(run, state, every, finished) or (start and every and run.val_ds is not None)):
+        return
+    from mmcr.evaluate.geometry_monitor import GeometryProbe, GeometrySettings
+
+    t0 = time.perf_counter()
+    if run.geometry is None:
+        try:
+            run.geometry = GeometryProbe(run.val_ds, run.cfg.augment, _eval_transform(run),
+                                         GeometrySettings.from_config(run.cfg.eval, run.cfg.seed), run.dist_info.device)
+        except ValueError as e:  # a validation split it cannot measure: said once, training goes on
+            run.geometry = False
+            if run.is_main:
+                warnings.warn(f"geometry during training skipped: {e}", stacklevel=2)
+            return
+    figures = run.geometry.measure(state.model.backbone)
+    if run.is_main:
+        ep = state.epoch + state.batch_in_epoch / run.steps_per_epoch
+        log.metrics(step=state.step, epoch=ep, geometry_s=round(time.perf_counter() - t0, 4), **figures)
+        shown = ", ".join(f"{k[4:]} {v:.3g}" for k, v in figures.items())
+        progress.note(f"epoch {ep:g} (step {state.step}): geometry {shown}")
 
 
 def _final_evaluation(run: Run, state: TrainState) -> dict:
