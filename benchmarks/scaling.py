@@ -43,9 +43,8 @@ def _cpu_s() -> float:
 
 
 def run_point(preset: str, extra: list[str], batch: int, views: int, dim: int, compute: int, out: Path) -> dict:
-    from mmcr.train.monitor import read_metrics
-
     from mmcr.run.config import load_config
+    from mmcr.rundir.metrics import read_metrics
     from mmcr.train import train
 
     steps = max(1, round(compute / (batch * views)))

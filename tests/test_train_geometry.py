@@ -4,11 +4,11 @@ and measuring them leaves training unchanged bit for bit."""
 from __future__ import annotations
 
 import torch
-from mmcr.train.monitor import read_metrics
 
 from mmcr.evaluate.geometry_monitor import GEOMETRY_KEYS
 from mmcr.run import layout
 from mmcr.run.config import load_config
+from mmcr.rundir.metrics import read_metrics
 from mmcr.train import train
 
 ARGS = ["train.batch_size=32", "augment.views=2", "model.projector.hidden=[32]", "model.projector.out_dim=16",

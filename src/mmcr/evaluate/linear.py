@@ -313,7 +313,6 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
         num_classes = int(max(train_labels.max().item(), test_labels.max().item())) + 1
     check_class_labels(train_labels, int(num_classes), "train_labels")
     check_class_labels(test_labels, int(num_classes), "test_labels")
-
     fit_x, fit_y, val_x, val_y, full_x, full_y = _probe_splits(train_feats, train_labels, val_feats, val_labels,
                                                                val_fraction, seed)
     fit_set = [fit_x.to(dev), fit_y.to(dev)]
@@ -323,17 +322,8 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     best, val_top1, final = _select_and_refit(fit, fit_set, val_x.to(dev), val_y.to(dev), full_x, full_y,
                                               weight_decays, progress)
     test = topk_accuracy(final.scores(test_feats.to(dev)), test_labels.to(dev))
-    return {
-        "top1": test["top1"],
-        "top5": test["top5"],
-        "weight_decay": best,
-        "sklearn_C": sklearn_C(best, full_x.shape[0]),
-        "val_top1": val_top1,
-        "val_source": "carved" if val_feats is None else "official",
-        "n_train": int(full_x.shape[0]),
-        "n_test": int(test_feats.shape[0]),
-        "passes": P,
-        "feature_dim": int(train_feats.shape[-1]),
-        "iterations": final.iterations,
-        "seconds": time.perf_counter() - t0,
-    }
+    return {"top1": test["top1"], "top5": test["top5"], "weight_decay": best,
+            "sklearn_C": sklearn_C(best, full_x.shape[0]), "val_top1": val_top1,
+            "val_source": "carved" if val_feats is None else "official", "n_train": int(full_x.shape[0]),
+            "n_test": int(test_feats.shape[0]), "passes": P, "feature_dim": int(train_feats.shape[-1]),
+            "iterations": final.iterations, "seconds": time.perf_counter() - t0}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmcr.data import load_dataset, still_images
 from mmcr.distributed import DistInfo
 from mmcr.evaluate.features import dataset_features
 from mmcr.evaluate.knn import check_test_classes, knn_accuracy
@@ -31,7 +32,6 @@ class KnnSettings:
 def knn_top1(backbone: nn.Module, bank_ds, query_ds, transform, knn: KnnSettings, dist_info: DistInfo) -> dict:
     """Weighted kNN of ``query_ds`` against the memory bank ``bank_ds`` (top-1/top-5 in percent); clip
     sets are evaluated on their still frames (``mmcr.data.still_images``)."""
-    from mmcr.data import still_images
 
     bank_ds, query_ds = still_images(bank_ds), still_images(query_ds)
     ftr, ytr = dataset_features(backbone, bank_ds, transform, dist_info=dist_info, max_n=knn.max_train)
@@ -53,7 +53,6 @@ def final_evaluation(backbone: nn.Module, random_backbone: nn.Module, cfg, trans
     only: nothing is selected on them. When the data set has no test split, or its splits disagree, the
     result says why under ``final_eval_skipped`` and a warning is printed.
     """
-    from mmcr.data import load_dataset
 
     d = cfg.data
     try:

@@ -63,7 +63,6 @@ def _plot_geometry(recs: list[dict], path: Path) -> None:
         a.set_xlabel("step")
         a.grid(alpha=0.3)
     fig.tight_layout()
-    from mmcr.run.files import save_figure
 
     save_figure(fig, path, dpi=100)
     plt.close(fig)

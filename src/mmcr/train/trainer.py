@@ -12,6 +12,7 @@ the library (data, augment, models, objectives, evaluate) and holds no method-sp
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,11 +24,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mmcr import distributed as D
+from mmcr.augment import MultiViewAugment
+from mmcr.augment.temporal import TemporalViews, WindowSampler
+from mmcr.data import CropSpec, is_clip_set, load_dataset, make_clip_loader, make_loader, split_train_val
+from mmcr.evaluate.geometry_monitor import GeometryProbe, GeometrySettings
+from mmcr.evaluate.monitor import KnnSettings, final_evaluation, knn_top1
 from mmcr.models import MomentumEncoder, build_encoder
-from mmcr.run.config import ConfigError, RunConfig, dump_config
+from mmcr.objectives import build_objective
+from mmcr.run.config import ConfigError, RunConfig, TemporalConfig, dump_config
 from mmcr.rundir import checkpoint as ckpt
 from mmcr.rundir import layout
+from mmcr.rundir.files import write_text_atomic
 from mmcr.rundir.metrics import MetricsLog
+from mmcr.rundir.report import write_report
 from mmcr.train import resume as R
 from mmcr.train.chunked import resolve_view_chunk
 from mmcr.train.context import StepContext
@@ -79,10 +88,6 @@ class Run:
 
 def build_run(cfg: RunConfig, run_dir: Path, dist_info: D.DistInfo) -> tuple[Run, TrainState]:
     """Data, loader, augmentation, model, objective, optimiser and schedule from a config."""
-    from mmcr.augment import MultiViewAugment
-    from mmcr.augment.temporal import TemporalViews, WindowSampler
-    from mmcr.data import load_dataset, make_clip_loader, make_loader, split_train_val
-    from mmcr.objectives import build_objective
 
     device, tc = dist_info.device, cfg.train
     global_batch = tc.batch_size
@@ -158,7 +163,6 @@ def _training_source(cfg: RunConfig, ds, augment, device: torch.device):
     """What the loader decodes, and where its JPEGs are decoded: the training split itself, or with
     ``data.full_image_views`` its files as the augmentation's crops, cut from each full image by the
     workers (mmcr.data.views); the device then only flips, colours, blurs and solarises them."""
-    from mmcr.data import CropSpec
 
     d = cfg.data
     if not d.full_image_views:
@@ -193,8 +197,6 @@ def _data_device(ds, device: torch.device) -> torch.device | None:
 def _check_temporal(cfg: RunConfig, ds) -> bool:
     """Whether the run trains on clips (temporal views); the temporal section is refused for images,
     and multi-crop for clips, by name."""
-    from mmcr.data import is_clip_set
-    from mmcr.run.config import TemporalConfig
 
     if not is_clip_set(ds):
         if cfg.temporal != TemporalConfig():
@@ -291,8 +293,6 @@ def train(cfg: RunConfig) -> dict:
 
 def _usable_threads(wanted: int) -> int:
     """``train.threads``, clamped (with a warning) to the cores this process may run on."""
-    import os
-    import warnings
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if wanted > cores:
@@ -351,8 +351,6 @@ def _train(cfg: RunConfig, dist_info: D.DistInfo, run_dir: Path) -> dict:
     if run.is_main:
         log.event("end", **summary)
         log.close()
-        from mmcr.rundir.files import write_text_atomic
-        from mmcr.rundir.report import write_report
 
         write_text_atomic(run_dir / layout.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n", what="summary")
         write_report(run_dir)
@@ -376,7 +374,6 @@ def _maybe_monitor(run: Run, state: TrainState, log, progress, finished: bool) -
     _maybe_geometry(run, state, log, progress, finished)
     if not _due(run, state, run.cfg.eval.knn_every_epochs, finished):
         return
-    from mmcr.evaluate.monitor import KnnSettings, knn_top1
 
     acc = knn_top1(state.model.backbone, run.train_ds, run.val_ds, _eval_transform(run),
                    KnnSettings.from_config(run.cfg.eval), run.dist_info)
@@ -392,7 +389,6 @@ def _maybe_geometry(run: Run, state: TrainState, log, progress, finished: bool, 
     every = run.cfg.eval.geometry_every_epochs
     if run.geometry is False or not (_due(run, state, every, finished) or (start and every and run.val_ds is not None)):
         return
-    from mmcr.evaluate.geometry_monitor import GeometryProbe, GeometrySettings
 
     t0 = time.perf_counter()
     if run.geometry is None:
@@ -413,7 +409,6 @@ def _maybe_geometry(run: Run, state: TrainState, log, progress, finished: bool, 
 
 
 def _final_evaluation(run: Run, state: TrainState) -> dict:
-    from mmcr.evaluate.monitor import final_evaluation
 
     fork = torch.random.get_rng_state()
     torch.manual_seed(run.cfg.seed)  # the random-init twin is the run's own initialisation
