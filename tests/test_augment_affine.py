@@ -13,7 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from mmcr.augment import MultiViewAugment
 from mmcr.augment.affine import AffineSpec, apply_affine, inverse_matrices, sample_affine
 from mmcr.cli import main
-from mmcr.run import layout
+from mmcr.rundir import layout
 from mmcr.run.config import load_config
 from mmcr.train import train
 
