@@ -310,7 +310,19 @@ def run_analysis(
     without a run uses ``augment_preset`` at the images' size. ``reference`` (a ``RunConfig``; used by
     comparisons) fixes the data set and the views' geometry and colour for every model, so that all
     see the same images and views; each model keeps its own normalisation (a random-init model takes
-    the reference's)."""
+    the reference's).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mmcr.geometry.analyze import run_analysis
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> result = run_analysis("random:resnet_tiny", "digits", tmp.name, layers=["output"], n_images=3, n_views=2,
+        ...                       n_classes=2, n_per_class=2, n_t=5, finite_sample_repeats=0,
+        ...                       progress=False)  # doctest: +NORMALIZE_WHITESPACE
+        >>> list(result["layers"]), sorted(p.name for p in pathlib.Path(tmp.name).iterdir())
+        (['output'], ['plots', 'report.md', 'results.json'])
+        >>> tmp.cleanup()
+    """
     _check_sizes(n_images, n_views, n_classes, n_per_class, kappa, finite_sample_repeats)
     out = Path(out_dir)
     for fname in ("report.md", "results.json"):  # never over a run's own report (--out RUN)
