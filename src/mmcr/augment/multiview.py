@@ -97,6 +97,35 @@ class ViewParams:
     (N, 4) jitter order, a permutation of 0..3 = brightness, contrast, saturation, hue; brightness,
     contrast, saturation: multiplicative factors; hue: shift in turns; sigma: blur sigma; affine: the
     random affine parameters (None when the augmentation has no affine views).
+
+    Drawing them apart from applying them (:meth:`MultiViewAugment.sample_params`, then
+    :meth:`MultiViewAugment.apply`) lets data workers cut the crops and the device finish the views.
+
+    Attributes:
+        top: (N,) int64 first row of each crop box.
+        left: (N,) int64 first column.
+        height: (N,) int64 box height.
+        width: (N,) int64 box width.
+        flip: (N,) bool horizontal flips.
+        jitter: (N,) bool, colour jitter applied.
+        order: (N, 4) int64 jitter op order.
+        brightness: (N,) float32 factors.
+        contrast: (N,) float32 factors.
+        saturation: (N,) float32 factors.
+        hue: (N,) float32 shifts in turns.
+        gray: (N,) bool grayscale conversions.
+        blur: (N,) bool Gaussian blurs.
+        sigma: (N,) float32 blur sigmas.
+        solarize: (N,) bool solarisations.
+        affine: the random affine parameters (None when the augmentation has no affine views).
+
+    Examples:
+        >>> from mmcr import MultiViewAugment
+        >>> p = MultiViewAugment("byol", views=2, seed=0).sample_params(batch=3, height=64, width=64)
+        >>> p.top.shape, p.order.shape, p.blur.dtype
+        (torch.Size([6]), torch.Size([6, 4]), torch.bool)
+        >>> bool(p.blur[0::2].all())  # BYOL's blur_p = (1.0, 0.1): view slot 0 is always blurred
+        True
     """
 
     top: torch.Tensor
@@ -148,6 +177,29 @@ class MultiViewAugment:
 
     An instance keeps resize tables and scratch buffers between calls (``clear_cache()`` frees them),
     so use one instance per thread.
+
+    Args:
+        preset: a key of :data:`mmcr.augment.PRESETS`.
+        views: k, views per image (>= 1).
+        seed: seed of ``self.generator`` (an integer in [0, 2**32 - 1]; None draws one from torch's RNG).
+        **overrides: preset keys to change, e.g. ``size=64`` or ``blur_p=0.5``.
+
+    Raises:
+        ValueError: an unknown preset or override, views < 1, or an override out of range; on call,
+            images that are not a uint8 (B, 3, H, W) batch.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr import MultiViewAugment
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        >>> views = MultiViewAugment("cifar", views=4, seed=0)(images)  # (B, k, 3, h, w)
+        >>> views.shape, views.dtype
+        (torch.Size([2, 4, 3, 32, 32]), torch.float32)
+        >>> torch.equal(views, MultiViewAugment("cifar", views=4, seed=0)(images))  # same seed, same views
+        True
+        >>> MultiViewAugment("cifar", views=4, size=24).eval_transform()(images).shape
+        torch.Size([2, 3, 24, 24])
     """
 
     def __init__(self, preset: str = "cifar", views: int = 2, seed: int | None = None, **overrides):
@@ -265,13 +317,16 @@ class MultiViewAugment:
 
     # ----------------------------------------------------------------------------------- RNG state
     def manual_seed(self, seed: int) -> None:
+        """Reseed the augmentation's generator (an integer in [0, 2**32 - 1])."""
         self.seed = check_seed(seed)
         self.generator.manual_seed(self.seed)
 
     def state_dict(self) -> dict:
+        """The seed and generator state, for checkpoints (resuming continues the same views)."""
         return {"seed": self.seed, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.seed = int(state["seed"])
         self.generator.set_state(state["generator"])
 
@@ -291,7 +346,8 @@ class MultiViewAugment:
 
         The draw order is fixed and independent of the probabilities' outcomes, so a generator state
         always maps to the same views. Affine parameters are drawn last and only when affine views are
-        on, so runs without them draw exactly what they drew before affine views existed.
+        on, so runs without them draw exactly what they drew before affine views existed. ``generator`` overrides
+        ``self.generator``. Returns a :class:`ViewParams` of N = batch * views views.
         """
         g = self.generator if generator is None else generator
         n = batch * self.views
@@ -325,6 +381,7 @@ class MultiViewAugment:
 
     # ----------------------------------------------------------------------------------- applying
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) -> normalised float32 views (B, k, 3, h, w), on the images' device."""
         images = check_images(images)
         b, _, h, w = images.shape
         return self.apply(images, self.sample_params(b, h, w, generator))
@@ -351,7 +408,8 @@ class MultiViewAugment:
         return w.to(torch.float32)
 
     def apply(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
-        """Make the views described by ``p`` (from ``sample_params``) of a uint8 batch."""
+        """Make the views described by ``p`` (from ``sample_params``) of a uint8 batch: (B, 3, H, W) ->
+        float32 (B, k, 3, h, w); a ValueError when ``p`` describes another number of views."""
         images = check_images(images)
         b, _, h_in, w_in = images.shape
         n = b * self.views
@@ -479,5 +537,22 @@ class MultiViewAugment:
 
 def eval_transform_of(augment_cfg, size=None, resize: int | None = None) -> EvalTransform:
     """The eval view of a run's training augmentation (an ``AugmentConfig``): its crop size and
-    statistics; ``size``/``resize`` override the crop and the short-side resize."""
+    statistics; ``size``/``resize`` override the crop and the short-side resize.
+
+    Args:
+        augment_cfg: a run config's ``augment`` section.
+        size: centre-crop size instead of the run's view size.
+        resize: short-side resize before the crop.
+
+    Returns:
+        The :class:`~mmcr.augment.EvalTransform`: uint8 (B, 3, H, W) -> float32 (B, 3, h, w).
+
+    Examples:
+        >>> from mmcr.augment import eval_transform_of
+        >>> from mmcr.run.config import AugmentConfig
+        >>> eval_transform_of(AugmentConfig(preset="stl10")).config["size"]
+        [64, 64]
+        >>> eval_transform_of(AugmentConfig(preset="cifar"), size=24).config["size"]
+        [24, 24]
+    """
     return MultiViewAugment.from_config(augment_cfg, views=1, seed=0).eval_transform(size=size, resize=resize)

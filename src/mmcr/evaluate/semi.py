@@ -36,7 +36,28 @@ from mmcr.schema import Range, check_seed, resolve
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Sorted indices of ``round(fraction * n_c)`` (at least 1) random images of each class ``c``."""
+    """Sorted indices of ``round(fraction * n_c)`` (at least 1) random images of each class ``c``: the
+    labelled subset of semi-supervised evaluation, the same for a given seed.
+
+    Args:
+        labels: (N,) class of every training image.
+        fraction: share of each class to keep, in (0, 1].
+        seed: seeds the draw.
+
+    Returns:
+        (n,) int64 indices, ascending.
+
+    Raises:
+        ValueError: fraction outside (0, 1] or a bad seed.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import class_balanced_subset
+        >>> labels = torch.tensor([0] * 10 + [1] * 4)
+        >>> idx = class_balanced_subset(labels, fraction=0.5, seed=0)
+        >>> idx.shape, torch.bincount(labels[idx]).tolist()  # half of each class
+        (torch.Size([7]), [5, 2])
+    """
     Range(0, 1, lo_open=True).check("fraction", fraction)
     g = torch.Generator().manual_seed(check_seed(seed))
     labels = labels.cpu()
@@ -50,7 +71,28 @@ def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) 
 
 def read_subset_file(path: str | Path, names: Sequence[str] | None = None) -> torch.Tensor:
     """Indices listed in ``path``: one integer index per line, or one file name per line (ImageNet's
-    subset lists) matched against ``names`` (the dataset's file names; directories are ignored)."""
+    subset lists) matched against ``names`` (the dataset's file names; directories are ignored).
+
+    Args:
+        path: the subset file.
+        names: the data set's file names, in index order (needed for a file of names).
+
+    Returns:
+        (n,) int64 indices, ascending.
+
+    Raises:
+        ValueError: an empty file, names without ``names``, or names the data set lacks.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mmcr.evaluate import read_subset_file
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(tmp.name) / "1percent.txt"
+        >>> _ = path.write_text("n01_b.JPEG\\nn01_a.JPEG\\n")
+        >>> read_subset_file(path, names=["train/n01/n01_a.JPEG", "train/n01/n01_b.JPEG", "train/n02/x.JPEG"])
+        tensor([0, 1])
+        >>> tmp.cleanup()
+    """
     lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
     if not lines:
         raise ValueError(f"subset file {path} is empty")
@@ -71,7 +113,29 @@ class FinetuneAugment(nn.Module):
     """The usual supervised fine-tuning augmentation, batched: random crop after reflect-padding by
     size/8, horizontal flip with probability ``flip_p``, normalisation (after resizing to ``size`` when
     given, as eval does). Lighter than the SSL views on purpose: labels are scarce here, not
-    invariances. A run trained without flips (digits) should be fine-tuned without them too."""
+    invariances. A run trained without flips (digits) should be fine-tuned without them too.
+
+    Call it on uint8 images (B, 3, H, W) (and an optional ``generator``) to get float32 (B, 3, h, w).
+
+    Args:
+        mean: 3 per-channel means of images in [0, 1].
+        std: 3 per-channel standard deviations.
+        pad_fraction: reflect padding as a fraction of the image side.
+        size: resize (short side) and centre-crop to this size first; None keeps the images' size.
+        flip_p: probability of a horizontal flip, in [0, 1].
+
+    Raises:
+        ValueError: flip_p outside [0, 1].
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import FinetuneAugment
+        >>> aug = FinetuneAugment(size=24, flip_p=0.0)
+        >>> images = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+        >>> out = aug(images, generator=torch.Generator().manual_seed(0))
+        >>> out.shape, out.dtype
+        (torch.Size([2, 3, 24, 24]), torch.float32)
+    """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_fraction: float = 0.125, size=None,
                  flip_p: float = 0.5):
@@ -157,6 +221,16 @@ def finetune(backbone: nn.Module, train_images: torch.Tensor, train_labels: torc
     Returns test top-1/top-5 (percent), the linear probe's beside them, the final training loss, the
     number of steps and sizes. ``settings`` is a :class:`~mmcr.evaluate.settings.FinetuneSettings`
     (None: its defaults); ``changes`` are its fields (``epochs=2``, ``lr=0.05``), checked like it.
+
+    Examples:
+        >>> import torch
+        >>> from mmcr.evaluate import finetune, load_pretrained
+        >>> backbone, _ = load_pretrained("random:resnet_tiny:cifar")
+        >>> images, labels = torch.zeros(8, 3, 16, 16, dtype=torch.uint8), torch.arange(8) % 2
+        >>> result = finetune(backbone, images, labels, images[:4], labels[:4], epochs=1, min_steps=1, batch_size=4,
+        ...                   head_init="random", device="cpu")
+        >>> result["steps"], result["n_labelled"], 0.0 <= result["top1"] <= 100.0
+        (2, 8, True)
     """
     s = resolve(FinetuneSettings, settings, changes)
     if train_images.shape[0] != train_labels.shape[0] or train_images.shape[0] == 0:

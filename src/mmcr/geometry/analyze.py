@@ -275,7 +275,19 @@ def run_analysis(model: str, dataset: str | None = None, out_dir: str | Path | N
 
     ``settings`` is an :class:`~mmcr.geometry.settings.AnalysisSettings` (None: its defaults);
     ``changes`` are its fields (``n_images=8``, ``root=...``), checked like it; ``dataset`` is its
-    ``dataset`` field, positional as before."""
+    ``dataset`` field,positional as before.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from mmcr.geometry.analyze import run_analysis
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> result = run_analysis("random:resnet_tiny", "digits", tmp.name, layers=["output"], n_images=3, n_views=2,
+        ...                       n_classes=2, n_per_class=2, n_t=5, finite_sample_repeats=0,
+        ...                       progress=False)  # doctest: +NORMALIZE_WHITESPACE
+        >>> list(result["layers"]), sorted(p.name for p in pathlib.Path(tmp.name).iterdir())
+        (['output'], ['plots', 'report.md', 'results.json'])
+        >>> tmp.cleanup()
+    """
     if out_dir is None:
         raise ValueError("run_analysis needs out_dir, the folder for results.json, plots and report.md")
     s = resolve(AnalysisSettings, settings, {"dataset": dataset, **changes} if dataset is not None else changes)

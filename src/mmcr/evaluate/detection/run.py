@@ -226,6 +226,17 @@ def run_detection(
     the run directory (see :func:`mmcr.evaluate.results.output_dir`); running the same command again
     resumes from the newest checkpoint there (``restart=True`` discards them). The result is recorded
     like every evaluation (``eval/detection_<protocol>.json`` and a report line).
+
+    Examples:
+        The data set is checked before any training (a full run needs VOC and GPU hours):
+
+        >>> from mmcr.evaluate.detection import run_detection
+        >>> run_detection("random:resnet18", "/no/such/voc", device="cpu", progress=False)
+        Traceback (most recent call last):
+        mmcr.data.voc.VOCFormatError: VOC root /no/such/voc does not exist; pass the folder that holds VOCdevkit/VOC2007
+        >>> result = run_detection("runs/mmcr-imagenet", "data/voc", protocol="voc07+12")  # doctest: +SKIP
+        >>> {"AP", "AP50", "AP75"} <= set(result)  # doctest: +SKIP
+        True
     """
     require_pycocotools()
     t_start = time.perf_counter()
