@@ -13,8 +13,8 @@ import torchvision.transforms.v2.functional as TF
 from mmcr.augment import MultiViewAugment
 from mmcr.augment.affine import AffineSpec, apply_affine, inverse_matrices, sample_affine
 from mmcr.cli import main
-from mmcr.rundir import layout
 from mmcr.run.config import load_config
+from mmcr.rundir import layout
 from mmcr.train import train
 
 AFFINE = dict(degrees=30, translate=(0.2, 0.1), affine_scale=(0.8, 1.2), shear=(-10, 10, -5, 5))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from mmcr.evaluate.geometry_monitor import GEOMETRY_KEYS
-from mmcr.rundir import layout
 from mmcr.run.config import load_config
+from mmcr.rundir import layout
 from mmcr.rundir.metrics import read_metrics
 from mmcr.train import train
 

@@ -34,7 +34,8 @@ def _size(value, name: str) -> tuple[int, int] | None:
 
 class EvalTransform:
     """Resize (optional) + centre crop (optional) + normalise; ImageNet statistics by default (the
-    convention of torchvision/timm models); runs carry their own through :func:`~mmcr.augment.multiview.eval_transform_of`.
+    convention of torchvision/timm models); runs carry
+    their own through :func:`~mmcr.augment.multiview.eval_transform_of`.
 
     Call it on uint8 images (B, 3, H, W) to get float32 (B, 3, h, w), on the images' device.
 
