@@ -121,8 +121,8 @@ def dataset_options(name: str) -> tuple[str, ...]:
 def load_dataset(name: str, root=None, split: str = "train", cache_dir=None, **options):
     """Load one split of a data set as uint8 tensors (or clips, or streamed shards).
 
-    name: a :data:`DATASETS` entry (``mmcr list datasets``): "digits" (offline default; size= upscales),
-    "cifar10", "cifar100", "stl10" (torchvision layouts under root; download=True fetches them),
+    name: a :data:`DATASETS` entry (``mmcr list datasets``): "mnist5k" (the offline default), "digits"
+    (size= upscales), "cifar10", "cifar100", "stl10" (torchvision layouts under root; download=True fetches them),
     "imagefolder" (root/[split/]class/image; size= resizes, lazy=True streams files), "archive", "npz",
     "webdataset", and the clip sets "videofolder", "framefolder", "moving-digits". cache_dir: where
     decoded splits are cached (default $MMCR_CACHE or ~/.cache/mmcr). Every option is checked against
