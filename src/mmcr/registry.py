@@ -85,7 +85,7 @@ class Registry:
     def register(self, name: str, builder: Callable | None = None, *, options: type | None = None,
                  doc: str = "", family: bool = False, loose: bool = False):
         """Register ``builder`` under ``name``; without ``builder``, a decorator. ``family``: ``name`` is
-        ``"<prefix><placeholder>"`` (``"timm:<name>"``) and the entry answers every name with that prefix.
+        ``"<prefix><name>"`` (``"timm:<name>"``) and the entry answers every name with that prefix.
         ``loose``: :meth:`check_options` checks the option names only (none with ``options=None``: free-form
         options, as timm.create_model's); the builder checks their values."""
         if not doc or "\n" in doc:
